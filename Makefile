@@ -1,0 +1,19 @@
+# The README's two commands: `make run` serves the bundled model, `make test` tests it all.
+# VENV is made from /usr/bin/python3 and must be readable by Apache's daemon user.
+VENV ?= /opt/beagle-dev/venv
+PYTHON := $(VENV)/bin/python
+PYTEST_ARGS ?=
+
+.PHONY: setup run test model
+setup:
+	@scripts/bootstrap.sh $(VENV) requirements.txt requirements-dev.txt
+
+run: setup
+	@$(PYTHON) -m app.devstack
+
+test: setup
+	$(PYTHON) -m pytest $(PYTEST_ARGS)
+
+# Retrain the bundled digits model (models/digits/1) and its sample images.
+model: setup
+	$(PYTHON) scripts/train_digits.py

@@ -1,0 +1,308 @@
+"""The whole stack on one machine: Redis, workers, Apache + mod_wsgi on loopback.
+
+``python -m app.devstack`` is ``make run``; the tests start the same classes. Every
+child runs in its own session, so Ctrl-C reaches only this launcher, which then stops
+what it started (and nothing else) in order: Apache, workers, its own Redis.
+"""
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import urllib.error
+import urllib.request
+from pathlib import Path
+from types import SimpleNamespace
+
+import redis
+
+from app import config_files, settings as settings_module
+from app.keys import Keys
+from app.settings import PROJECT_ROOT
+
+log = logging.getLogger("beagle.devstack")
+
+WEB_USER = "www-data"
+STAGED = ("app", "wsgi", "apache")  # what the web tier reads: its code and error pages
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_until(check, process, timeout, what):
+    """Call ``check`` until it is true, waiting on ``process`` in between (which also
+    notices at once if the process exits)."""
+    for _ in range(int(timeout / 0.1)):
+        if check():
+            return
+        try:
+            code = process.wait(timeout=0.1)
+        except subprocess.TimeoutExpired:
+            continue
+        raise RuntimeError(f"{what} exited with code {code} while starting")
+    raise RuntimeError(f"{what} did not start within {timeout}s")
+
+
+def responds(url, expect=200):
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return response.status == expect
+    except urllib.error.HTTPError as exc:
+        return exc.code == expect
+    except OSError:
+        return False
+
+
+def redis_answers(url):
+    try:
+        return redis.Redis.from_url(url, socket_connect_timeout=0.5, socket_timeout=1).ping()
+    except redis.RedisError:
+        return False
+
+
+class RedisServer:
+    """A private redis-server on a free loopback port."""
+
+    def __init__(self, work_dir, password=""):
+        self.work_dir = Path(work_dir)
+        self.password = password
+        self.port = None
+        self.process = None
+
+    @property
+    def url(self):
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
+
+    def start(self):
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        self.port = self.port or free_port()
+        args = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
+                "--save", "", "--appendonly", "no", "--dir", str(self.work_dir),
+                "--maxmemory-policy", "noeviction"]
+        if self.password:
+            args += ["--requirepass", self.password]
+        with open(self.work_dir / "redis.log", "ab") as out:
+            self.process = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT,
+                                            start_new_session=True)
+        wait_until(lambda: redis_answers(self.url), self.process, 10, "redis-server")
+        return self
+
+    def stop(self):
+        _stop(self.process, signal.SIGTERM, 10)
+
+
+class Apache:
+    """Apache + mod_wsgi from apache/'s templates, serving the web tier from a copy of
+    its code under ``run_dir``, which the daemon user can read wherever the checkout is."""
+
+    def __init__(self, settings, run_dir):
+        self.settings = settings
+        self.run_dir = Path(run_dir)
+        self.process = None
+
+    @property
+    def url(self):
+        return f"http://{self.settings.host}:{self.settings.port}"
+
+    @property
+    def error_log(self):
+        return self.run_dir / "logs" / "error.log"
+
+    @property
+    def config(self):
+        return self.run_dir / "httpd.conf"
+
+    def start(self):
+        venv = check_venv()
+        code_dir = self.stage()
+        logs = self.run_dir / "logs"
+        logs.mkdir(exist_ok=True)
+        vhost = self.run_dir / "beagle.conf"
+        vhost.write_text(config_files.apache_vhost(self.settings, code_dir, venv, logs))
+        self.config.write_text(config_files.apache_standalone(
+            self.settings, self.run_dir, vhost, logs))
+        if os.geteuid() == 0:
+            check_readable_by(WEB_USER, venv / "pyvenv.cfg", code_dir / "wsgi" / "beagle.wsgi")
+        env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8",
+               **settings_module.as_environ(self.settings)}
+        with open(logs / "apache-stdout.log", "ab") as out:
+            self.process = subprocess.Popen(
+                ["/usr/sbin/apache2", "-f", str(self.config), "-DFOREGROUND"], env=env,
+                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        wait_until(lambda: responds(self.url + "/healthz"), self.process, 60,
+                   f"Apache (see {self.error_log})")
+        return self
+
+    def stage(self):
+        """Copy what the web tier reads to ``run_dir/code``, readable by the daemon user."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.run_dir.chmod(0o755)
+        code_dir = self.run_dir / "code"
+        shutil.rmtree(code_dir, ignore_errors=True)
+        for name in STAGED:
+            shutil.copytree(PROJECT_ROOT / name, code_dir / name,
+                            ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        return code_dir
+
+    def graceful(self):
+        """``apachectl graceful``: new daemon processes, requests in flight finish."""
+        self.process.send_signal(signal.SIGUSR1)
+
+    def stop(self):
+        _stop(self.process, signal.SIGTERM, 20)
+
+
+class WorkerProcess:
+    """``python -m app.worker`` as a child process, known to Redis by ``name``."""
+
+    def __init__(self, settings, name, log_path=None, env=None):
+        self.settings = SimpleNamespace(**{**vars(settings), "worker_name": name})
+        self.name = name
+        self.log_path = log_path
+        self.extra_env = env or {}
+        self.process = None
+
+    def start(self, wait=True, timeout=120):
+        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"),
+               **settings_module.as_environ(self.settings), **self.extra_env}
+        out = open(self.log_path, "ab") if self.log_path else None
+        self.process = subprocess.Popen([sys.executable, "-m", "app.worker"], cwd=PROJECT_ROOT,
+                                        env=env, stdout=out, stderr=subprocess.STDOUT if out
+                                        else None, start_new_session=True)
+        if out:
+            out.close()
+        if wait:
+            self.wait_live(timeout)
+        return self
+
+    def wait_live(self, timeout=120):
+        client = redis.Redis.from_url(self.settings.redis_url)
+        key = Keys(self.settings.key_prefix).worker(self.name)
+        wait_until(lambda: client.exists(key), self.process, timeout, f"worker {self.name}")
+
+    def signal(self, signum):
+        self.process.send_signal(signum)
+
+    def stop(self, timeout=60):
+        return _stop(self.process, signal.SIGTERM, timeout)
+
+
+def check_venv():
+    """The venv running us, which Apache's mod_wsgi will run too: it must be made from
+    the system Python that Debian's mod_wsgi is built for."""
+    if sys.prefix == sys.base_prefix or Path(sys.base_prefix) != Path("/usr"):
+        raise SystemExit(f"run this from a venv made with /usr/bin/python3 (mod_wsgi is built "
+                         f"for it); this Python is {sys.executable} (base {sys.base_prefix})")
+    return Path(sys.prefix)
+
+
+def check_readable_by(user, *paths):
+    for path in paths:
+        probe = subprocess.run(["runuser", "-u", user, "--", "test", "-r", str(path)])
+        if probe.returncode != 0:
+            raise SystemExit(f"{user} (Apache's daemon user) cannot read {path}: every "
+                             f"directory above it needs o+x. Put the venv elsewhere (VENV=...)")
+
+
+def _stop(process, signum, timeout):
+    if process is None or process.poll() is not None:
+        return None if process is None else process.returncode
+    process.send_signal(signum)
+    try:
+        return process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        return process.wait()
+
+
+class Stack:
+    """Workers and Apache for ``settings``, whose ``redis_url`` must answer. Worker logs
+    go to ``run_dir/worker-<n>.log``, or to this process's stderr with ``worker_logs=False``."""
+
+    def __init__(self, settings, run_dir, workers=1, worker_env=None, worker_logs=True):
+        self.settings = settings
+        self.run_dir = Path(run_dir)
+        self.workers = [
+            WorkerProcess(settings, f"{socket.gethostname()}-{settings.port}-{n}",
+                          self.run_dir / f"worker-{n}.log" if worker_logs else None, worker_env)
+            for n in range(workers)]
+        self.apache = Apache(settings, self.run_dir)
+
+    @property
+    def url(self):
+        return self.apache.url
+
+    @property
+    def processes(self):
+        return [self.apache.process] + [w.process for w in self.workers]
+
+    def start(self, timeout=180):
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        for worker in self.workers:  # they load their models in parallel
+            worker.start(wait=False)
+        for worker in self.workers:
+            worker.wait_live(timeout)
+        self.apache.start()
+        return self
+
+    def stop(self):
+        self.apache.stop()
+        for worker in self.workers:
+            worker.stop()
+
+
+def main():
+    """``make run``: serve the bundled model on http://<host>:<port> until Ctrl-C."""
+    settings = settings_module.load()
+    logging.basicConfig(level=settings.log_level, format="%(levelname)s %(name)s: %(message)s")
+    run_dir = Path(tempfile.gettempdir()) / f"beagle-run-{settings.port}"
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGCHLD):
+        signal.signal(signum, lambda *_: stop.set())
+    own_redis = stack = None
+    try:
+        if redis_answers(settings.redis_url):
+            log.info("devstack: using the Redis at %s", settings.redis_url.split("@")[-1])
+        else:
+            own_redis = RedisServer(run_dir / "redis").start()
+            settings.redis_url = own_redis.url
+            log.info("devstack: no Redis answered, started one on port %d", own_redis.port)
+        if not _port_free(settings.host, settings.port):
+            raise SystemExit(f"{settings.host}:{settings.port} is in use; set BEAGLE_PORT")
+        stack = Stack(settings, run_dir, worker_logs=False)
+        stack.start()
+        wait_until(lambda: responds(stack.url + "/readyz"), stack.apache.process, 60, "Apache")
+        sample = PROJECT_ROOT / "stress" / "images" / "digit_7.png"
+        print(f"\nBeagle is serving on {stack.url}\n\n"
+              f"  curl -F image=@{sample} {stack.url}/predict\n\n"
+              f"Apache error log: tail -f {stack.apache.error_log}\n"
+              f"Ctrl-C stops Apache, the worker{' and Redis' if own_redis else ''}.\n",
+              flush=True)
+        stop.clear()  # children of the start-up probes are gone; from now on SIGCHLD matters
+        while not stop.wait(60) and all(p.poll() is None for p in stack.processes):
+            pass
+        if any(p.poll() is not None for p in stack.processes):
+            log.error("devstack: a process of the stack exited; stopping the rest")
+    finally:
+        if stack:
+            stack.stop()
+        if own_redis:
+            own_redis.stop()
+        log.info("devstack: stopped")
+
+
+def _port_free(host, port):
+    with socket.socket() as sock:
+        return sock.connect_ex((host, port)) != 0
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,98 @@
+"""The model versions a worker holds in memory, kept in step with the repository.
+
+A worker serves the newest version of each selected model, or the versions pinned
+with ``name:version`` in the ``models`` setting. `refresh` loads and warms a new
+version before it retires the one it replaces, so no request sees a gap; a version
+that fails to load is logged once and the previous one keeps serving.
+"""
+import logging
+
+from app import repository, runtimes
+
+log = logging.getLogger("beagle.models")
+
+
+def parse_selection(text):
+    """"digits, resnet50:2" -> {"digits": set(), "resnet50": {2}} (empty set = newest)."""
+    pins = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, _, version = item.partition(":")
+        pins.setdefault(name, set())
+        if version:
+            pins[name].add(int(version))
+    return pins
+
+
+class LoadedModels:
+    def __init__(self, root, selection, load=runtimes.load):
+        self.root = root
+        self.pins = parse_selection(selection)
+        self.load = load
+        self.runners = {}   # name -> {version: runner}
+        self._failed = set()
+
+    def refresh(self):
+        """Bring memory in step with the repository; True if anything changed."""
+        wanted = self._wanted()
+        changed = False
+        for name, versions in wanted.items():
+            loaded = self.runners.setdefault(name, {})
+            for version in sorted(versions - loaded.keys()):
+                runner = self._load(name, version)
+                if runner is not None:
+                    loaded[version] = runner
+                    changed = True
+            if versions & loaded.keys():
+                for version in sorted(loaded.keys() - versions):
+                    log.info("model %s: retiring version %d", name, version)
+                    del loaded[version]
+                    changed = True
+        for name in list(self.runners):
+            if name not in wanted or not self.runners[name]:
+                if self.runners.pop(name):
+                    log.info("model %s: no longer in the repository, retired", name)
+                    changed = True
+        return changed
+
+    def get(self, name, version=None):
+        """The runner for ``name`` at ``version`` (None = newest loaded), or None."""
+        loaded = self.runners.get(name) or {}
+        if version is None:
+            return loaded[max(loaded)] if loaded else None
+        return loaded.get(version)
+
+    def names(self):
+        return sorted(self.runners)
+
+    def announcement(self):
+        """What the registry should say this worker serves."""
+        return {name: {"versions": {str(v): {"shape": list(r.spec.shape)}
+                                    for v, r in loaded.items()},
+                       "latest": max(loaded)}
+                for name, loaded in self.runners.items() if loaded}
+
+    def _wanted(self):
+        names = self.pins.keys() if self.pins else repository.names(self.root)
+        wanted = {}
+        for name in names:
+            available = set(repository.versions(self.root, name))
+            pinned = self.pins.get(name)
+            if pinned:
+                wanted[name] = pinned & available
+            elif available:
+                wanted[name] = {max(available)}
+        return wanted
+
+    def _load(self, name, version):
+        if (name, version) in self._failed:
+            return None
+        try:
+            spec = repository.load_spec(self.root, name, version)
+            log.info("model %s: loading version %d from %s", name, version, spec.model_path)
+            runner = self.load(spec)
+        except Exception:
+            log.exception("model %s: version %d failed to load; not serving it", name, version)
+            self._failed.add((name, version))
+            return None
+        log.info("model %s: version %d loaded and warmed", name, version)
+        return runner

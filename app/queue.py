@@ -1,0 +1,163 @@
+"""The Redis queue protocol between the web tier and the workers.
+
+Web:    `submit` adds a request to the model's stream unless the backlog is at its bound
+        (one atomic Lua call), then `wait_result` blocks on the request's result list.
+Worker: `read_new` takes new entries for its consumer (XREADGROUP, blocking with a
+        timeout), `claim_stale` takes entries a dead worker left pending (XAUTOCLAIM),
+        `reply` pushes every answer, acknowledges and deletes the entries in one round trip.
+
+An entry carries the request id, its absolute deadline, the version asked for ("" =
+newest), top_k (0 = the whole probability vector) and uint8 pixels of shape h,w,c.
+An answer is JSON: {"ok": true, "model", "version", "predictions" | "probabilities"}
+or {"ok": false, "status": <http status>, "error": "<what and why>"}.
+"""
+import json
+from dataclasses import dataclass
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from app.keys import GROUP
+
+SUBMIT_SCRIPT = """
+if redis.call('XLEN', KEYS[1]) >= tonumber(ARGV[1]) then return false end
+return redis.call('XADD', KEYS[1], '*', unpack(ARGV, 2))
+"""
+
+
+def connect(url, socket_timeout):
+    """A client that fails fast when Redis is down: 1 s to connect, one immediate retry."""
+    return redis.Redis.from_url(
+        url, socket_connect_timeout=1.0, socket_timeout=socket_timeout,
+        retry=Retry(NoBackoff(), 1), health_check_interval=0)
+
+
+@dataclass
+class Request:
+    request_id: str
+    deadline: float
+    version: str
+    top_k: int
+    shape: tuple
+    pixels: bytes
+
+    def fields(self):
+        return {"id": self.request_id, "deadline": repr(self.deadline), "version": self.version,
+                "top_k": self.top_k, "shape": ",".join(map(str, self.shape)),
+                "pixels": self.pixels}
+
+
+@dataclass
+class Entry:
+    """A request as a worker sees it: where it came from and how often it was delivered.
+
+    ``request`` is None when the entry could not be decoded; ``problem`` then says why
+    and ``request_id`` is whatever id could be read ("" if none).
+    """
+    model: str
+    entry_id: bytes
+    request: Request | None
+    deliveries: int = 1
+    problem: str = ""
+    request_id: str = ""
+
+
+class Queue:
+    def __init__(self, client, keys):
+        self.redis = client
+        self.keys = keys
+        self._submit = client.register_script(SUBMIT_SCRIPT)
+
+    # -- web side ------------------------------------------------------------------
+
+    def submit(self, model, request, max_queue):
+        """Queue ``request``; False when the model's backlog is already ``max_queue``."""
+        args = [max_queue]
+        for name, value in request.fields().items():
+            args += [name, value]
+        return self._submit(keys=[self.keys.stream(model)], args=args) is not None
+
+    def wait_result(self, request_id, timeout):
+        """The answer for ``request_id``, or None if none arrived within ``timeout`` s."""
+        if timeout <= 0:
+            return None
+        popped = self.redis.blpop([self.keys.result(request_id)], timeout=timeout)
+        return None if popped is None else json.loads(popped[1])
+
+    def backlog(self, model):
+        return self.redis.xlen(self.keys.stream(model))
+
+    # -- worker side ----------------------------------------------------------------
+
+    def ensure_group(self, model):
+        """Create the consumer group (and stream); entries queued before it are kept."""
+        try:
+            self.redis.xgroup_create(self.keys.stream(model), GROUP, id="0", mkstream=True)
+        except redis.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    def prune_consumers(self, model, idle_s):
+        """Forget consumers (dead workers) with nothing pending and idle for ``idle_s``."""
+        stream = self.keys.stream(model)
+        for consumer in self.redis.xinfo_consumers(stream, GROUP):
+            if consumer["pending"] == 0 and consumer["idle"] > idle_s * 1000:
+                self.redis.xgroup_delconsumer(stream, GROUP, consumer["name"])
+
+    def read_new(self, models, consumer, count, block_ms):
+        """Up to ``count`` new entries across ``models``, waiting at most ``block_ms``."""
+        streams = {self.keys.stream(model): ">" for model in models}
+        replies = self.redis.xreadgroup(GROUP, consumer, streams, count=count, block=block_ms)
+        entries = []
+        for stream, messages in replies or ():
+            model = self.keys.name_in(stream.decode(), "stream")
+            entries += [self._entry(model, entry_id, fields) for entry_id, fields in messages
+                        if fields]
+        return entries
+
+    def claim_stale(self, model, consumer, min_idle_s, count):
+        """Entries idle longer than ``min_idle_s`` in any consumer, now ours, with counts."""
+        stream = self.keys.stream(model)
+        claimed = self.redis.xautoclaim(stream, GROUP, consumer, int(min_idle_s * 1000),
+                                        start_id="0-0", count=count)
+        messages = [(entry_id, fields) for entry_id, fields in claimed[1] if fields]
+        if not messages:
+            return []
+        pending = self.redis.xpending_range(stream, GROUP, min=messages[0][0],
+                                            max=messages[-1][0], count=len(messages) * 4,
+                                            consumername=consumer)
+        counts = {item["message_id"]: item["times_delivered"] for item in pending}
+        return [self._entry(model, entry_id, fields, counts.get(entry_id, 2))
+                for entry_id, fields in messages]
+
+    def reply(self, answers, skipped, result_ttl):
+        """Push each (entry, answer); acknowledge and delete those and the ``skipped``."""
+        pipe = self.redis.pipeline(transaction=False)
+        for entry, answer in answers:
+            key = self.keys.result(entry.request_id)
+            pipe.lpush(key, json.dumps(answer))
+            pipe.expire(key, max(1, int(result_ttl)))
+        by_stream = {}
+        for entry in [entry for entry, _ in answers] + list(skipped):
+            by_stream.setdefault(self.keys.stream(entry.model), []).append(entry.entry_id)
+        for stream, ids in by_stream.items():
+            pipe.xack(stream, GROUP, *ids)
+            pipe.xdel(stream, *ids)
+        pipe.execute()
+
+    @staticmethod
+    def _entry(model, entry_id, fields, deliveries=1):
+        request_id = fields.get(b"id", b"").decode("utf-8", "replace")
+        try:
+            shape = tuple(int(n) for n in fields[b"shape"].split(b","))
+            request = Request(
+                request_id=request_id, deadline=float(fields[b"deadline"]),
+                version=fields[b"version"].decode(), top_k=int(fields[b"top_k"]),
+                shape=shape, pixels=fields[b"pixels"])
+            if len(shape) != 3 or len(request.pixels) != shape[0] * shape[1] * shape[2]:
+                raise ValueError(f"{len(request.pixels)} bytes of pixels for shape {shape}")
+        except (KeyError, ValueError, UnicodeDecodeError) as exc:
+            return Entry(model, entry_id, None, deliveries, f"malformed entry: {exc!r}",
+                         request_id)
+        return Entry(model, entry_id, request, deliveries, request_id=request_id)

@@ -1,0 +1,109 @@
+"""The model repository on disk: ``<root>/<name>/<version>/`` as in TF Serving.
+
+Each version folder holds the model (``.keras``, ``.h5`` or a SavedModel folder),
+``labels.txt`` (one label per class index) and ``model.json``::
+
+    {"file": "model.keras", "runtime": "tensorflow",
+     "input": {"height": 32, "width": 32, "channels": 1},
+     "preprocessing": "unit", "output": "probabilities"}
+
+preprocessing: none (float pixels 0-255), unit (0-1), tf (-1..1), caffe (BGR, mean
+subtracted), torch (0-1, ImageNet mean/std). output: probabilities or logits.
+A version counts once its model.json exists, so writers publish that file last.
+"""
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+PREPROCESSING = ("none", "unit", "tf", "caffe", "torch")
+OUTPUTS = ("probabilities", "logits")
+RUNTIMES = ("tensorflow",)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    version: int
+    path: Path
+    file: str
+    height: int
+    width: int
+    channels: int
+    preprocessing: str
+    output: str
+    runtime: str
+    labels: tuple
+
+    @property
+    def shape(self):
+        return (self.height, self.width, self.channels)
+
+    @property
+    def model_path(self):
+        return self.path / self.file
+
+
+def names(root):
+    """Models that have at least one published version."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and versions(root, p.name))
+
+
+def versions(root, name):
+    """Published versions of ``name``, oldest first."""
+    folder = Path(root) / name
+    if not folder.is_dir():
+        return []
+    return sorted(int(p.name) for p in folder.iterdir()
+                  if p.name.isdigit() and (p / "model.json").is_file())
+
+
+def load_spec(root, name, version):
+    return read_spec(Path(root) / name / str(version), name, version)
+
+
+def read_spec(path, name, version):
+    """The spec in folder ``path``, checked; ValueError says what is wrong."""
+    path = Path(path)
+    meta = json.loads((path / "model.json").read_text())
+    labels = tuple((path / "labels.txt").read_text().splitlines())
+    size = meta["input"]
+    spec = ModelSpec(
+        name=name, version=int(version), path=path, file=meta["file"],
+        height=int(size["height"]), width=int(size["width"]), channels=int(size["channels"]),
+        preprocessing=meta.get("preprocessing", "unit"),
+        output=meta.get("output", "probabilities"),
+        runtime=meta.get("runtime", "tensorflow"), labels=labels)
+    _check(spec)
+    return spec
+
+
+def publish(path, file, height, width, channels, labels, preprocessing="unit",
+            output="probabilities", runtime="tensorflow"):
+    """Write labels.txt, then model.json (which makes the version visible) into ``path``."""
+    path = Path(path)
+    (path / "labels.txt").write_text("\n".join(labels) + "\n")
+    meta = {"file": file, "runtime": runtime,
+            "input": {"height": height, "width": width, "channels": channels},
+            "preprocessing": preprocessing, "output": output}
+    staging = path / "model.json.tmp"
+    staging.write_text(json.dumps(meta, indent=2) + "\n")
+    staging.rename(path / "model.json")
+
+
+def _check(spec):
+    problems = []
+    if spec.preprocessing not in PREPROCESSING:
+        problems.append(f"preprocessing {spec.preprocessing!r} is not one of {PREPROCESSING}")
+    if spec.output not in OUTPUTS:
+        problems.append(f"output {spec.output!r} is not one of {OUTPUTS}")
+    if spec.runtime not in RUNTIMES:
+        problems.append(f"runtime {spec.runtime!r} is not one of {RUNTIMES}")
+    if spec.channels not in (1, 3):
+        problems.append(f"input channels must be 1 or 3, not {spec.channels}")
+    if not spec.model_path.exists():
+        problems.append(f"{spec.model_path} does not exist")
+    if problems:
+        raise ValueError(f"model {spec.name} version {spec.version}: " + "; ".join(problems))

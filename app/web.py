@@ -1,0 +1,81 @@
+"""The Flask app factory. mod_wsgi loads it through wsgi/beagle.wsgi.
+
+Every error, ours or Werkzeug's, leaves as JSON: {"success": false, "error", "request_id"};
+503s carry Retry-After. The web tier imports Pillow, NumPy and redis-py, never TensorFlow.
+"""
+import logging
+import time
+import uuid
+from types import SimpleNamespace
+
+import redis
+from flask import Flask, g, jsonify
+from werkzeug.exceptions import HTTPException
+
+from app import api, settings as settings_module
+from app.keys import Keys
+from app.queue import Queue, connect
+from app.registry import Directory
+
+log = logging.getLogger("beagle.web")
+
+RETRY_AFTER_S = 1
+
+
+def create_app(test_config=None):
+    """Build the app; ``test_config`` overrides settings by name."""
+    settings = settings_module.load(**(test_config or {}))
+    logging.basicConfig(level=settings.log_level, format="%(levelname)s %(name)s: %(message)s")
+    app = Flask(__name__)
+    app.config["BEAGLE"] = settings
+    app.config["MAX_CONTENT_LENGTH"] = settings_module.body_limit(settings)
+    init_app(app)
+    app.register_blueprint(api.bp)
+    app.before_request(_start_request)
+    app.after_request(_tag_response)
+    app.register_error_handler(HTTPException, json_error)
+    app.register_error_handler(redis.RedisError, redis_error)
+    app.register_error_handler(Exception, unexpected_error)
+    return app
+
+
+def init_app(app):
+    """Register the Redis-backed resources the views use as ``app.extensions["beagle"]``."""
+    settings = app.config["BEAGLE"]
+    client = connect(settings.redis_url, socket_timeout=settings.request_timeout + 2)
+    keys = Keys(settings.key_prefix)
+    app.extensions["beagle"] = SimpleNamespace(
+        redis=client, keys=keys, queue=Queue(client, keys),
+        directory=Directory(client, keys, settings.heartbeat_ttl))
+
+
+def json_error(exc):
+    return error_response(exc.code, exc.description)
+
+
+def redis_error(exc):
+    log.error("request %s: Redis unavailable: %s", g.get("request_id"), exc)
+    return error_response(503, f"Redis is unavailable ({type(exc).__name__}); retry shortly")
+
+
+def unexpected_error(exc):
+    log.exception("request %s: unexpected error", g.get("request_id"))
+    return error_response(500, f"internal error ({type(exc).__name__}); see the server log")
+
+
+def error_response(status, message):
+    response = jsonify(success=False, error=message, request_id=g.get("request_id"))
+    response.status_code = status
+    if status == 503:
+        response.headers["Retry-After"] = str(RETRY_AFTER_S)
+    return response
+
+
+def _start_request():
+    g.request_id = uuid.uuid4().hex
+    g.started = time.time()
+
+
+def _tag_response(response):
+    response.headers["X-Request-ID"] = g.get("request_id", "")
+    return response

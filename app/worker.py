@@ -1,0 +1,278 @@
+"""The model-server worker: ``python -m app.worker``.
+
+Loop (after rq's Worker.work): heartbeat and housekeeping, take the next batch from
+Redis, classify it with one compiled forward pass per model version, reply; finally
+tear down. The first SIGTERM or SIGINT finishes the batch in hand, acknowledges it and
+exits; a second one ends the process at once (its unacknowledged requests stay pending
+and another worker, or this one restarted, claims them).
+"""
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import redis
+from PIL import Image
+
+from app import registry, runtimes, settings as settings_module
+from app.keys import Keys
+from app.loaded_models import LoadedModels
+from app.queue import Queue, connect
+
+log = logging.getLogger("beagle.worker")
+
+BLOCK_MS = 1000          # longest wait on Redis, so stop requests are seen within a second
+CONSUMER_IDLE_S = 3600   # consumers of dead workers are forgotten after this
+
+
+class Worker:
+    def __init__(self, settings, models=None):
+        self.settings = settings
+        self.keys = Keys(settings.key_prefix)
+        self.redis = connect(settings.redis_url, socket_timeout=BLOCK_MS / 1000 + 5)
+        self.queue = Queue(self.redis, self.keys)
+        self.name = settings.worker_name or f"{socket.gethostname()}-{os.getpid()}"
+        self.models = models or LoadedModels(settings.model_repository, settings.models)
+        self.stats = Counter()
+        self.started = time.time()
+        self._stopping = threading.Event()
+        # Forward passes run here so the main thread, waiting on them, stays responsive
+        # to signals (a Python handler cannot run while the main thread is inside TF).
+        self._inference = ThreadPoolExecutor(1, thread_name_prefix="inference")
+        self._next = Counter()  # monotonic time each periodic step is next due
+
+    # -- the loop -----------------------------------------------------------------
+
+    def work(self):
+        self.install_signal_handlers()
+        try:
+            self.startup()
+            while not self._stopping.is_set():
+                try:
+                    self.maintain()
+                    batch = self.next_batch()
+                    if batch:
+                        self.reply(*self.classify(batch))
+                except (redis.ConnectionError, redis.TimeoutError) as exc:
+                    log.error("worker %s: Redis unreachable (%s); retrying in 1s", self.name, exc)
+                    self._stopping.wait(1.0)
+                except redis.ResponseError as exc:
+                    if "NOGROUP" not in str(exc):
+                        raise
+                    log.warning("worker %s: a stream was deleted; joining again", self.name)
+                    self._join_groups()
+        finally:
+            self.teardown()
+
+    def startup(self):
+        runtimes.configure_threads(self.settings.worker_threads)
+        self.models.refresh()
+        if not self.models.names():
+            log.warning("worker %s: no model to serve in %s (models=%r); waiting for one",
+                        self.name, self.settings.model_repository, self.settings.models)
+        self._join_groups()
+        log.info("worker %s: serving %s, max batch %d, batch timeout %.3fs", self.name,
+                 self._describe_models(), self.settings.max_batch_size,
+                 self.settings.batch_timeout)
+
+    def maintain(self):
+        """Periodic steps: heartbeat, repository poll; each runs when it is due."""
+        now = time.monotonic()
+        if now >= self._next["poll"]:
+            self._next["poll"] = now + self.settings.repository_poll
+            if self.models.refresh():
+                self._join_groups()
+                log.info("worker %s: now serving %s", self.name, self._describe_models())
+                self._next["heartbeat"] = 0
+        if now >= self._next["heartbeat"]:
+            self._next["heartbeat"] = now + min(1.0, self.settings.heartbeat_ttl / 3)
+            registry.announce(self.redis, self.keys, self.name, self.models.announcement(),
+                              self._status(), self.settings.heartbeat_ttl)
+
+    def next_batch(self):
+        """Stale entries of dead workers first, else new ones: up to max_batch_size."""
+        claimed = self._claim_stale()
+        if claimed:
+            return claimed
+        names, size = self.models.names(), self.settings.max_batch_size
+        if not names:
+            self._stopping.wait(BLOCK_MS / 1000)
+            return []
+        batch = self.queue.read_new(names, self.name, size, BLOCK_MS)
+        window_ends = time.monotonic() + self.settings.batch_timeout
+        while batch and len(batch) < size and (left := window_ends - time.monotonic()) > 0:
+            more = self.queue.read_new(names, self.name, size - len(batch),
+                                       max(1, int(left * 1000)))
+            if not more:
+                break
+            batch += more
+        return batch
+
+    def classify(self, batch):
+        """Answers for the batch: [(entry, answer)], plus entries to drop unanswered."""
+        answers, skipped, groups = [], [], {}
+        now = time.time()
+        for entry in batch:
+            request = entry.request
+            if request is None:
+                self.stats["malformed"] += 1
+                log.error("worker %s: dropping entry %s of %s: %s", self.name,
+                          entry.entry_id.decode(), entry.model, entry.problem)
+                if entry.request_id:
+                    answers.append((entry, _error(400, entry.problem)))
+                else:
+                    skipped.append(entry)
+            elif request.deadline < now:
+                self.stats["expired"] += 1
+                skipped.append(entry)
+            elif entry.deliveries > self.settings.max_attempts:
+                self.stats["poisoned"] += 1
+                log.error("worker %s: request %s was delivered %d times; answering with an "
+                          "error", self.name, request.request_id, entry.deliveries)
+                answers.append((entry, _error(500, f"inference failed {entry.deliveries - 1} "
+                                                   f"times on this input; giving up")))
+            else:
+                version = int(request.version) if request.version else None
+                runner = self.models.get(entry.model, version)
+                if runner is None:
+                    answers.append((entry, _error(404, f"model {entry.model} version "
+                                                       f"{request.version} is not served")))
+                else:
+                    groups.setdefault(runner, []).append(entry)
+        for runner, entries in groups.items():
+            # Redelivered entries run alone: one of them may be what killed a worker.
+            together = [e for e in entries if e.deliveries == 1]
+            parts = [together] if together else []
+            parts += [[e] for e in entries if e.deliveries > 1]
+            for part in parts:
+                answers += self._run(runner, part)
+        return answers, skipped
+
+    def reply(self, answers, skipped):
+        self.queue.reply(answers, skipped, self.settings.result_ttl)
+        self.stats["answered"] += len(answers)
+
+    def teardown(self):
+        self._inference.shutdown(wait=False)
+        try:
+            registry.retire(self.redis, self.keys, self.name, self.models.names())
+        except redis.RedisError as exc:
+            log.warning("worker %s: could not retire from the registry: %s", self.name, exc)
+        s = self.stats
+        log.info("worker %s: stopped after %.0fs: %d batches, %d requests (mean batch %.1f), "
+                 "%d answered, %d failed, %d expired, %d poisoned, %d malformed", self.name,
+                 time.time() - self.started, s["batches"], s["requests"],
+                 s["requests"] / max(1, s["batches"]), s["answered"], s["failed"],
+                 s["expired"], s["poisoned"], s["malformed"])
+
+    # -- signals --------------------------------------------------------------------
+
+    def install_signal_handlers(self):
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+
+    def _on_signal(self, signum, frame):
+        # The second signal gets the kernel's default action: the process ends at once,
+        # mid-batch, whatever Python is doing; its requests stay pending for another worker.
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        log.info("worker %s: %s, finishing the batch in hand (send again to stop now)",
+                 self.name, signal.Signals(signum).name)
+        self._stopping.set()
+
+    # -- steps' helpers -------------------------------------------------------------
+
+    def _run(self, runner, entries):
+        spec = runner.spec
+        try:
+            pixels = b"".join(_fit(e.request, spec.shape) for e in entries)
+            batch = np.frombuffer(pixels, np.uint8).reshape(len(entries), *spec.shape)
+            probabilities = self._inference.submit(runner, batch).result()
+        except Exception as exc:
+            if len(entries) > 1:
+                log.warning("worker %s: batch of %d failed (%s); running each alone",
+                            self.name, len(entries), exc)
+                return [answer for e in entries for answer in self._run(runner, [e])]
+            self.stats["failed"] += 1
+            log.exception("worker %s: inference failed for request %s", self.name,
+                          entries[0].request.request_id)
+            return [(entries[0], _error(500, f"inference failed: {type(exc).__name__}: {exc}"))]
+        self.stats["batches"] += 1
+        self.stats["requests"] += len(entries)
+        log.debug("worker %s: batch of %d for %s v%d", self.name, len(entries), spec.name,
+                  spec.version)
+        return [(e, _prediction(spec, row, e.request.top_k))
+                for e, row in zip(entries, probabilities)]
+
+    def _claim_stale(self):
+        now = time.monotonic()
+        if now < self._next["claim"]:
+            return []
+        self._next["claim"] = now + self.settings.claim_idle / 2
+        claimed = []
+        for name in self.models.names():
+            claimed += self.queue.claim_stale(name, self.name, self.settings.claim_idle,
+                                              self.settings.max_batch_size)
+        if claimed:
+            log.warning("worker %s: claimed %d requests left pending by another worker",
+                        self.name, len(claimed))
+            self._next["claim"] = now  # there may be more
+        return claimed
+
+    def _join_groups(self):
+        for name in self.models.names():
+            self.queue.ensure_group(name)
+            self.queue.prune_consumers(name, CONSUMER_IDLE_S)
+
+    def _status(self):
+        return {"id": self.name, "host": socket.gethostname(), "pid": os.getpid(),
+                "started": self.started, "models": {n: sorted(self.models.runners[n])
+                                                    for n in self.models.names()},
+                "batches": self.stats["batches"], "requests": self.stats["requests"]}
+
+    def _describe_models(self):
+        return ", ".join(f"{n} v{','.join(map(str, sorted(self.models.runners[n])))}"
+                         for n in self.models.names()) or "nothing"
+
+
+def _fit(request, shape):
+    """The request's pixels at ``shape``: resized only if the web sized them for another
+    version (during a swap between versions with different input sizes)."""
+    if request.shape == shape:
+        return request.pixels
+    h, w, c = request.shape
+    image = Image.frombytes("L" if c == 1 else "RGB", (w, h), request.pixels)
+    image = image.convert("L" if shape[2] == 1 else "RGB")
+    return image.resize((shape[1], shape[0]), Image.Resampling.BILINEAR).tobytes()
+
+
+def _prediction(spec, probabilities, top_k):
+    answer = {"ok": True, "model": spec.name, "version": spec.version}
+    if top_k == 0:
+        answer["probabilities"] = probabilities.tolist()
+        return answer
+    best = np.argsort(probabilities)[::-1][:top_k]
+    answer["predictions"] = [
+        {"label": spec.labels[i] if i < len(spec.labels) else str(i),
+         "probability": round(float(probabilities[i]), 6)} for i in best]
+    return answer
+
+
+def _error(status, message):
+    return {"ok": False, "status": status, "error": message}
+
+
+def main():
+    settings = settings_module.load()
+    logging.basicConfig(level=settings.log_level,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    Worker(settings).work()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,81 @@
+"""Empty Beagle's queues in Redis: its own keys only, never FLUSHALL.
+
+Every queued request is answered with a 503 ("flushed by an operator") so no client
+waits for its deadline, then removed; unread results are deleted. Streams are trimmed,
+not deleted, so running workers keep their consumer groups. ``--all`` also clears the
+registry (model metadata, live-worker sets, worker status), which live workers rebuild
+within a second.
+
+    python scripts/flush_queue.py [--all] [--dry-run]
+"""
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import redis
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from app import settings as settings_module  # noqa: E402
+from app.keys import Keys  # noqa: E402
+
+FLUSHED = {"ok": False, "status": 503, "error": "flushed from the queue by an operator"}
+REGISTRY_KINDS = ("model", "live", "worker")
+
+
+def flush(client, keys, everything=False, dry_run=False, result_ttl=30):
+    """What was removed: {"requests": {stream: n}, "results": n, "registry": n}."""
+    removed = {"requests": {}, "registry": 0}
+    removed["results"] = _delete(client, keys.pattern("result"), dry_run)  # before answering
+    for stream in client.scan_iter(match=keys.pattern("stream"), count=100):
+        count = 0
+        while entries := client.xrange(stream, count=500):
+            count += len(entries)
+            if dry_run:
+                break
+            pipe = client.pipeline(transaction=False)
+            for entry_id, fields in entries:
+                request_id = fields.get(b"id", b"").decode("utf-8", "replace")
+                if request_id:
+                    pipe.lpush(keys.result(request_id), json.dumps(FLUSHED))
+                    pipe.expire(keys.result(request_id), int(result_ttl))
+                pipe.xdel(stream, entry_id)
+            pipe.execute()
+        if dry_run:
+            count = client.xlen(stream)
+        removed["requests"][stream.decode()] = count
+    if everything:
+        removed["registry"] = sum(_delete(client, keys.pattern(kind), dry_run)
+                                  for kind in REGISTRY_KINDS)
+    return removed
+
+
+def _delete(client, pattern, dry_run):
+    found = list(client.scan_iter(match=pattern, count=500))
+    if found and not dry_run:
+        client.delete(*found)
+    return len(found)
+
+
+def main(argv=None):
+    settings = settings_module.load()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--all", action="store_true", help="also clear the worker registry")
+    parser.add_argument("--dry-run", action="store_true", help="only say what would go")
+    args = parser.parse_args(argv)
+    client = redis.Redis.from_url(settings.redis_url)
+    keys = Keys(settings.key_prefix)
+    removed = flush(client, keys, args.all, args.dry_run, settings.result_ttl)
+    verb = "would remove" if args.dry_run else "removed"
+    for stream, count in sorted(removed["requests"].items()):
+        print(f"{stream}: {verb} {count} queued requests" + ("" if args.dry_run else
+                                                             " (each answered 503)"))
+    print(f"{keys.pattern('result')}: {verb} {removed['results']} unread results")
+    if args.all:
+        print(f"registry ({', '.join(keys.pattern(k) for k in REGISTRY_KINDS)}): "
+              f"{verb} {removed['registry']} keys")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,42 @@
+"""Post one image to Beagle and print its predictions, one per line: ``1. 7: 0.9921``.
+
+    python scripts/simple_request.py [IMAGE] [--url http://127.0.0.1:8080] [--model M]
+                                     [--version V] [--top-k K]
+"""
+import argparse
+import sys
+from pathlib import Path
+
+import requests
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from app import settings as settings_module  # noqa: E402
+from app.settings import PROJECT_ROOT  # noqa: E402
+
+
+def main(argv=None):
+    settings = settings_module.load()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("image", nargs="?",
+                        default=str(PROJECT_ROOT / "stress" / "images" / "digit_7.png"))
+    parser.add_argument("--url", default=f"http://{settings.host}:{settings.port}")
+    parser.add_argument("--model")
+    parser.add_argument("--version", type=int)
+    parser.add_argument("--top-k", type=int)
+    args = parser.parse_args(argv)
+    params = {k: v for k, v in (("model", args.model), ("version", args.version),
+                                ("top_k", args.top_k)) if v is not None}
+    with open(args.image, "rb") as image:
+        response = requests.post(args.url.rstrip("/") + "/predict", files={"image": image},
+                                 data=params, timeout=60)
+    body = response.json()
+    if not body.get("success"):
+        print(f"error {response.status_code}: {body.get('error')}", file=sys.stderr)
+        return 1
+    for rank, prediction in enumerate(body["predictions"], 1):
+        print(f"{rank}. {prediction['label']}: {prediction['probability']:.4f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,161 @@
+"""The threaded stress test.
+
+By default it behaves like the classic one: 500 requests, a new thread every 0.05 s,
+each posting the image as multipart field ``image``. ``--concurrency N`` runs a closed
+loop instead: N threads, each sending its next request as soon as the last is answered.
+It prints counts per status, p50/p90/p99/max latency and throughput, and exits 1 if any
+request failed. Bounded in count (--requests) and time (--max-seconds).
+
+    python stress/stress_test.py [--url URL] [--image FILE] [--requests 500]
+                                 [--interval 0.05 | --concurrency 32] [--json]
+"""
+import argparse
+import json
+import sys
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import requests
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from app import settings as settings_module  # noqa: E402
+
+DEFAULT_IMAGE = Path(__file__).resolve().parent / "images" / "digit_7.png"
+
+
+class Results:
+    """(start offset, latency, status) of every request, from any thread."""
+
+    def __init__(self):
+        self.samples = []
+        self.labels = Counter()
+        self.errors = Counter()
+        self.lock = threading.Lock()
+        self.t0 = time.perf_counter()
+
+    def add(self, started, latency, status, label=None, error=None):
+        with self.lock:
+            self.samples.append((started - self.t0, latency, status))
+            if label is not None:
+                self.labels[label] += 1
+            if error:
+                self.errors[error] += 1
+
+
+def post(session, url, image, timeout, results):
+    started = time.perf_counter()
+    try:
+        response = session.post(url, files={"image": ("image", image)}, timeout=timeout)
+        status = response.status_code
+        body = response.json() if response.headers.get("Content-Type", "").startswith(
+            "application/json") else {}
+        label = body["predictions"][0]["label"] if status == 200 else None
+        error = None if status == 200 else f"{status}: {body.get('error', response.text[:80])}"
+    except requests.RequestException as exc:
+        status, label, error = "error", None, type(exc).__name__
+    results.add(started, time.perf_counter() - started, status, label, error)
+
+
+def open_loop(url, image, count, interval, timeout, max_seconds, results):
+    """A new thread every ``interval`` seconds, one request each."""
+    threads = []
+    stop_at = time.monotonic() + max_seconds
+    for _ in range(count):
+        if time.monotonic() > stop_at:
+            break
+        thread = threading.Thread(target=post, args=(requests, url, image, timeout, results))
+        thread.start()
+        threads.append(thread)
+        time.sleep(interval)
+    for thread in threads:
+        thread.join()
+
+
+def closed_loop(url, image, count, concurrency, timeout, max_seconds, results):
+    """``concurrency`` threads, each sending its next request when the last is answered."""
+    remaining = iter(range(count))
+    lock = threading.Lock()
+    stop_at = time.monotonic() + max_seconds
+
+    def run():
+        with requests.Session() as session:
+            while time.monotonic() < stop_at:
+                with lock:
+                    if next(remaining, None) is None:
+                        return
+                post(session, url, image, timeout, results)
+
+    threads = [threading.Thread(target=run) for _ in range(concurrency)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+
+def summarize(results, elapsed):
+    latencies = sorted(latency for _, latency, _ in results.samples)
+    statuses = Counter(str(status) for _, _, status in results.samples)
+
+    def pct(q):
+        return latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1000 if latencies else 0
+
+    return {"requests": len(latencies), "seconds": round(elapsed, 3),
+            "throughput": round(len(latencies) / elapsed, 2) if elapsed else 0,
+            "statuses": dict(statuses), "failed": len(latencies) - statuses.get("200", 0),
+            "p50_ms": round(pct(0.50), 2), "p90_ms": round(pct(0.90), 2),
+            "p99_ms": round(pct(0.99), 2), "max_ms": round(latencies[-1] * 1000, 2)
+            if latencies else 0, "labels": dict(results.labels),
+            "errors": dict(results.errors.most_common(5))}
+
+
+def print_summary(summary):
+    print(f"{summary['requests']} requests in {summary['seconds']:.1f} s: "
+          f"{summary['throughput']:.1f} req/s")
+    for status, count in sorted(summary["statuses"].items()):
+        print(f"  {status}: {count}")
+    print(f"latency ms: p50 {summary['p50_ms']:.1f}  p90 {summary['p90_ms']:.1f}  "
+          f"p99 {summary['p99_ms']:.1f}  max {summary['max_ms']:.1f}")
+    if summary["labels"]:
+        print("top labels: " + ", ".join(f"{k}={v}" for k, v in summary["labels"].items()))
+    for error, count in summary["errors"].items():
+        print(f"  failed x{count}: {error}")
+
+
+def run(url, image, count=500, interval=0.05, concurrency=0, timeout=30.0, max_seconds=300.0):
+    """Run the stress test; the summary dict (see ``summarize``)."""
+    results = Results()
+    if concurrency:
+        closed_loop(url, image, count, concurrency, timeout, max_seconds, results)
+    else:
+        open_loop(url, image, count, interval, timeout, max_seconds, results)
+    return summarize(results, time.perf_counter() - results.t0)
+
+
+def main(argv=None):
+    settings = settings_module.load()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--url", default=f"http://{settings.host}:{settings.port}/predict")
+    parser.add_argument("--image", default=str(DEFAULT_IMAGE))
+    parser.add_argument("--requests", type=int, default=500)
+    parser.add_argument("--interval", type=float, default=0.05,
+                        help="seconds between new threads (open loop, the default)")
+    parser.add_argument("--concurrency", type=int, default=0,
+                        help="closed loop with this many threads instead")
+    parser.add_argument("--timeout", type=float, default=30.0, help="per request, seconds")
+    parser.add_argument("--max-seconds", type=float, default=300.0, help="stop sending after")
+    parser.add_argument("--json", action="store_true", help="print the summary as JSON")
+    args = parser.parse_args(argv)
+    image = Path(args.image).read_bytes()
+    summary = run(args.url, image, args.requests, args.interval, args.concurrency,
+                  args.timeout, args.max_seconds)
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print_summary(summary)
+    return 1 if summary["failed"] or not summary["requests"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,54 @@
+"""The Apache configuration: one template, rendered and checked by Apache itself."""
+import subprocess
+
+from app import config_files
+from app.devstack import Apache
+from app.settings import PROJECT_ROOT
+
+PRODUCTION_TIMEOUTS = ("queue-timeout=", "request-timeout=", "socket-timeout=",
+                       "connect-timeout=", "graceful-timeout=", "shutdown-timeout=")
+
+
+def render(settings, tmp):
+    apache = Apache(settings, tmp)
+    code_dir = apache.stage()
+    vhost = tmp / "beagle.conf"
+    vhost.write_text(config_files.apache_vhost(settings, code_dir, "/opt/venv", tmp))
+    apache.config.write_text(config_files.apache_standalone(settings, tmp, vhost, tmp))
+    return vhost.read_text(), apache.config
+
+
+def test_the_rendered_configuration_passes_apaches_own_check(settings, public_tmp):
+    _, config = render(settings, public_tmp)
+    check = subprocess.run(["/usr/sbin/apache2", "-t", "-f", str(config)], capture_output=True,
+                           text=True)
+    assert check.returncode == 0, check.stderr
+    assert "Syntax OK" in check.stderr
+
+
+def test_the_vhost_has_the_production_settings(settings, public_tmp):
+    vhost, _ = render(settings, public_tmp)
+    daemon = vhost[vhost.index("WSGIDaemonProcess"):vhost.index("WSGIProcessGroup")]
+    for option in ("processes=1", "threads=16", "python-home=/opt/venv", "python-path=",
+                   "home=", "display-name=%{GROUP}", *PRODUCTION_TIMEOUTS):
+        assert option in daemon, option
+    assert f"queue-timeout={int(settings.request_timeout)} " in daemon
+    for directive in ("WSGIApplicationGroup %{GLOBAL}", "WSGIRestrictEmbedded On",
+                      "ServerTokens Prod", "ServerSignature Off", "LimitRequestBody ",
+                      "TraceEnable Off"):
+        assert directive in vhost, directive
+    assert "{{" not in vhost and "{%" not in vhost
+
+
+def test_the_wsgi_entry_is_two_lines():
+    lines = (PROJECT_ROOT / "wsgi" / "beagle.wsgi").read_text().splitlines()
+    assert lines == ["from app.web import create_app", "application = create_app()"]
+
+
+def test_apache_errors_are_json():
+    import json
+    for page in (PROJECT_ROOT / "apache" / "errors").glob("*.json"):
+        body = json.loads(page.read_text())
+        assert body["success"] is False and body["error"]
+    statuses = {int(p.stem) for p in (PROJECT_ROOT / "apache" / "errors").glob("*.json")}
+    assert statuses == set(config_files.ERROR_STATUSES)

@@ -1,0 +1,71 @@
+"""Image intake: bytes in, model-sized pixels or a 4xx BadImage out."""
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from app.imaging import BadImage, to_pixels
+from conftest import sample
+
+LIMIT = 25_000_000
+
+
+def encode(image, fmt, **params):
+    buffer = io.BytesIO()
+    image.save(buffer, fmt, **params)
+    return buffer.getvalue()
+
+
+def intake(data, width=32, height=32, channels=1, max_pixels=LIMIT):
+    return to_pixels(data, width, height, channels, max_pixels)
+
+
+def status_of(data, **kwargs):
+    with pytest.raises(BadImage) as caught:
+        intake(data, **kwargs)
+    return caught.value.status
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG", "GIF", "WEBP", "BMP", "TIFF"])
+def test_accepted_formats_give_model_sized_pixels(fmt):
+    image = Image.new("RGB", (640, 480), (10, 200, 30))
+    assert len(intake(encode(image, fmt), 224, 224, 3)) == 224 * 224 * 3
+    assert len(intake(encode(image, fmt), 32, 32, 1)) == 32 * 32
+
+
+def test_sample_digits_keep_their_pixels():
+    pixels = np.frombuffer(intake(sample(7)), np.uint8)
+    assert pixels.min() < 100 and pixels.max() == 255  # dark ink on white
+
+
+def test_jpeg_draft_decodes_large_photos_at_a_reduced_scale():
+    photo = encode(Image.new("RGB", (4000, 3000), (90, 90, 90)), "JPEG")
+    assert len(intake(photo, 224, 224, 3)) == 224 * 224 * 3
+
+
+@pytest.mark.parametrize("data,status", [
+    (b"", 400),
+    (b"hello, this is text", 400),
+    (sample(3)[:300], 400),                       # truncated PNG
+    (encode(Image.new("RGB", (64, 64)), "PPM"), 415),  # an image, not a format we take
+])
+def test_bad_input_is_a_client_error(data, status):
+    assert status_of(data) == status
+
+
+def test_truncated_jpeg_is_400():
+    jpeg = encode(Image.effect_noise((200, 200), 64).convert("RGB"), "JPEG")
+    assert status_of(jpeg[: len(jpeg) // 2]) == 400
+
+
+def test_more_pixels_than_the_limit_is_413_before_decoding():
+    png = encode(Image.new("1", (6000, 5000)), "PNG")  # 30 MP, a few KB on disk
+    assert len(png) < 100_000
+    assert status_of(png) == 413
+
+
+def test_decompression_bomb_is_413():
+    bomb = encode(Image.new("1", (20000, 20000)), "PNG", optimize=True)
+    assert len(bomb) < 100_000
+    assert status_of(bomb) == 413

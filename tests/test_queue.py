@@ -1,0 +1,93 @@
+"""The Redis queue protocol, against a real redis-server."""
+import time
+import uuid
+
+import pytest
+
+from app.keys import GROUP, Keys
+from app.queue import Queue, Request
+
+
+@pytest.fixture
+def queue(client, settings):
+    queue = Queue(client, Keys(settings.key_prefix))
+    queue.ensure_group("m")
+    queue.ensure_group("m")  # idempotent
+    return queue
+
+
+def request(deadline_in=10.0):
+    return Request(uuid.uuid4().hex, time.time() + deadline_in, "", 5, (2, 2, 1), b"\x00\x01\x02\x03")
+
+
+def test_submit_refuses_beyond_the_backlog_bound(queue):
+    assert queue.submit("m", request(), max_queue=2)
+    assert queue.submit("m", request(), max_queue=2)
+    assert not queue.submit("m", request(), max_queue=2)
+    assert queue.backlog("m") == 2
+
+
+def test_round_trip_leaves_nothing_behind(queue, client):
+    sent = request()
+    queue.submit("m", sent, max_queue=10)
+    (entry,) = queue.read_new(["m"], "w1", count=10, block_ms=100)
+    assert entry.request == sent and entry.deliveries == 1
+    queue.reply([(entry, {"ok": True, "n": 1})], [], result_ttl=5)
+    assert queue.wait_result(sent.request_id, 1) == {"ok": True, "n": 1}
+    stream = queue.keys.stream("m")
+    assert client.xlen(stream) == 0
+    assert client.xpending(stream, GROUP)["pending"] == 0
+    assert client.exists(queue.keys.result(sent.request_id)) == 0
+
+
+def test_unread_result_expires(queue, client):
+    sent = request()
+    queue.submit("m", sent, max_queue=10)
+    (entry,) = queue.read_new(["m"], "w1", count=10, block_ms=100)
+    queue.reply([(entry, {"ok": True})], [], result_ttl=5)
+    assert 0 < client.ttl(queue.keys.result(sent.request_id)) <= 5
+
+
+def test_read_waits_at_most_block_ms(queue):
+    began = time.monotonic()
+    assert queue.read_new(["m"], "w1", count=10, block_ms=200) == []
+    assert 0.15 < time.monotonic() - began < 1.0
+
+
+def test_wait_result_times_out(queue):
+    began = time.monotonic()
+    assert queue.wait_result("nobody", 0.3) is None
+    assert 0.25 < time.monotonic() - began < 1.0
+    assert queue.wait_result("nobody", 0) is None
+
+
+def test_stale_entries_are_claimed_with_their_delivery_count(queue):
+    sent = request()
+    queue.submit("m", sent, max_queue=10)
+    assert len(queue.read_new(["m"], "dead", count=10, block_ms=100)) == 1
+    assert queue.claim_stale("m", "alive", min_idle_s=5, count=10) == []  # not idle enough
+    time.sleep(0.05)
+    (claimed,) = queue.claim_stale("m", "alive", min_idle_s=0.01, count=10)
+    assert claimed.request == sent and claimed.deliveries == 2
+
+
+def test_skipped_entries_are_acknowledged_without_a_result(queue, client):
+    sent = request(deadline_in=-1)
+    queue.submit("m", sent, max_queue=10)
+    (entry,) = queue.read_new(["m"], "w1", count=10, block_ms=100)
+    queue.reply([], [entry], result_ttl=5)
+    assert client.xlen(queue.keys.stream("m")) == 0
+    assert client.exists(queue.keys.result(sent.request_id)) == 0
+
+
+def test_consumers_of_dead_workers_are_pruned(queue, client):
+    queue.submit("m", request(), max_queue=10)
+    (entry,) = queue.read_new(["m"], "gone", count=1, block_ms=10)
+    queue.reply([(entry, {"ok": True})], [], result_ttl=5)
+    stream = queue.keys.stream("m")
+    assert [c["pending"] for c in client.xinfo_consumers(stream, GROUP)] == [0]
+    queue.prune_consumers("m", idle_s=3600)
+    assert len(client.xinfo_consumers(stream, GROUP)) == 1
+    time.sleep(0.02)
+    queue.prune_consumers("m", idle_s=0.01)
+    assert client.xinfo_consumers(stream, GROUP) == []

@@ -1,0 +1,120 @@
+"""The operator scripts, run as an operator runs them (subprocesses with BEAGLE_* env)."""
+import os
+import re
+import subprocess
+import sys
+import time
+import uuid
+
+import numpy as np
+import pytest
+
+from app import repository, runtimes
+from app.keys import GROUP, Keys
+from app.queue import Queue, Request
+from app.settings import PROJECT_ROOT, as_environ
+
+SCRIPTS = PROJECT_ROOT / "scripts"
+
+
+def run_script(name, *args, settings=None, timeout=300):
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **(as_environ(settings) if settings else {})}
+    return subprocess.run([sys.executable, str(SCRIPTS / name), *map(str, args)], env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_simple_request_prints_ranked_labels(stack):
+    done = run_script("simple_request.py", PROJECT_ROOT / "stress/images/digit_7.png",
+                      "--url", stack.url, "--top-k", 3)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert len(lines) == 3 and re.fullmatch(r"1\. 7: 0\.\d{4}", lines[0])
+    assert all(re.fullmatch(rf"{n}\. \d: [01]\.\d{{4}}", line) for n, line in enumerate(lines, 1))
+    failed = run_script("simple_request.py", SCRIPTS / "imagenet_labels.txt", "--url", stack.url)
+    assert failed.returncode == 1 and "error 400: not an image" in failed.stderr
+
+
+def test_flush_removes_only_beagles_keys_and_answers_the_waiting(settings, client):
+    keys = Keys(settings.key_prefix)
+    queue = Queue(client, keys)
+    queue.ensure_group("digits")
+    waiting = [Request(uuid.uuid4().hex, time.time() + 30, "", 1, (1, 1, 1), b"\x00")
+               for _ in range(3)]
+    for request in waiting:
+        queue.submit("digits", request, 10)
+    client.lpush(keys.result("stale"), "{}")
+    client.set("someone-else:key", "keep me")
+    client.set(keys.worker("w1"), "{}")
+
+    dry = run_script("flush_queue.py", "--dry-run", settings=settings)
+    assert "would remove 3 queued requests" in dry.stdout and client.xlen(keys.stream("digits")) == 3
+
+    done = run_script("flush_queue.py", settings=settings)
+    assert done.returncode == 0, done.stderr
+    assert f"{keys.stream('digits')}: removed 3 queued requests (each answered 503)" in done.stdout
+    assert "removed 1 unread results" in done.stdout
+    for request in waiting:
+        assert queue.wait_result(request.request_id, 1)["status"] == 503
+    assert client.xlen(keys.stream("digits")) == 0
+    assert client.xinfo_groups(keys.stream("digits"))[0]["name"] == GROUP.encode()  # kept
+    assert client.get("someone-else:key") == b"keep me"
+    assert client.exists(keys.worker("w1"))
+
+    everything = run_script("flush_queue.py", "--all", settings=settings)
+    assert "removed 1 keys" in everything.stdout and not client.exists(keys.worker("w1"))
+    assert client.get("someone-else:key") == b"keep me"
+    client.delete("someone-else:key")
+
+
+def test_export_writes_an_offline_imagenet_model(tmp_path):
+    done = run_script("export_model.py", "mobilenet_v2", "--weights", "none", "--size", 96,
+                      "--repository", tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "published mobilenet_v2 version 1" in done.stdout
+    spec = repository.load_spec(tmp_path, "mobilenet_v2", 1)
+    assert spec.shape == (96, 96, 3) and spec.preprocessing == "tf"
+    assert len(spec.labels) == 1000 and spec.labels[:2] == ("tench", "goldfish")
+    probabilities = runtimes.load(spec)(np.zeros((2, 96, 96, 3), np.uint8))
+    assert probabilities.shape == (2, 1000)
+    assert np.allclose(probabilities.sum(axis=1), 1.0, atol=1e-4)
+    again = run_script("export_model.py", "mobilenet_v2", "--weights", "none", "--size", 96,
+                       "--repository", tmp_path, "--version", 1)
+    assert again.returncode != 0 and "already exists" in again.stderr
+
+
+def test_export_publishes_a_model_file_of_your_own(tmp_path):
+    own = PROJECT_ROOT / "models/digits/1"
+    done = run_script("export_model.py", own / "model.keras", "--name", "mine", "--labels",
+                      own / "labels.txt", "--repository", tmp_path)
+    assert done.returncode == 0, done.stderr
+    spec = repository.load_spec(tmp_path, "mine", 1)
+    assert spec.shape == (32, 32, 1) and spec.labels[7] == "7"
+    assert not list((tmp_path / "mine").glob(".*partial"))
+
+
+def test_bundled_model_meets_its_accuracy_on_held_out_digits():
+    import keras
+    sys.path.insert(0, str(SCRIPTS))
+    from train_digits import load_split
+    digits, images, _, test_idx = load_split()
+    model = keras.saving.load_model(PROJECT_ROOT / "models/digits/1/model.keras")
+    predicted = model.predict(images[test_idx][..., None] / 255.0, verbose=0).argmax(axis=1)
+    accuracy = (predicted == digits.target[test_idx]).mean()
+    assert accuracy >= 0.95, accuracy
+
+
+def test_training_refuses_to_publish_an_inaccurate_model(tmp_path):
+    done = run_script("train_digits.py", "--epochs", 1, "--repository", tmp_path / "models",
+                      "--samples", tmp_path / "samples")
+    assert done.returncode != 0
+    assert re.search(r"test accuracy: 0\.\d{4} on 360 held-out digits", done.stdout)
+    assert "not publishing" in done.stderr
+    assert not (tmp_path / "models").exists()
+
+
+@pytest.mark.parametrize("script", ["simple_request.py", "flush_queue.py", "export_model.py",
+                                    "train_digits.py"])
+def test_scripts_explain_themselves(script):
+    done = run_script(script, "--help")
+    assert done.returncode == 0 and "usage:" in done.stdout
+

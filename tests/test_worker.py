@@ -1,0 +1,153 @@
+"""The worker: its classify step on the real bundled model, and real worker processes
+under SIGTERM (warm stop finishes the batch; a second signal stops at once)."""
+import signal
+import time
+import uuid
+
+import pytest
+from PIL import Image
+
+from app.devstack import WorkerProcess
+from app.keys import GROUP, Keys
+from app.loaded_models import LoadedModels, parse_selection
+from app.queue import Entry, Queue, Request
+from app.worker import Worker
+from conftest import make_settings, sample
+from models import slow_model
+
+
+def digit_pixels(digit, side=32):
+    image = Image.open(__import__("io").BytesIO(sample(digit))).convert("L")
+    return image.resize((side, side), Image.Resampling.BILINEAR).tobytes()
+
+
+def entry(digit=3, deadline_in=10.0, version="", top_k=3, deliveries=1, model="digits"):
+    request = Request(uuid.uuid4().hex, time.time() + deadline_in, version, top_k,
+                      (32, 32, 1), digit_pixels(digit))
+    return Entry(model, b"1-0", request, deliveries, request_id=request.request_id)
+
+
+@pytest.fixture(scope="module")
+def digits_models():
+    from app.settings import PROJECT_ROOT
+    models = LoadedModels(PROJECT_ROOT / "models", "digits")
+    models.refresh()
+    return models
+
+
+@pytest.fixture
+def worker(settings, digits_models):
+    return Worker(settings, models=digits_models)
+
+
+def test_selection_parses_names_and_pins():
+    assert parse_selection("digits, resnet50:2,resnet50:3") == {"digits": set(),
+                                                                "resnet50": {2, 3}}
+    assert parse_selection("") == {}
+
+
+def test_classify_answers_each_sample_with_its_digit(worker):
+    batch = [entry(d) for d in range(10)]
+    answers, skipped = worker.classify(batch)
+    assert not skipped
+    labels = [answer["predictions"][0]["label"] for _, answer in answers]
+    assert labels == [str(d) for d in range(10)]
+    assert all(len(answer["predictions"]) == 3 for _, answer in answers)
+    assert worker.stats["batches"] == 1 and worker.stats["requests"] == 10
+
+
+def test_classify_skips_expired_and_refuses_unknown_versions(worker):
+    expired, unknown, good = entry(deadline_in=-1), entry(version="9"), entry(7, top_k=0)
+    answers, skipped = worker.classify([expired, unknown, good])
+    assert skipped == [expired] and worker.stats["expired"] == 1
+    by_entry = {id(e): a for e, a in answers}
+    assert by_entry[id(unknown)] == {"ok": False, "status": 404,
+                                     "error": "model digits version 9 is not served"}
+    assert len(by_entry[id(good)]["probabilities"]) == 10  # top_k 0: the whole vector
+
+
+def test_classify_gives_up_after_max_attempts(worker):
+    poisoned = entry(deliveries=worker.settings.max_attempts + 1)
+    answers, _ = worker.classify([poisoned, entry(5)])
+    assert answers[0][1]["ok"] is False and answers[0][1]["status"] == 500
+    assert answers[1][1]["predictions"][0]["label"] == "5"
+
+
+def test_malformed_entry_is_answered_and_dropped(redis_server, settings, client, worker):
+    keys = Keys(settings.key_prefix)
+    queue = Queue(client, keys)
+    queue.ensure_group("digits")
+    client.xadd(keys.stream("digits"), {"id": "abc", "shape": "not,a,shape"})
+    batch = queue.read_new(["digits"], "w", 10, 100)
+    assert batch[0].request is None and "malformed" in batch[0].problem
+    worker.reply(*worker.classify(batch))
+    assert queue.wait_result("abc", 1)["status"] == 400
+    assert client.xlen(keys.stream("digits")) == 0
+
+
+def submit(queue, model, count, shape, deadline_in=30.0):
+    ids = []
+    for _ in range(count):
+        request = Request(uuid.uuid4().hex, time.time() + deadline_in, "", 1, shape,
+                          bytes(shape[0] * shape[1] * shape[2]))
+        assert queue.submit(model, request, 100)
+        ids.append(request.request_id)
+    return ids
+
+
+def wait_pending(client, stream, count, timeout=60):
+    for _ in range(int(timeout / 0.05)):
+        if client.xpending(stream, GROUP)["pending"] == count:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"{count} entries never became pending")
+
+
+@pytest.fixture
+def slow_worker(tmp_path, redis_server, client):
+    slow_model(tmp_path)
+    settings = make_settings(redis_server.url, model_repository=str(tmp_path), max_batch_size=8,
+                             claim_idle=1.0)
+    workers = []
+
+    def start(name):
+        worker = WorkerProcess(settings, name, tmp_path / f"{name}.log").start()
+        workers.append(worker)
+        return worker
+
+    keys = Keys(settings.key_prefix)
+    yield start, Queue(client, keys), keys.stream("slow")
+    for worker in workers:
+        worker.process.kill()
+
+
+def test_sigterm_finishes_the_batch_then_exits(slow_worker, client):
+    start, queue, stream = slow_worker
+    ids = submit(queue, "slow", 8, (128, 128, 3))  # queued first: one batch of 8
+    worker = start("warm")
+    wait_pending(client, stream, 8)
+    worker.signal(signal.SIGTERM)
+    assert worker.process.wait(30) == 0
+    answers = [queue.wait_result(i, 5) for i in ids]
+    assert all(a and a["ok"] for a in answers)
+    assert client.xlen(stream) == 0 and client.xpending(stream, GROUP)["pending"] == 0
+    log_text = worker.log_path.read_text()
+    assert "SIGTERM, finishing the batch in hand" in log_text
+    assert "stopped after" in log_text and "8 requests" in log_text
+
+
+def test_second_sigterm_stops_at_once_and_another_worker_claims(slow_worker, client):
+    start, queue, stream = slow_worker
+    ids = submit(queue, "slow", 8, (128, 128, 3))
+    worker = start("cold")
+    wait_pending(client, stream, 8)
+    began = time.monotonic()
+    worker.signal(signal.SIGTERM)
+    time.sleep(0.1)
+    worker.signal(signal.SIGTERM)
+    assert worker.process.wait(30) == -signal.SIGTERM
+    assert time.monotonic() - began < 0.8  # a batch of 8 takes over a second here
+    assert client.xpending(stream, GROUP)["pending"] == 8  # nothing lost: still pending
+    start("rescuer")
+    answers = [queue.wait_result(i, 30) for i in ids]
+    assert all(a and a["ok"] for a in answers)

@@ -1,0 +1,2 @@
+from app.web import create_app
+application = create_app()
