@@ -1,8 +1,10 @@
 """The HTTP API: POST /predict, GET /healthz, GET /readyz (the contract in DESIGN.md)."""
 import base64
 import binascii
+import hmac
 import re
 import time
+from contextlib import contextmanager
 
 from flask import Blueprint, abort, current_app, g, jsonify, request
 
@@ -12,6 +14,7 @@ from app.queue import Request
 bp = Blueprint("api", __name__)
 
 RAW_TYPES = ("application/octet-stream", "")
+PROTECTED_PATHS = ("/predict", "/v1/")
 MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
@@ -21,6 +24,19 @@ def beagle():
 
 def settings():
     return current_app.config["BEAGLE"]
+
+
+@bp.before_app_request
+def require_api_key():
+    """With api_keys set, /predict and /v1/... need one of them as a Bearer token."""
+    keys = beagle().api_keys
+    if not keys or not request.path.startswith(PROTECTED_PATHS):
+        return
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    # Compare against every key, in constant time, so timing says nothing about any.
+    matches = [hmac.compare_digest(token.strip().encode(), key) for key in keys]
+    if scheme.lower() != "bearer" or not any(matches):
+        abort(401, "this endpoint needs 'Authorization: Bearer <api key>'")
 
 
 @bp.post("/predict")
@@ -77,14 +93,34 @@ def classify(model, version, data, top_k):
     queued = Request(request_id=g.request_id, deadline=g.started + timeout,
                      version="" if version is None else str(version), top_k=top_k,
                      shape=shape, pixels=pixels)
-    if not beagle().queue.submit(model, queued, settings().max_queue):
-        abort(503, f"model {model!r} has {settings().max_queue} requests waiting; retry shortly")
-    answer = beagle().queue.wait_result(g.request_id, queued.deadline - time.time())
+    # Refusing on queue wait is for overload. While no worker is taking requests (one is
+    # restarting), the queue is stalled, not overloaded: requests wait for it instead,
+    # until their deadline, and max_queue alone bounds the backlog.
+    max_wait = min(settings().max_queue_wait, timeout / 2) if info.active_workers else timeout
+    with in_flight_slot():
+        accepted, detail = beagle().queue.submit(model, queued, settings().max_queue, max_wait)
+        if not accepted:
+            abort(503, f"{detail}; retry shortly")
+        answer = beagle().queue.wait_result(g.request_id, queued.deadline - time.time())
     if answer is None:
         abort(504, f"no answer within the {timeout:g}s deadline")
     if not answer["ok"]:
         abort(answer["status"], answer["error"])
     return answer
+
+
+@contextmanager
+def in_flight_slot():
+    """Hold one of this process's waiting slots. They are fewer than its threads, so a
+    thread is always free to refuse the next request quickly instead of leaving it
+    queued inside Apache."""
+    slots = beagle().slots
+    if not slots.acquire(blocking=False):
+        abort(503, "this web process is at its limit of requests in flight; retry shortly")
+    try:
+        yield
+    finally:
+        slots.release()
 
 
 def read_image():

@@ -1,5 +1,5 @@
-"""Render Beagle's configuration files from the Jinja2 templates in apache/ (and, for
-production, systemd/ and provisioning/): the same templates everywhere."""
+"""Render Beagle's configuration files from the Jinja2 templates in apache/,
+provisioning/ (and systemd/): the same templates for production, `make run` and tests."""
 import os
 
 import jinja2
@@ -7,7 +7,7 @@ import jinja2
 from app.settings import PROJECT_ROOT, body_limit
 
 APACHE_MODULES = ("mpm_event", "authz_core", "alias", "mime", "headers", "wsgi")
-ERROR_STATUSES = (400, 408, 413, 500, 502, 503, 504)
+ERROR_STATUSES = (400, 403, 404, 405, 408, 413, 500, 502, 503, 504)
 REQUEST_GRACE_S = 5
 
 _templates = jinja2.Environment(
@@ -42,3 +42,11 @@ def apache_standalone(settings, run_dir, vhost, log_dir, user="www-data", group=
         user = group = ""
     return render("apache/standalone.conf.j2", run_dir=run_dir, vhost=vhost, log_dir=log_dir,
                   server_name=settings.host, modules=APACHE_MODULES, user=user, group=group)
+
+
+def redis_conf(password, bind="127.0.0.1", port=6379, maxmemory="1gb", dir="/var/lib/redis"):
+    """Redis for Beagle: loopback or a private address, a password, never evicting."""
+    if not password:
+        raise ValueError("Beagle's Redis needs a password")
+    return render("provisioning/redis.conf.j2", bind=bind, port=port, password=password,
+                  maxmemory=maxmemory, dir=dir)

@@ -6,6 +6,7 @@ what it started (and nothing else) in order: Apache, workers, its own Redis.
 """
 import logging
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -68,30 +69,32 @@ def redis_answers(url):
 
 
 class RedisServer:
-    """A private redis-server on a free loopback port."""
+    """A private redis-server on a free loopback port, configured from the production
+    template (provisioning/redis.conf.j2): a password, protected mode, no eviction."""
 
-    def __init__(self, work_dir, password=""):
+    def __init__(self, work_dir, password=None, maxmemory="256mb"):
         self.work_dir = Path(work_dir)
-        self.password = password
+        self.password = password or secrets.token_hex(16)
+        self.maxmemory = maxmemory
         self.port = None
         self.process = None
 
     @property
     def url(self):
-        auth = f":{self.password}@" if self.password else ""
-        return f"redis://{auth}127.0.0.1:{self.port}/0"
+        return f"redis://:{self.password}@127.0.0.1:{self.port}/0"
 
     def start(self):
+        """Start it (again, on the same port, if it was stopped)."""
         self.work_dir.mkdir(parents=True, exist_ok=True)
         self.port = self.port or free_port()
-        args = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
-                "--save", "", "--appendonly", "no", "--dir", str(self.work_dir),
-                "--maxmemory-policy", "noeviction"]
-        if self.password:
-            args += ["--requirepass", self.password]
+        config = self.work_dir / "redis.conf"
+        config.touch(mode=0o600)
+        config.write_text(config_files.redis_conf(self.password, port=self.port,
+                                                  maxmemory=self.maxmemory,
+                                                  dir=self.work_dir))
         with open(self.work_dir / "redis.log", "ab") as out:
-            self.process = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT,
-                                            start_new_session=True)
+            self.process = subprocess.Popen(["redis-server", str(config)], stdout=out,
+                                            stderr=subprocess.STDOUT, start_new_session=True)
         wait_until(lambda: redis_answers(self.url), self.process, 10, "redis-server")
         return self
 

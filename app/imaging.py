@@ -12,6 +12,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 ACCEPTED_FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF")
 EXIF_ORIENTATION = 0x0112
+SIGNATURES = ((b"\x89PNG\r\n\x1a\n", "PNG"), (b"\xff\xd8\xff", "JPEG"), (b"GIF87a", "GIF"),
+              (b"GIF89a", "GIF"), (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"))
 DRAFT_SLACK = 0.9
 
 
@@ -63,6 +65,9 @@ def _open(data):
     if other:
         raise BadImage(415, f"{other} images are not supported; send one of "
                             f"{', '.join(ACCEPTED_FORMATS)}")
+    claimed = next((fmt for magic, fmt in SIGNATURES if data.startswith(magic)), None)
+    if claimed or data[8:12] == b"WEBP" and data.startswith(b"RIFF"):
+        raise BadImage(400, f"corrupt {claimed or 'WEBP'} image: its header cannot be read")
     raise BadImage(400, "not an image: the bytes are not JPEG, PNG, GIF, WebP, BMP or TIFF")
 
 

@@ -32,26 +32,26 @@ class LoadedModels:
         self._failed = set()
 
     def refresh(self):
-        """Bring memory in step with the repository; True if anything changed."""
+        """Bring memory in step with the repository; True if anything changed. The new set
+        is built aside and published with one assignment: readers in other threads (the
+        heartbeat) see the old set or the new one, never half of each."""
         wanted = self._wanted()
-        changed = False
+        runners = {name: dict(loaded) for name, loaded in self.runners.items() if name in wanted}
         for name, versions in wanted.items():
-            loaded = self.runners.setdefault(name, {})
+            loaded = runners.setdefault(name, {})
             for version in sorted(versions - loaded.keys()):
                 runner = self._load(name, version)
                 if runner is not None:
                     loaded[version] = runner
-                    changed = True
             if versions & loaded.keys():
                 for version in sorted(loaded.keys() - versions):
                     log.info("model %s: retiring version %d", name, version)
                     del loaded[version]
-                    changed = True
-        for name in list(self.runners):
-            if name not in wanted or not self.runners[name]:
-                if self.runners.pop(name):
-                    log.info("model %s: no longer in the repository, retired", name)
-                    changed = True
+        for name in self.runners.keys() - wanted.keys():
+            log.info("model %s: no longer in the repository, retired", name)
+        runners = {name: loaded for name, loaded in runners.items() if loaded}
+        changed = _versions(runners) != _versions(self.runners)
+        self.runners = runners
         return changed
 
     def get(self, name, version=None):
@@ -69,7 +69,10 @@ class LoadedModels:
         return {name: {"versions": {str(v): {"shape": list(r.spec.shape)}
                                     for v, r in loaded.items()},
                        "latest": max(loaded)}
-                for name, loaded in self.runners.items() if loaded}
+                for name, loaded in self.runners.items()}
+
+    def versions(self):
+        return _versions(self.runners)
 
     def _wanted(self):
         names = self.pins.keys() if self.pins else repository.names(self.root)
@@ -96,3 +99,7 @@ class LoadedModels:
             return None
         log.info("model %s: version %d loaded and warmed", name, version)
         return runner
+
+
+def _versions(runners):
+    return {name: sorted(loaded) for name, loaded in runners.items()}

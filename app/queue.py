@@ -1,9 +1,11 @@
 """The Redis queue protocol between the web tier and the workers.
 
 Web:    `submit` adds a request to the model's stream unless the backlog is at its bound
-        (one atomic Lua call), then `wait_result` blocks on the request's result list.
+        or the queue is already slower than allowed (one atomic Lua call), then
+        `wait_result` blocks on the request's result list.
 Worker: `read_new` takes new entries for its consumer (XREADGROUP, blocking with a
         timeout), `claim_stale` takes entries a dead worker left pending (XAUTOCLAIM),
+        `reclaim_own` takes back what this consumer held before it was restarted,
         `reply` pushes every answer, acknowledges and deletes the entries in one round trip.
 
 An entry carries the request id, its absolute deadline, the version asked for ("" =
@@ -20,9 +22,32 @@ from redis.retry import Retry
 
 from app.keys import GROUP
 
+# Admission, atomically: refuse when the stream holds max_queue entries, or when the
+# oldest entry no worker has taken yet has waited max_wait_ms (then whatever is admitted
+# now would wait at least as long). Ages come from Redis's clock and entry ids, so web
+# hosts' clocks do not matter. KEYS[1] stream; ARGV: max_queue, max_wait_ms, group, fields.
 SUBMIT_SCRIPT = """
-if redis.call('XLEN', KEYS[1]) >= tonumber(ARGV[1]) then return false end
-return redis.call('XADD', KEYS[1], '*', unpack(ARGV, 2))
+local length = redis.call('XLEN', KEYS[1])
+if length >= tonumber(ARGV[1]) then return {'full', length} end
+if length > 0 then
+  local after = '-'
+  local ok, groups = pcall(redis.call, 'XINFO', 'GROUPS', KEYS[1])
+  if ok then
+    for _, group in ipairs(groups) do
+      local info = {}
+      for i = 1, #group, 2 do info[group[i]] = group[i + 1] end
+      if info['name'] == ARGV[3] then after = '(' .. info['last-delivered-id'] end
+    end
+  end
+  local head = redis.call('XRANGE', KEYS[1], after, '+', 'COUNT', 1)
+  if #head > 0 then
+    local now = redis.call('TIME')
+    local waited = now[1] * 1000 + math.floor(now[2] / 1000)
+                   - tonumber(string.match(head[1][1], '^(%d+)'))
+    if waited >= tonumber(ARGV[2]) then return {'slow', waited} end
+  end
+end
+return {'ok', redis.call('XADD', KEYS[1], '*', unpack(ARGV, 4))}
 """
 
 
@@ -71,12 +96,17 @@ class Queue:
 
     # -- web side ------------------------------------------------------------------
 
-    def submit(self, model, request, max_queue):
-        """Queue ``request``; False when the model's backlog is already ``max_queue``."""
-        args = [max_queue]
+    def submit(self, model, request, max_queue, max_wait_s):
+        """Queue ``request`` unless refused: (True, entry id) or (False, why refused)."""
+        args = [max_queue, int(max_wait_s * 1000), GROUP]
         for name, value in request.fields().items():
             args += [name, value]
-        return self._submit(keys=[self.keys.stream(model)], args=args) is not None
+        verdict, detail = self._submit(keys=[self.keys.stream(model)], args=args)
+        if verdict == b"ok":
+            return True, detail
+        if verdict == b"full":
+            return False, f"model {model!r} has {detail} requests waiting"
+        return False, f"model {model!r}'s oldest waiting request has waited {detail / 1000:.1f}s"
 
     def wait_result(self, request_id, timeout):
         """The answer for ``request_id``, or None if none arrived within ``timeout`` s."""
@@ -115,6 +145,18 @@ class Queue:
             entries += [self._entry(model, entry_id, fields) for entry_id, fields in messages
                         if fields]
         return entries
+
+    def reclaim_own(self, model, consumer, count):
+        """Entries this consumer took before a restart and never acknowledged."""
+        stream = self.keys.stream(model)
+        pending = self.redis.xpending_range(stream, GROUP, "-", "+", count,
+                                            consumername=consumer)
+        if not pending:
+            return []
+        counts = {item["message_id"]: item["times_delivered"] + 1 for item in pending}
+        claimed = self.redis.xclaim(stream, GROUP, consumer, 0, list(counts))
+        return [self._entry(model, entry_id, fields, counts[entry_id])
+                for entry_id, fields in claimed if fields]
 
     def claim_stale(self, model, consumer, min_idle_s, count):
         """Entries idle longer than ``min_idle_s`` in any consumer, now ours, with counts."""

@@ -24,20 +24,25 @@ def announce(client, keys, worker_id, models, status, ttl):
     pipe.execute()
 
 
-def retire(client, keys, worker_id, model_names):
-    pipe = client.pipeline(transaction=False)
-    for name in model_names:
-        pipe.zrem(keys.live(name), worker_id)
-    pipe.delete(keys.worker(worker_id))
-    pipe.execute()
+def retire(client, keys, worker_id):
+    """A worker stopping on purpose drops its status, but keeps counting as live until its
+    heartbeat ages out: requests that arrive while it restarts wait for it, not fail."""
+    client.delete(keys.worker(worker_id))
+
+
+ACTIVE_S = 3.0  # a worker heartbeats every second, even mid-batch, while it consumes
 
 
 class ModelInfo:
-    def __init__(self, name, meta, live_workers):
+    """``live_workers`` heartbeated within heartbeat_ttl (requests wait for them);
+    ``active_workers`` within ACTIVE_S (they are taking requests right now)."""
+
+    def __init__(self, name, meta, live_workers, active_workers):
         self.name = name
         self.versions = {int(v): spec for v, spec in meta["versions"].items()}
         self.latest = int(meta["latest"])
         self.live_workers = live_workers
+        self.active_workers = active_workers
 
     def shape(self, version):
         return tuple(self.versions[version]["shape"])
@@ -52,6 +57,7 @@ class Directory:
         self.heartbeat_ttl = heartbeat_ttl
         self.max_age = max_age
         self._cache = {}
+        self._seen = {}  # last metadata of every model this process has seen announced
         self._lock = threading.Lock()
 
     def lookup(self, name):
@@ -66,11 +72,17 @@ class Directory:
         return info
 
     def fetch(self, name):
+        now = time.time()
         pipe = self.redis.pipeline(transaction=False)
         pipe.get(self.keys.model(name))
-        pipe.zcount(self.keys.live(name), time.time() - self.heartbeat_ttl, "+inf")
-        meta, live = pipe.execute()
-        return None if meta is None else ModelInfo(name, json.loads(meta), live)
+        pipe.zcount(self.keys.live(name), now - self.heartbeat_ttl, "+inf")
+        pipe.zcount(self.keys.live(name), now - ACTIVE_S, "+inf")
+        meta, live, active = pipe.execute()
+        if meta is not None:
+            self._seen[name] = meta
+        elif name in self._seen:  # Redis lost it (restarted, flushed): not served *now*
+            meta, live, active = self._seen[name], 0, 0
+        return None if meta is None else ModelInfo(name, json.loads(meta), live, active)
 
     def models(self):
         """Every announced model, fresh from Redis."""

@@ -48,10 +48,11 @@ def _load_tensorflow_model(spec):
     path = spec.model_path
     if path.is_dir():  # a SavedModel: call its serving signature
         import tensorflow as tf
-        signature = tf.saved_model.load(str(path)).signatures["serving_default"]
+        loaded = tf.saved_model.load(str(path))  # owns the variables: keep it referenced
+        signature = loaded.signatures["serving_default"]
         (input_name,) = signature.structured_input_signature[1].keys()
 
-        def call(x):
+        def call(x, loaded=loaded):
             (output,) = signature(**{input_name: x}).values()
             return output
         return call

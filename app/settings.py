@@ -53,12 +53,17 @@ SETTINGS = (
     Setting("request_timeout", 10.0,
             "seconds from admission to answer; past it the web answers 504 and workers skip it"),
     Setting("max_queue", 256, "backlog per model beyond which /predict answers 503"),
+    Setting("max_queue_wait", 5.0,
+            "seconds the oldest queued request may wait before /predict answers 503 "
+            "(<= timeout/2)"),
     Setting("top_k", 5, "predictions returned when the request does not say"),
     Setting("max_image_bytes", 10 * 1024 * 1024, "largest encoded image accepted (413 beyond)"),
     Setting("max_image_pixels", 25_000_000,
             "largest width x height accepted, checked before decoding (413 beyond)"),
-    Setting("web_processes", 2, "mod_wsgi daemon processes"),
-    Setting("web_threads", 32, "threads per mod_wsgi daemon process"),
+    Setting("web_processes", 1,
+            "mod_wsgi daemon processes (one per host keeps the in-flight limit exact)"),
+    Setting("web_threads", 64,
+            "threads per mod_wsgi daemon process; all but 2 may wait on answers at once"),
     Setting("worker_threads", 0, "CPU threads a worker's runtime uses (0 = all cores)"),
     Setting("worker_name", "", "consumer name of a worker in the Redis group (default host-pid)"),
     Setting("heartbeat_ttl", 10.0,
@@ -69,6 +74,8 @@ SETTINGS = (
             "deliveries of one request before it is answered with an error and dropped"),
     Setting("result_ttl", 30.0, "seconds an unread result stays in Redis"),
     Setting("repository_poll", 2.0, "seconds between a worker's scans of the model repository"),
+    Setting("api_keys", "",
+            "comma-separated keys; when set, /predict and /v1 need 'Authorization: Bearer <key>'"),
     Setting("log_level", "INFO", "Python logging level for web and worker"),
 )
 

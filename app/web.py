@@ -4,6 +4,7 @@ Every error, ours or Werkzeug's, leaves as JSON: {"success": false, "error", "re
 503s carry Retry-After. The web tier imports Pillow, NumPy and redis-py, never TensorFlow.
 """
 import logging
+import threading
 import time
 import uuid
 from types import SimpleNamespace
@@ -20,6 +21,7 @@ from app.registry import Directory
 log = logging.getLogger("beagle.web")
 
 RETRY_AFTER_S = 1
+SPARE_THREADS = 2  # per process, kept free to refuse requests fast when the rest wait
 
 
 def create_app(test_config=None):
@@ -46,7 +48,9 @@ def init_app(app):
     keys = Keys(settings.key_prefix)
     app.extensions["beagle"] = SimpleNamespace(
         redis=client, keys=keys, queue=Queue(client, keys),
-        directory=Directory(client, keys, settings.heartbeat_ttl))
+        directory=Directory(client, keys, settings.heartbeat_ttl),
+        slots=threading.BoundedSemaphore(max(1, settings.web_threads - SPARE_THREADS)),
+        api_keys=[k.strip().encode() for k in settings.api_keys.split(",") if k.strip()])
 
 
 def json_error(exc):
@@ -54,7 +58,8 @@ def json_error(exc):
 
 
 def redis_error(exc):
-    log.error("request %s: Redis unavailable: %s", g.get("request_id"), exc)
+    log.error("request %s: Redis unavailable: %s: %s", g.get("request_id"), type(exc).__name__,
+              exc)
     return error_response(503, f"Redis is unavailable ({type(exc).__name__}); retry shortly")
 
 
@@ -68,6 +73,8 @@ def error_response(status, message):
     response.status_code = status
     if status == 503:
         response.headers["Retry-After"] = str(RETRY_AFTER_S)
+    if status == 401:
+        response.headers["WWW-Authenticate"] = 'Bearer realm="beagle"'
     return response
 
 

@@ -13,7 +13,7 @@ import socket
 import threading
 import time
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, TimeoutError as FutureTimeout
 
 import numpy as np
 import redis
@@ -41,10 +41,13 @@ class Worker:
         self.stats = Counter()
         self.started = time.time()
         self._stopping = threading.Event()
-        # Forward passes run here so the main thread, waiting on them, stays responsive
-        # to signals (a Python handler cannot run while the main thread is inside TF).
+        # Forward passes and model loads run here, so the main thread, waiting on them,
+        # stays responsive to signals (no Python handler runs while it is inside TF)
+        # and keeps heartbeating.
         self._inference = ThreadPoolExecutor(1, thread_name_prefix="inference")
         self._next = Counter()  # monotonic time each periodic step is next due
+        self._joined = False    # consumer groups exist for every served model
+        self._reclaim = False   # entries this consumer held before a restart may wait
 
     # -- the loop -----------------------------------------------------------------
 
@@ -64,41 +67,44 @@ class Worker:
                 except redis.ResponseError as exc:
                     if "NOGROUP" not in str(exc):
                         raise
-                    log.warning("worker %s: a stream was deleted; joining again", self.name)
-                    self._join_groups()
+                    log.warning("worker %s: a stream or group is gone (Redis restarted or "
+                                "flushed?); joining again", self.name)
+                    self._joined = False
         finally:
             self.teardown()
 
     def startup(self):
         runtimes.configure_threads(self.settings.worker_threads)
-        self.models.refresh()
+        self._await(self._inference.submit(self.models.refresh), heartbeat=False)
         if not self.models.names():
             log.warning("worker %s: no model to serve in %s (models=%r); waiting for one",
                         self.name, self.settings.model_repository, self.settings.models)
-        self._join_groups()
         log.info("worker %s: serving %s, max batch %d, batch timeout %.3fs", self.name,
                  self._describe_models(), self.settings.max_batch_size,
                  self.settings.batch_timeout)
 
     def maintain(self):
-        """Periodic steps: heartbeat, repository poll; each runs when it is due."""
+        """Periodic steps: join the streams' groups, heartbeat, repository poll."""
         now = time.monotonic()
         if now >= self._next["poll"]:
             self._next["poll"] = now + self.settings.repository_poll
-            if self.models.refresh():
-                self._join_groups()
+            if self._await(self._inference.submit(self.models.refresh)):
+                self._joined = False
                 log.info("worker %s: now serving %s", self.name, self._describe_models())
-                self._next["heartbeat"] = 0
-        if now >= self._next["heartbeat"]:
-            self._next["heartbeat"] = now + min(1.0, self.settings.heartbeat_ttl / 3)
-            registry.announce(self.redis, self.keys, self.name, self.models.announcement(),
-                              self._status(), self.settings.heartbeat_ttl)
+        if not self._joined:
+            for name in self.models.names():
+                self.queue.ensure_group(name)
+                self.queue.prune_consumers(name, CONSUMER_IDLE_S)
+            self._joined = self._reclaim = True
+            self._next["heartbeat"] = 0
+        self._heartbeat()
 
     def next_batch(self):
-        """Stale entries of dead workers first, else new ones: up to max_batch_size."""
-        claimed = self._claim_stale()
-        if claimed:
-            return claimed
+        """Entries left pending by this worker before a restart or by dead workers first,
+        else new ones: up to max_batch_size."""
+        recovered = self._recover()
+        if recovered:
+            return recovered
         names, size = self.models.names(), self.settings.max_batch_size
         if not names:
             self._stopping.wait(BLOCK_MS / 1000)
@@ -160,7 +166,7 @@ class Worker:
     def teardown(self):
         self._inference.shutdown(wait=False)
         try:
-            registry.retire(self.redis, self.keys, self.name, self.models.names())
+            registry.retire(self.redis, self.keys, self.name)
         except redis.RedisError as exc:
             log.warning("worker %s: could not retire from the registry: %s", self.name, exc)
         s = self.stats
@@ -192,16 +198,16 @@ class Worker:
         try:
             pixels = b"".join(_fit(e.request, spec.shape) for e in entries)
             batch = np.frombuffer(pixels, np.uint8).reshape(len(entries), *spec.shape)
-            probabilities = self._inference.submit(runner, batch).result()
+            probabilities = self._await(self._inference.submit(runner, batch))
         except Exception as exc:
             if len(entries) > 1:
                 log.warning("worker %s: batch of %d failed (%s); running each alone",
-                            self.name, len(entries), exc)
+                            self.name, len(entries), _summary(exc))
                 return [answer for e in entries for answer in self._run(runner, [e])]
             self.stats["failed"] += 1
-            log.exception("worker %s: inference failed for request %s", self.name,
-                          entries[0].request.request_id)
-            return [(entries[0], _error(500, f"inference failed: {type(exc).__name__}: {exc}"))]
+            log.error("worker %s: inference failed for request %s: %s", self.name,
+                      entries[0].request.request_id, _summary(exc))
+            return [(entries[0], _error(500, f"inference failed: {_summary(exc)}"))]
         self.stats["batches"] += 1
         self.stats["requests"] += len(entries)
         log.debug("worker %s: batch of %d for %s v%d", self.name, len(entries), spec.name,
@@ -209,35 +215,54 @@ class Worker:
         return [(e, _prediction(spec, row, e.request.top_k))
                 for e, row in zip(entries, probabilities)]
 
-    def _claim_stale(self):
+    def _heartbeat(self):
+        now = time.monotonic()
+        if now >= self._next["heartbeat"]:
+            self._next["heartbeat"] = now + min(1.0, self.settings.heartbeat_ttl / 3)
+            registry.announce(self.redis, self.keys, self.name, self.models.announcement(),
+                              self._status(), self.settings.heartbeat_ttl)
+
+    def _await(self, future, heartbeat=True):
+        """The future's result; meanwhile the main thread keeps heartbeating, so a long
+        forward pass or model load never looks like a dead worker."""
+        while True:
+            try:
+                return future.result(timeout=1.0)
+            except FutureTimeout:
+                if heartbeat:
+                    self._heartbeat()
+
+    def _recover(self):
+        size = self.settings.max_batch_size
+        if self._reclaim:
+            own = [e for name in self.models.names()
+                   for e in self.queue.reclaim_own(name, self.name, size)]
+            self._reclaim = bool(own)  # again until none is left
+            if own:
+                log.warning("worker %s: took back %d requests it held before a restart",
+                            self.name, len(own))
+                return own
         now = time.monotonic()
         if now < self._next["claim"]:
             return []
         self._next["claim"] = now + self.settings.claim_idle / 2
-        claimed = []
-        for name in self.models.names():
-            claimed += self.queue.claim_stale(name, self.name, self.settings.claim_idle,
-                                              self.settings.max_batch_size)
+        claimed = [e for name in self.models.names()
+                   for e in self.queue.claim_stale(name, self.name, self.settings.claim_idle,
+                                                   size)]
         if claimed:
             log.warning("worker %s: claimed %d requests left pending by another worker",
                         self.name, len(claimed))
             self._next["claim"] = now  # there may be more
         return claimed
 
-    def _join_groups(self):
-        for name in self.models.names():
-            self.queue.ensure_group(name)
-            self.queue.prune_consumers(name, CONSUMER_IDLE_S)
-
     def _status(self):
         return {"id": self.name, "host": socket.gethostname(), "pid": os.getpid(),
-                "started": self.started, "models": {n: sorted(self.models.runners[n])
-                                                    for n in self.models.names()},
+                "started": self.started, "models": self.models.versions(),
                 "batches": self.stats["batches"], "requests": self.stats["requests"]}
 
     def _describe_models(self):
-        return ", ".join(f"{n} v{','.join(map(str, sorted(self.models.runners[n])))}"
-                         for n in self.models.names()) or "nothing"
+        return ", ".join(f"{name} v{','.join(map(str, versions))}"
+                         for name, versions in self.models.versions().items()) or "nothing"
 
 
 def _fit(request, shape):
@@ -261,6 +286,13 @@ def _prediction(spec, probabilities, top_k):
         {"label": spec.labels[i] if i < len(spec.labels) else str(i),
          "probability": round(float(probabilities[i]), 6)} for i in best]
     return answer
+
+
+def _summary(exc):
+    """One line about ``exc``: TensorFlow's messages run over many lines and end with the
+    actual reason, so keep the end."""
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text if len(text) <= 240 else '...' + text[-240:]}"
 
 
 def _error(status, message):

@@ -11,6 +11,7 @@ import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from app import settings as settings_module  # noqa: E402
+from app.client import post_image  # noqa: E402
 from app.settings import PROJECT_ROOT  # noqa: E402
 
 
@@ -26,9 +27,9 @@ def main(argv=None):
     args = parser.parse_args(argv)
     params = {k: v for k, v in (("model", args.model), ("version", args.version),
                                 ("top_k", args.top_k)) if v is not None}
-    with open(args.image, "rb") as image:
-        response = requests.post(args.url.rstrip("/") + "/predict", files={"image": image},
-                                 data=params, timeout=60)
+    with open(args.image, "rb") as image, requests.Session() as session:
+        response, _ = post_image(session, args.url.rstrip("/") + "/predict", image.read(),
+                                 timeout=60, params=params)
     body = response.json()
     if not body.get("success"):
         print(f"error {response.status_code}: {body.get('error')}", file=sys.stderr)

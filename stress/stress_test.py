@@ -21,6 +21,7 @@ import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from app import settings as settings_module  # noqa: E402
+from app.client import post_image  # noqa: E402
 
 DEFAULT_IMAGE = Path(__file__).resolve().parent / "images" / "digit_7.png"
 
@@ -32,8 +33,13 @@ class Results:
         self.samples = []
         self.labels = Counter()
         self.errors = Counter()
+        self.retries = 0  # requests sent again after a keep-alive connection was dropped
         self.lock = threading.Lock()
         self.t0 = time.perf_counter()
+
+    def note_retry(self):
+        with self.lock:
+            self.retries += 1
 
     def add(self, started, latency, status, label=None, error=None):
         with self.lock:
@@ -47,14 +53,16 @@ class Results:
 def post(session, url, image, timeout, results):
     started = time.perf_counter()
     try:
-        response = session.post(url, files={"image": ("image", image)}, timeout=timeout)
+        response, retried = post_image(session, url, image, timeout)
+        if retried:
+            results.note_retry()
         status = response.status_code
         body = response.json() if response.headers.get("Content-Type", "").startswith(
             "application/json") else {}
         label = body["predictions"][0]["label"] if status == 200 else None
         error = None if status == 200 else f"{status}: {body.get('error', response.text[:80])}"
     except requests.RequestException as exc:
-        status, label, error = "error", None, type(exc).__name__
+        status, label, error = "error", None, f"{type(exc).__name__}: {str(exc)[:100]}"
     results.add(started, time.perf_counter() - started, status, label, error)
 
 
@@ -107,7 +115,7 @@ def summarize(results, elapsed):
             "p50_ms": round(pct(0.50), 2), "p90_ms": round(pct(0.90), 2),
             "p99_ms": round(pct(0.99), 2), "max_ms": round(latencies[-1] * 1000, 2)
             if latencies else 0, "labels": dict(results.labels),
-            "errors": dict(results.errors.most_common(5))}
+            "errors": dict(results.errors.most_common(5)), "retried": results.retries}
 
 
 def print_summary(summary):
@@ -121,6 +129,9 @@ def print_summary(summary):
         print("top labels: " + ", ".join(f"{k}={v}" for k, v in summary["labels"].items()))
     for error, count in summary["errors"].items():
         print(f"  failed x{count}: {error}")
+    if summary["retried"]:
+        print(f"sent again after the server dropped an idle keep-alive connection: "
+              f"{summary['retried']}")
 
 
 def run(url, image, count=500, interval=0.05, concurrency=0, timeout=30.0, max_seconds=300.0):

@@ -24,7 +24,7 @@ SAMPLES = PROJECT_ROOT / "stress" / "images"
 def make_settings(redis_url, **overrides):
     """Defaults (never the caller's BEAGLE_* environment) plus ``overrides``."""
     values = {"redis_url": redis_url, "key_prefix": f"test{secrets.token_hex(4)}",
-              "port": free_port(), "web_processes": 1, "web_threads": 16, **overrides}
+              "port": free_port(), "web_processes": 1, **overrides}
     return settings_module.load({}, **values)
 
 
@@ -41,6 +41,7 @@ def public_tempdir(prefix):
 
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory):
+    """A private redis-server on a free port, configured as in production."""
     server = RedisServer(tmp_path_factory.mktemp("redis")).start()
     yield server
     server.stop()

@@ -20,16 +20,33 @@ def request(deadline_in=10.0):
     return Request(uuid.uuid4().hex, time.time() + deadline_in, "", 5, (2, 2, 1), b"\x00\x01\x02\x03")
 
 
+def put(queue, sent, max_queue=10, max_wait_s=60):
+    accepted, detail = queue.submit("m", sent, max_queue, max_wait_s)
+    assert accepted, detail
+    return detail
+
+
 def test_submit_refuses_beyond_the_backlog_bound(queue):
-    assert queue.submit("m", request(), max_queue=2)
-    assert queue.submit("m", request(), max_queue=2)
-    assert not queue.submit("m", request(), max_queue=2)
+    put(queue, request(), max_queue=2)
+    put(queue, request(), max_queue=2)
+    assert queue.submit("m", request(), 2, 60) == (False, "model 'm' has 2 requests waiting")
+    assert queue.backlog("m") == 2
+
+
+def test_submit_refuses_when_the_oldest_undelivered_request_waited_too_long(queue):
+    put(queue, request())
+    time.sleep(0.06)
+    accepted, why = queue.submit("m", request(), 10, max_wait_s=0.05)
+    assert not accepted and "oldest waiting request has waited 0." in why
+    # Once a worker has taken it, it no longer counts as waiting.
+    queue.read_new(["m"], "w1", count=1, block_ms=10)
+    put(queue, request(), max_wait_s=0.05)
     assert queue.backlog("m") == 2
 
 
 def test_round_trip_leaves_nothing_behind(queue, client):
     sent = request()
-    queue.submit("m", sent, max_queue=10)
+    put(queue, sent)
     (entry,) = queue.read_new(["m"], "w1", count=10, block_ms=100)
     assert entry.request == sent and entry.deliveries == 1
     queue.reply([(entry, {"ok": True, "n": 1})], [], result_ttl=5)
@@ -42,7 +59,7 @@ def test_round_trip_leaves_nothing_behind(queue, client):
 
 def test_unread_result_expires(queue, client):
     sent = request()
-    queue.submit("m", sent, max_queue=10)
+    put(queue, sent)
     (entry,) = queue.read_new(["m"], "w1", count=10, block_ms=100)
     queue.reply([(entry, {"ok": True})], [], result_ttl=5)
     assert 0 < client.ttl(queue.keys.result(sent.request_id)) <= 5
@@ -63,7 +80,7 @@ def test_wait_result_times_out(queue):
 
 def test_stale_entries_are_claimed_with_their_delivery_count(queue):
     sent = request()
-    queue.submit("m", sent, max_queue=10)
+    put(queue, sent)
     assert len(queue.read_new(["m"], "dead", count=10, block_ms=100)) == 1
     assert queue.claim_stale("m", "alive", min_idle_s=5, count=10) == []  # not idle enough
     time.sleep(0.05)
@@ -73,7 +90,7 @@ def test_stale_entries_are_claimed_with_their_delivery_count(queue):
 
 def test_skipped_entries_are_acknowledged_without_a_result(queue, client):
     sent = request(deadline_in=-1)
-    queue.submit("m", sent, max_queue=10)
+    put(queue, sent)
     (entry,) = queue.read_new(["m"], "w1", count=10, block_ms=100)
     queue.reply([], [entry], result_ttl=5)
     assert client.xlen(queue.keys.stream("m")) == 0
@@ -81,7 +98,7 @@ def test_skipped_entries_are_acknowledged_without_a_result(queue, client):
 
 
 def test_consumers_of_dead_workers_are_pruned(queue, client):
-    queue.submit("m", request(), max_queue=10)
+    put(queue, request())
     (entry,) = queue.read_new(["m"], "gone", count=1, block_ms=10)
     queue.reply([(entry, {"ok": True})], [], result_ttl=5)
     stream = queue.keys.stream("m")

@@ -41,7 +41,7 @@ def test_flush_removes_only_beagles_keys_and_answers_the_waiting(settings, clien
     waiting = [Request(uuid.uuid4().hex, time.time() + 30, "", 1, (1, 1, 1), b"\x00")
                for _ in range(3)]
     for request in waiting:
-        queue.submit("digits", request, 10)
+        queue.submit("digits", request, 10, 60)
     client.lpush(keys.result("stale"), "{}")
     client.set("someone-else:key", "keep me")
     client.set(keys.worker("w1"), "{}")

@@ -129,9 +129,11 @@ def test_web_processes_run_python_without_tensorflow(stack):
 
 
 def test_no_live_worker_is_503_with_retry_after(start_stack):
-    stack = start_stack()
+    stack = start_stack(heartbeat_ttl=2.0)
     assert predict(stack.url, sample(3)).status_code == 200
     stack.workers[0].stop()
+    # A stopped worker counts as live for heartbeat_ttl, so that a restart refuses nothing.
+    time.sleep(2.0 + 1.0)  # the TTL, plus the web process's 1 s registry cache
     response = predict(stack.url, sample(3))
     assert "no live worker" in error_of(response, 503)
     assert response.headers["Retry-After"] == "1"

@@ -1,0 +1,130 @@
+"""Security: Redis locked down as rendered, API keys, secrets kept out of logs, Apache
+hardening."""
+import socket
+
+import pytest
+import redis
+import requests
+
+from app import config_files
+from app.devstack import RedisServer
+from conftest import predict, public_tempdir, sample
+
+
+def test_rendered_redis_config_is_locked_down():
+    server = RedisServer(public_tempdir("beagle-redis-")).start()
+    try:
+        anonymous = redis.Redis(port=server.port)
+        with pytest.raises(redis.AuthenticationError):
+            anonymous.ping()
+        client = redis.Redis.from_url(server.url)
+        config = client.config_get("*")
+        assert config["protected-mode"] == "yes"
+        assert config["maxmemory-policy"] == "noeviction"
+        assert config["bind"] == "127.0.0.1"
+        assert int(config["maxmemory"]) > 0
+        for command in ("FLUSHALL", "FLUSHDB", "DEBUG"):
+            with pytest.raises(redis.ResponseError, match="unknown command"):
+                client.execute_command(command)
+        assert oct((server.work_dir / "redis.conf").stat().st_mode & 0o777) == "0o600"
+    finally:
+        server.stop()
+
+
+def test_redis_config_for_several_hosts_binds_the_private_address():
+    text = config_files.redis_conf("s3cret", bind="10.20.0.1")
+    assert "bind 10.20.0.1\n" in text and "requirepass s3cret\n" in text
+    assert "protected-mode yes\n" in text and "maxmemory-policy noeviction\n" in text
+    with pytest.raises(ValueError, match="password"):
+        config_files.redis_conf("")
+
+
+def test_a_full_redis_refuses_admission_instead_of_evicting(redis_server):
+    server = RedisServer(public_tempdir("beagle-redis-"), maxmemory="4mb").start()
+    try:
+        client = redis.Redis.from_url(server.url)
+        with pytest.raises(redis.ResponseError, match="used memory > 'maxmemory'"):
+            for n in range(100):
+                client.xadd("beagle:stream:m", {"pixels": b"x" * 100_000})
+        assert client.xlen("beagle:stream:m") > 0  # nothing evicted
+    finally:
+        server.stop()
+
+
+API_KEYS = ("alpha-7f3e9c1d2b", "beta-0a8d6e4f51")
+
+
+@pytest.fixture
+def keyed_stack(start_stack):
+    return start_stack(api_keys=",".join(API_KEYS))
+
+
+def test_api_keys_guard_predict_but_not_health(keyed_stack):
+    url = keyed_stack.url
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic " + API_KEYS[0]},
+                    {"Authorization": "Bearer " + API_KEYS[0][:-1]}):
+        response = requests.post(url + "/predict", files={"image": sample(3)}, headers=headers)
+        assert response.status_code == 401 and response.json()["success"] is False
+        assert response.headers["WWW-Authenticate"].startswith("Bearer")
+        assert API_KEYS[0] not in response.text
+    for key in API_KEYS:
+        response = requests.post(url + "/predict", files={"image": sample(3)},
+                                 headers={"Authorization": f"Bearer {key}"})
+        assert response.json()["predictions"][0]["label"] == "3"
+    assert requests.get(url + "/healthz").status_code == 200
+    assert requests.get(url + "/readyz").status_code == 200
+
+
+def test_secrets_never_reach_the_logs(keyed_stack, redis_server):
+    url = keyed_stack.url
+    requests.post(url + "/predict", files={"image": sample(3)},
+                  headers={"Authorization": "Bearer " + API_KEYS[1]})
+    requests.post(url + "/predict", files={"image": sample(3)},
+                  headers={"Authorization": "Bearer guess-" + API_KEYS[0]})
+    requests.post(url + "/predict", data=b"junk", headers={"Authorization": "Bearer " + API_KEYS[0]})
+    keyed_stack.workers[0].stop()
+    logs = [keyed_stack.apache.error_log, keyed_stack.apache.error_log.with_name("access.log"),
+            keyed_stack.workers[0].log_path, keyed_stack.apache.run_dir / "beagle.conf"]
+    text = "".join(path.read_text() for path in logs)
+    assert "POST /predict" in text  # the logs are there and were written
+    for secret in (*API_KEYS, redis_server.password):
+        assert secret not in text
+
+
+def test_wrong_redis_password_is_a_503_that_names_no_secret(start_stack, redis_server):
+    stack = start_stack()
+    # Point the web tier at the right Redis with the wrong password: restart only Apache.
+    stack.apache.stop()
+    wrong = redis_server.url.replace(redis_server.password, "not-the-password")
+    stack.apache.settings.redis_url = wrong
+    stack.apache.start()
+    response = predict(stack.url, sample(1))
+    assert response.status_code == 503 and "Redis is unavailable" in response.json()["error"]
+    log = stack.apache.error_log.read_text()
+    assert "AuthenticationError" in log and "not-the-password" not in log
+
+
+def raw_request(port, data):
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(data)
+        return sock.recv(65536).decode("latin-1")
+
+
+def test_apache_is_hardened(stack):
+    port = stack.apache.settings.port
+    listing = requests.get(stack.url + "/_beagle_errors/")
+    assert listing.status_code in (403, 404) and "Index of" not in listing.text
+    assert listing.json()["success"] is False
+    trace = requests.request("TRACE", stack.url + "/")
+    assert trace.status_code == 405 and trace.json()["success"] is False
+    many_headers = "".join(f"X-H{n}: v\r\n" for n in range(100))
+    reply = raw_request(port, f"GET /healthz HTTP/1.1\r\nHost: x\r\n{many_headers}\r\n".encode())
+    assert reply.startswith("HTTP/1.1 400") and '"success": false' in reply
+    reply = raw_request(port, f"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: {'a' * 9000}\r\n\r\n"
+                        .encode())
+    assert reply.startswith("HTTP/1.1 400")
+    for path in ("/wsgi/beagle.wsgi", "/code/app/settings.py", "/beagle.conf", "/httpd.conf",
+                 "/_beagle_errors/../wsgi/beagle.wsgi"):
+        response = requests.get(stack.url + path)
+        assert response.status_code == 404 and "application" not in response.text
+    assert requests.get(stack.url + "/healthz").headers["Server"] == "Apache"
