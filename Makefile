@@ -4,7 +4,7 @@ VENV ?= /opt/beagle-dev/venv
 PYTHON := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup run test model
+.PHONY: setup run test model bench
 setup:
 	@scripts/bootstrap.sh $(VENV) requirements.txt requirements-dev.txt
 
@@ -17,3 +17,8 @@ test: setup
 # Retrain the bundled digits model (models/digits/1) and its sample images.
 model: setup
 	$(PYTHON) scripts/train_digits.py
+
+# The benchmark: MobileNetV2 (random weights, offline) on every runtime, raw and served;
+# writes reports/bench/report.md, results.json and bench.png.
+bench: setup
+	$(PYTHON) stress/bench.py $(BENCH_ARGS)

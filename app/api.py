@@ -3,27 +3,16 @@ import base64
 import binascii
 import hmac
 import re
-import time
-from contextlib import contextmanager
 
-from flask import Blueprint, abort, current_app, g, jsonify, request
+from flask import Blueprint, abort, g, jsonify, request
 
-from app.imaging import BadImage, to_pixels
-from app.queue import Request
+from app.inference import beagle, classify, pixels_of, resolve, settings
 
 bp = Blueprint("api", __name__)
 
 RAW_TYPES = ("application/octet-stream", "")
 PROTECTED_PATHS = ("/predict", "/v1/")
 MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
-
-
-def beagle():
-    return current_app.extensions["beagle"]
-
-
-def settings():
-    return current_app.config["BEAGLE"]
 
 
 @bp.before_app_request
@@ -49,7 +38,8 @@ def predict():
         abort(400, "model must be a name of letters, digits, '.', '_' or '-'")
     version = int_param(params, "version", 1, None)
     top_k = int_param(params, "top_k", 1, 1000) or settings().top_k
-    answer = classify(model, version, data, top_k)
+    info, version, shape = resolve(model, version)
+    (answer,) = classify(model, info, version, shape, [pixels_of(data, shape)], top_k)
     return jsonify(success=True, predictions=answer["predictions"],
                    model={"name": answer["model"], "version": answer["version"]},
                    request_id=g.request_id)
@@ -72,55 +62,6 @@ def readyz():
         response.status_code = 503
         response.headers["Retry-After"] = "1"
     return response
-
-
-def classify(model, version, data, top_k):
-    """Queue one image for ``model`` (newest version if None); the worker's answer."""
-    info = beagle().directory.lookup(model)
-    if info is None:
-        abort(404, f"model {model!r} is not served")
-    if version is not None and version not in info.versions:
-        abort(404, f"model {model!r} has no version {version} "
-                   f"(served: {', '.join(map(str, sorted(info.versions)))})")
-    if not info.live_workers:
-        abort(503, f"no live worker serves model {model!r}")
-    height, width, channels = shape = info.shape(info.latest if version is None else version)
-    try:
-        pixels = to_pixels(data, width, height, channels, settings().max_image_pixels)
-    except BadImage as exc:
-        abort(exc.status, exc.message)
-    timeout = settings().request_timeout
-    queued = Request(request_id=g.request_id, deadline=g.started + timeout,
-                     version="" if version is None else str(version), top_k=top_k,
-                     shape=shape, pixels=pixels)
-    # Refusing on queue wait is for overload. While no worker is taking requests (one is
-    # restarting), the queue is stalled, not overloaded: requests wait for it instead,
-    # until their deadline, and max_queue alone bounds the backlog.
-    max_wait = min(settings().max_queue_wait, timeout / 2) if info.active_workers else timeout
-    with in_flight_slot():
-        accepted, detail = beagle().queue.submit(model, queued, settings().max_queue, max_wait)
-        if not accepted:
-            abort(503, f"{detail}; retry shortly")
-        answer = beagle().queue.wait_result(g.request_id, queued.deadline - time.time())
-    if answer is None:
-        abort(504, f"no answer within the {timeout:g}s deadline")
-    if not answer["ok"]:
-        abort(answer["status"], answer["error"])
-    return answer
-
-
-@contextmanager
-def in_flight_slot():
-    """Hold one of this process's waiting slots. They are fewer than its threads, so a
-    thread is always free to refuse the next request quickly instead of leaving it
-    queued inside Apache."""
-    slots = beagle().slots
-    if not slots.acquire(blocking=False):
-        abort(503, "this web process is at its limit of requests in flight; retry shortly")
-    try:
-        yield
-    finally:
-        slots.release()
 
 
 def read_image():

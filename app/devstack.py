@@ -93,7 +93,7 @@ class RedisServer:
                                                   maxmemory=self.maxmemory,
                                                   dir=self.work_dir))
         with open(self.work_dir / "redis.log", "ab") as out:
-            self.process = subprocess.Popen(["redis-server", str(config)], stdout=out,
+            self.process = subprocess.Popen(["/usr/bin/redis-server", str(config)], stdout=out,
                                             stderr=subprocess.STDOUT, start_new_session=True)
         wait_until(lambda: redis_answers(self.url), self.process, 10, "redis-server")
         return self
@@ -209,7 +209,7 @@ def check_venv():
 
 def check_readable_by(user, *paths):
     for path in paths:
-        probe = subprocess.run(["runuser", "-u", user, "--", "test", "-r", str(path)])
+        probe = subprocess.run(["/usr/sbin/runuser", "-u", user, "--", "test", "-r", str(path)])
         if probe.returncode != 0:
             raise SystemExit(f"{user} (Apache's daemon user) cannot read {path}: every "
                              f"directory above it needs o+x. Put the venv elsewhere (VENV=...)")

@@ -24,9 +24,10 @@ def parse_selection(text):
 
 
 class LoadedModels:
-    def __init__(self, root, selection, load=runtimes.load):
+    def __init__(self, root, selection, threads=0, load=runtimes.load):
         self.root = root
         self.pins = parse_selection(selection)
+        self.threads = threads
         self.load = load
         self.runners = {}   # name -> {version: runner}
         self._failed = set()
@@ -66,7 +67,9 @@ class LoadedModels:
 
     def announcement(self):
         """What the registry should say this worker serves."""
-        return {name: {"versions": {str(v): {"shape": list(r.spec.shape)}
+        return {name: {"versions": {str(v): {"shape": list(r.spec.shape),
+                                             "classes": len(r.spec.labels),
+                                             "runtime": r.spec.runtime}
                                     for v, r in loaded.items()},
                        "latest": max(loaded)}
                 for name, loaded in self.runners.items()}
@@ -91,8 +94,9 @@ class LoadedModels:
             return None
         try:
             spec = repository.load_spec(self.root, name, version)
-            log.info("model %s: loading version %d from %s", name, version, spec.model_path)
-            runner = self.load(spec)
+            log.info("model %s: loading version %d (%s) from %s", name, version, spec.runtime,
+                     spec.model_path)
+            runner = self.load(spec, self.threads)
         except Exception:
             log.exception("model %s: version %d failed to load; not serving it", name, version)
             self._failed.add((name, version))

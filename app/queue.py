@@ -14,6 +14,7 @@ An answer is JSON: {"ok": true, "model", "version", "predictions" | "probabiliti
 or {"ok": false, "status": <http status>, "error": "<what and why>"}.
 """
 import json
+import time
 from dataclasses import dataclass
 
 import redis
@@ -108,12 +109,25 @@ class Queue:
             return False, f"model {model!r} has {detail} requests waiting"
         return False, f"model {model!r}'s oldest waiting request has waited {detail / 1000:.1f}s"
 
+    def wait_results(self, request_ids, remaining):
+        """The answers for ``request_ids``, in their order, as many as arrived while
+        ``remaining()`` (seconds left) stayed positive."""
+        keys = {self.keys.result(request_id): request_id for request_id in request_ids}
+        answers = {}
+        # Below 1 ms, Redis would round the timeout down to 0, which means "forever".
+        while len(answers) < len(keys) and (left := remaining()) >= 0.001:
+            waiting = [key for key, request_id in keys.items() if request_id not in answers]
+            popped = self.redis.blpop(waiting, timeout=left)
+            if popped is None:
+                break
+            answers[keys[popped[0].decode()]] = json.loads(popped[1])
+        return [answers[request_id] for request_id in request_ids if request_id in answers]
+
     def wait_result(self, request_id, timeout):
         """The answer for ``request_id``, or None if none arrived within ``timeout`` s."""
-        if timeout <= 0:
-            return None
-        popped = self.redis.blpop([self.keys.result(request_id)], timeout=timeout)
-        return None if popped is None else json.loads(popped[1])
+        deadline = time.monotonic() + timeout
+        answers = self.wait_results([request_id], lambda: deadline - time.monotonic())
+        return answers[0] if answers else None
 
     def backlog(self, model):
         return self.redis.xlen(self.keys.stream(model))

@@ -5,10 +5,14 @@ Each version folder holds the model (``.keras``, ``.h5`` or a SavedModel folder)
 
     {"file": "model.keras", "runtime": "tensorflow",
      "input": {"height": 32, "width": 32, "channels": 1},
-     "preprocessing": "unit", "output": "probabilities"}
+     "preprocessing": "unit", "output": "probabilities", "max_batch_size": 8}
 
 preprocessing: none (float pixels 0-255), unit (0-1), tf (-1..1), caffe (BGR, mean
-subtracted), torch (0-1, ImageNet mean/std). output: probabilities or logits.
+subtracted), torch (0-1, ImageNet mean/std). output: probabilities or logits. runtime:
+tensorflow, onnx or litert; an onnx or litert file has the preprocessing (and a softmax
+for logits) baked in by scripts/export_model.py, and model.json records what was baked.
+max_batch_size (optional) caps this model's batches below the worker's setting: on CPU a
+runtime is often fastest at small batches (the benchmark shows which).
 A version counts once its model.json exists, so writers publish that file last.
 """
 import json
@@ -17,7 +21,7 @@ from pathlib import Path
 
 PREPROCESSING = ("none", "unit", "tf", "caffe", "torch")
 OUTPUTS = ("probabilities", "logits")
-RUNTIMES = ("tensorflow",)
+RUNTIMES = ("tensorflow", "onnx", "litert")
 
 
 @dataclass(frozen=True)
@@ -33,6 +37,7 @@ class ModelSpec:
     output: str
     runtime: str
     labels: tuple
+    max_batch_size: int = 0  # 0: the worker's max_batch_size setting alone decides
 
     @property
     def shape(self):
@@ -75,19 +80,22 @@ def read_spec(path, name, version):
         height=int(size["height"]), width=int(size["width"]), channels=int(size["channels"]),
         preprocessing=meta.get("preprocessing", "unit"),
         output=meta.get("output", "probabilities"),
-        runtime=meta.get("runtime", "tensorflow"), labels=labels)
+        runtime=meta.get("runtime", "tensorflow"), labels=labels,
+        max_batch_size=int(meta.get("max_batch_size", 0)))
     _check(spec)
     return spec
 
 
 def publish(path, file, height, width, channels, labels, preprocessing="unit",
-            output="probabilities", runtime="tensorflow"):
+            output="probabilities", runtime="tensorflow", max_batch_size=0):
     """Write labels.txt, then model.json (which makes the version visible) into ``path``."""
     path = Path(path)
     (path / "labels.txt").write_text("\n".join(labels) + "\n")
     meta = {"file": file, "runtime": runtime,
             "input": {"height": height, "width": width, "channels": channels},
             "preprocessing": preprocessing, "output": output}
+    if max_batch_size:
+        meta["max_batch_size"] = max_batch_size
     staging = path / "model.json.tmp"
     staging.write_text(json.dumps(meta, indent=2) + "\n")
     staging.rename(path / "model.json")

@@ -1,50 +1,111 @@
 """Compiled forward passes: a batch of uint8 NHWC pixels in, class probabilities out.
 
-The uint8 -> float conversion and the preprocessing run inside the compiled function,
-so the worker hands over raw queue bytes and never calls ``model.predict``.
-TensorFlow is imported here and in the worker only, never by the web tier.
+tensorflow  a ``tf.function`` with a fixed uint8 input signature around the Keras model
+            or SavedModel; the float conversion and preprocessing run inside it.
+onnx        an ONNX graph exported by scripts/export_model.py (tf2onnx) with the same
+            conversion and preprocessing baked in; ONNX Runtime, on CUDA when present.
+litert      a LiteRT (TFLite) flatbuffer exported the same way; the XNNPACK CPU delegate.
+
+The worker hands over raw queue bytes and never calls ``model.predict``. TensorFlow,
+ONNX Runtime and LiteRT are imported here and in the worker only, never by the web tier.
 """
+import os
+
 import numpy as np
 
 CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
 TORCH_MEAN = (0.485, 0.456, 0.406)
 TORCH_STD = (0.229, 0.224, 0.225)
+FILES = {"tensorflow": "model.keras", "onnx": "model.onnx", "litert": "model.tflite"}
 
 
-def configure_threads(threads):
-    """Limit TensorFlow's CPU threads; must run before the first model loads."""
-    if threads:
-        import tensorflow as tf
-        tf.config.threading.set_intra_op_parallelism_threads(threads)
-        tf.config.threading.set_inter_op_parallelism_threads(min(threads, 2))
+def cpu_threads(requested=0):
+    """Threads for a runtime: as requested, else one per core this process may run on."""
+    return requested or len(os.sched_getaffinity(0))
 
 
-def load(spec):
+def load(spec, threads=0):
     """A warmed-up runner for ``spec``: ``runner(batch) -> float32 [n, classes]``."""
-    return TensorFlowRunner(spec)
+    runner = RUNNERS[spec.runtime](spec, cpu_threads(threads))
+    runner(np.zeros((1, *spec.shape), np.uint8))  # build and trace now, not on a request
+    return runner
 
 
 class TensorFlowRunner:
-    def __init__(self, spec):
+    _threads = None  # TensorFlow takes its thread counts once, before its first op
+
+    def __init__(self, spec, threads):
         import tensorflow as tf
+        if TensorFlowRunner._threads is None:
+            TensorFlowRunner._threads = threads
+            try:
+                tf.config.threading.set_intra_op_parallelism_threads(threads)
+                tf.config.threading.set_inter_op_parallelism_threads(min(threads, 2))
+            except RuntimeError:  # this process already ran TensorFlow ops: pools are fixed
+                pass
         self.spec = spec
-        model = _load_tensorflow_model(spec)
-        preprocess = _preprocessing(tf, spec)
-        signature = tf.TensorSpec([None, *spec.shape], tf.uint8, name="pixels")
-
-        @tf.function(input_signature=[signature])
-        def forward(pixels):
-            outputs = model(preprocess(tf.cast(pixels, tf.float32)))
-            return tf.nn.softmax(outputs) if spec.output == "logits" else outputs
-
-        self._forward = forward
-        self(np.zeros((1, *spec.shape), np.uint8))  # trace now, not on the first request
+        self._forward = tensorflow_forward(tf, spec, load_tensorflow_model(spec))
 
     def __call__(self, batch):
         return self._forward(batch).numpy()
 
 
-def _load_tensorflow_model(spec):
+class OnnxRunner:
+    def __init__(self, spec, threads):
+        import onnxruntime as ort
+        self.spec = spec
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider")
+                     if p in ort.get_available_providers()]
+        self._session = ort.InferenceSession(str(spec.model_path), options, providers=providers)
+        self._input = self._session.get_inputs()[0].name
+
+    def __call__(self, batch):
+        return self._session.run(None, {self._input: batch})[0]
+
+
+class LiteRTRunner:
+    """Not thread-safe; the worker runs every forward pass on one thread."""
+
+    def __init__(self, spec, threads):
+        from ai_edge_litert.interpreter import Interpreter
+        self.spec = spec
+        self._interpreter = Interpreter(model_path=str(spec.model_path), num_threads=threads)
+        self._input = self._interpreter.get_input_details()[0]["index"]
+        self._output = self._interpreter.get_output_details()[0]["index"]
+        self._batch_size = None
+
+    def __call__(self, batch):
+        if batch.shape[0] != self._batch_size:  # re-plan only when the batch size changes
+            self._interpreter.resize_tensor_input(self._input, batch.shape)
+            self._interpreter.allocate_tensors()
+            self._batch_size = batch.shape[0]
+        self._interpreter.set_tensor(self._input, batch)
+        self._interpreter.invoke()
+        return self._interpreter.get_tensor(self._output).copy()
+
+
+RUNNERS = {"tensorflow": TensorFlowRunner, "onnx": OnnxRunner, "litert": LiteRTRunner}
+
+
+def tensorflow_forward(tf, spec, model):
+    """The compiled uint8 -> probabilities function: served by the tensorflow runtime,
+    and the source the exporter converts to ONNX."""
+    preprocess = preprocessing(tf, spec)
+    signature = tf.TensorSpec([None, *spec.shape], tf.uint8, name="pixels")
+
+    @tf.function(input_signature=[signature])
+    def forward(pixels):
+        outputs = model(preprocess(tf.cast(pixels, tf.float32)))
+        return tf.nn.softmax(outputs) if spec.output == "logits" else outputs
+
+    return forward
+
+
+def load_tensorflow_model(spec):
+    """A callable float batch -> outputs, from a Keras file or a SavedModel folder."""
     path = spec.model_path
     if path.is_dir():  # a SavedModel: call its serving signature
         import tensorflow as tf
@@ -61,7 +122,8 @@ def _load_tensorflow_model(spec):
     return lambda x: model(x, training=False)
 
 
-def _preprocessing(tf, spec):
+def preprocessing(tf, spec):
+    """The model's preprocessing as TensorFlow ops on float pixels 0-255."""
     mode = spec.preprocessing
     if mode in ("caffe", "torch") and spec.channels != 3:
         raise ValueError(f"model {spec.name}: {mode} preprocessing needs 3 channels")

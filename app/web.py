@@ -1,7 +1,7 @@
 """The Flask app factory. mod_wsgi loads it through wsgi/beagle.wsgi.
 
-Every error, ours or Werkzeug's, leaves as JSON: {"success": false, "error", "request_id"};
-503s carry Retry-After. The web tier imports Pillow, NumPy and redis-py, never TensorFlow.
+Every error, ours or Werkzeug's, leaves as JSON: {"success": false, "error", "request_id"},
+or {"error"} under /v1/ as TensorFlow Serving has it; 503s carry Retry-After. The web tier imports Pillow, NumPy and redis-py, never TensorFlow.
 """
 import logging
 import threading
@@ -10,10 +10,10 @@ import uuid
 from types import SimpleNamespace
 
 import redis
-from flask import Flask, g, jsonify
+from flask import Flask, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from app import api, settings as settings_module
+from app import api, settings as settings_module, tfserving
 from app.keys import Keys
 from app.queue import Queue, connect
 from app.registry import Directory
@@ -33,6 +33,7 @@ def create_app(test_config=None):
     app.config["MAX_CONTENT_LENGTH"] = settings_module.body_limit(settings)
     init_app(app)
     app.register_blueprint(api.bp)
+    app.register_blueprint(tfserving.bp)
     app.before_request(_start_request)
     app.after_request(_tag_response)
     app.register_error_handler(HTTPException, json_error)
@@ -69,7 +70,10 @@ def unexpected_error(exc):
 
 
 def error_response(status, message):
-    response = jsonify(success=False, error=message, request_id=g.get("request_id"))
+    if request.path.startswith(tfserving.bp.url_prefix + "/"):
+        response = jsonify(error=message)  # TensorFlow Serving's error shape
+    else:
+        response = jsonify(success=False, error=message, request_id=g.get("request_id"))
     response.status_code = status
     if status == 503:
         response.headers["Retry-After"] = str(RETRY_AFTER_S)

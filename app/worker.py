@@ -19,9 +19,10 @@ import numpy as np
 import redis
 from PIL import Image
 
-from app import registry, runtimes, settings as settings_module
+from app import registry, settings as settings_module
 from app.keys import Keys
 from app.loaded_models import LoadedModels
+from app.runtimes import cpu_threads
 from app.queue import Queue, connect
 
 log = logging.getLogger("beagle.worker")
@@ -37,7 +38,8 @@ class Worker:
         self.redis = connect(settings.redis_url, socket_timeout=BLOCK_MS / 1000 + 5)
         self.queue = Queue(self.redis, self.keys)
         self.name = settings.worker_name or f"{socket.gethostname()}-{os.getpid()}"
-        self.models = models or LoadedModels(settings.model_repository, settings.models)
+        self.models = models or LoadedModels(settings.model_repository, settings.models,
+                                             settings.worker_threads)
         self.stats = Counter()
         self.started = time.time()
         self._stopping = threading.Event()
@@ -74,7 +76,11 @@ class Worker:
             self.teardown()
 
     def startup(self):
-        runtimes.configure_threads(self.settings.worker_threads)
+        if self.settings.worker_cpus:
+            os.sched_setaffinity(0, parse_cpus(self.settings.worker_cpus))
+        log.info("worker %s: on cores %s, %d runtime threads", self.name,
+                 ",".join(map(str, sorted(os.sched_getaffinity(0)))),
+                 cpu_threads(self.settings.worker_threads))
         self._await(self._inference.submit(self.models.refresh), heartbeat=False)
         if not self.models.names():
             log.warning("worker %s: no model to serve in %s (models=%r); waiting for one",
@@ -151,9 +157,10 @@ class Worker:
                 else:
                     groups.setdefault(runner, []).append(entry)
         for runner, entries in groups.items():
-            # Redelivered entries run alone: one of them may be what killed a worker.
+            size = runner.spec.max_batch_size or self.settings.max_batch_size
             together = [e for e in entries if e.deliveries == 1]
-            parts = [together] if together else []
+            parts = [together[i:i + size] for i in range(0, len(together), size)]
+            # Redelivered entries run alone: one of them may be what killed a worker.
             parts += [[e] for e in entries if e.deliveries > 1]
             for part in parts:
                 answers += self._run(runner, part)
@@ -263,6 +270,15 @@ class Worker:
     def _describe_models(self):
         return ", ".join(f"{name} v{','.join(map(str, versions))}"
                          for name, versions in self.models.versions().items()) or "nothing"
+
+
+def parse_cpus(text):
+    """"0-3,6" -> {0, 1, 2, 3, 6}."""
+    cpus = set()
+    for part in text.split(","):
+        first, _, last = part.strip().partition("-")
+        cpus.update(range(int(first), int(last or first) + 1))
+    return cpus
 
 
 def _fit(request, shape):

@@ -7,11 +7,9 @@ import argparse
 import sys
 from pathlib import Path
 
-import requests
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from app import settings as settings_module  # noqa: E402
-from app.client import post_image  # noqa: E402
+from app.client import connections, json_body, post_image  # noqa: E402
 from app.settings import PROJECT_ROOT  # noqa: E402
 
 
@@ -27,12 +25,12 @@ def main(argv=None):
     args = parser.parse_args(argv)
     params = {k: v for k, v in (("model", args.model), ("version", args.version),
                                 ("top_k", args.top_k)) if v is not None}
-    with open(args.image, "rb") as image, requests.Session() as session:
-        response, _ = post_image(session, args.url.rstrip("/") + "/predict", image.read(),
-                                 timeout=60, params=params)
-    body = response.json()
+    with open(args.image, "rb") as image:
+        response, _ = post_image(connections(), args.url.rstrip("/") + "/predict",
+                                 image.read(), timeout=60, params=params)
+    body = json_body(response)
     if not body.get("success"):
-        print(f"error {response.status_code}: {body.get('error')}", file=sys.stderr)
+        print(f"error {response.status}: {body.get('error')}", file=sys.stderr)
         return 1
     for rank, prediction in enumerate(body["predictions"], 1):
         print(f"{rank}. {prediction['label']}: {prediction['probability']:.4f}")

@@ -17,11 +17,10 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import requests
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from app import settings as settings_module  # noqa: E402
-from app.client import post_image  # noqa: E402
+from app import client  # noqa: E402
+from app.client import json_body, post_image  # noqa: E402
 
 DEFAULT_IMAGE = Path(__file__).resolve().parent / "images" / "digit_7.png"
 
@@ -50,30 +49,29 @@ class Results:
                 self.errors[error] += 1
 
 
-def post(session, url, image, timeout, results):
+def post(pool, url, image, timeout, results, body="multipart"):
     started = time.perf_counter()
     try:
-        response, retried = post_image(session, url, image, timeout)
+        response, retried = post_image(pool, url, image, timeout, body=body)
         if retried:
             results.note_retry()
-        status = response.status_code
-        body = response.json() if response.headers.get("Content-Type", "").startswith(
-            "application/json") else {}
-        label = body["predictions"][0]["label"] if status == 200 else None
-        error = None if status == 200 else f"{status}: {body.get('error', response.text[:80])}"
-    except requests.RequestException as exc:
+        status, answer = response.status, json_body(response)
+        label = answer["predictions"][0]["label"] if status == 200 else None
+        error = None if status == 200 else f"{status}: {answer.get('error', '')[:100]}"
+    except client.Error as exc:
         status, label, error = "error", None, f"{type(exc).__name__}: {str(exc)[:100]}"
     results.add(started, time.perf_counter() - started, status, label, error)
 
 
-def open_loop(url, image, count, interval, timeout, max_seconds, results):
+def open_loop(url, image, count, interval, timeout, max_seconds, results, body="multipart"):
     """A new thread every ``interval`` seconds, one request each."""
     threads = []
     stop_at = time.monotonic() + max_seconds
+    pool = client.connections(64)
     for _ in range(count):
         if time.monotonic() > stop_at:
             break
-        thread = threading.Thread(target=post, args=(requests, url, image, timeout, results))
+        thread = threading.Thread(target=post, args=(pool, url, image, timeout, results, body))
         thread.start()
         threads.append(thread)
         time.sleep(interval)
@@ -81,19 +79,20 @@ def open_loop(url, image, count, interval, timeout, max_seconds, results):
         thread.join()
 
 
-def closed_loop(url, image, count, concurrency, timeout, max_seconds, results):
+def closed_loop(url, image, count, concurrency, timeout, max_seconds, results,
+                body="multipart"):
     """``concurrency`` threads, each sending its next request when the last is answered."""
     remaining = iter(range(count))
     lock = threading.Lock()
     stop_at = time.monotonic() + max_seconds
 
     def run():
-        with requests.Session() as session:
-            while time.monotonic() < stop_at:
-                with lock:
-                    if next(remaining, None) is None:
-                        return
-                post(session, url, image, timeout, results)
+        pool = client.connections()  # one keep-alive connection per thread
+        while time.monotonic() < stop_at:
+            with lock:
+                if next(remaining, None) is None:
+                    return
+            post(pool, url, image, timeout, results, body)
 
     threads = [threading.Thread(target=run) for _ in range(concurrency)]
     for thread in threads:
@@ -134,13 +133,14 @@ def print_summary(summary):
               f"{summary['retried']}")
 
 
-def run(url, image, count=500, interval=0.05, concurrency=0, timeout=30.0, max_seconds=300.0):
+def run(url, image, count=500, interval=0.05, concurrency=0, timeout=30.0, max_seconds=300.0,
+        body="multipart"):
     """Run the stress test; the summary dict (see ``summarize``)."""
     results = Results()
     if concurrency:
-        closed_loop(url, image, count, concurrency, timeout, max_seconds, results)
+        closed_loop(url, image, count, concurrency, timeout, max_seconds, results, body)
     else:
-        open_loop(url, image, count, interval, timeout, max_seconds, results)
+        open_loop(url, image, count, interval, timeout, max_seconds, results, body)
     return summarize(results, time.perf_counter() - results.t0)
 
 
@@ -156,11 +156,13 @@ def main(argv=None):
                         help="closed loop with this many threads instead")
     parser.add_argument("--timeout", type=float, default=30.0, help="per request, seconds")
     parser.add_argument("--max-seconds", type=float, default=300.0, help="stop sending after")
+    parser.add_argument("--body", choices=("multipart", "raw"), default="multipart",
+                        help="send the image as multipart field 'image' or as the raw body")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
     args = parser.parse_args(argv)
     image = Path(args.image).read_bytes()
     summary = run(args.url, image, args.requests, args.interval, args.concurrency,
-                  args.timeout, args.max_seconds)
+                  args.timeout, args.max_seconds, args.body)
     if args.json:
         print(json.dumps(summary))
     else:

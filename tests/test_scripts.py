@@ -66,13 +66,21 @@ def test_flush_removes_only_beagles_keys_and_answers_the_waiting(settings, clien
     client.delete("someone-else:key")
 
 
-def test_export_writes_an_offline_imagenet_model(tmp_path):
+@pytest.mark.parametrize("runtime", ["tensorflow", "onnx", "litert"])
+def test_export_writes_an_offline_imagenet_model(tmp_path, runtime):
     done = run_script("export_model.py", "mobilenet_v2", "--weights", "none", "--size", 96,
-                      "--repository", tmp_path)
+                      "--runtime", runtime, "--max-batch-size", 4, "--repository", tmp_path)
     assert done.returncode == 0, done.stderr
-    assert "published mobilenet_v2 version 1" in done.stdout
+    assert "calibrated 52 BatchNorm layers" in done.stdout
+    assert re.search(r"verified on 24 sample inputs against TensorFlow: max \|difference\| "
+                     r"\d\.\d\de[-+]\d\d, top-1 agreement 100\.0%", done.stdout), done.stdout
+    assert "do not vary" not in done.stdout
+    assert f"published mobilenet_v2 version 1 ({runtime})" in done.stdout
     spec = repository.load_spec(tmp_path, "mobilenet_v2", 1)
-    assert spec.shape == (96, 96, 3) and spec.preprocessing == "tf"
+    assert spec.shape == (96, 96, 3) and spec.preprocessing == "tf" and spec.runtime == runtime
+    assert spec.max_batch_size == 4 and spec.file == runtimes.FILES[runtime]
+    assert sorted(p.name for p in spec.path.iterdir()) == sorted(
+        ["labels.txt", "model.json", spec.file])
     assert len(spec.labels) == 1000 and spec.labels[:2] == ("tench", "goldfish")
     probabilities = runtimes.load(spec)(np.zeros((2, 96, 96, 3), np.uint8))
     assert probabilities.shape == (2, 1000)
@@ -80,6 +88,26 @@ def test_export_writes_an_offline_imagenet_model(tmp_path):
     again = run_script("export_model.py", "mobilenet_v2", "--weights", "none", "--size", 96,
                        "--repository", tmp_path, "--version", 1)
     assert again.returncode != 0 and "already exists" in again.stderr
+
+
+def test_export_refuses_a_conversion_that_disagrees():
+    sys.path.insert(0, str(SCRIPTS))
+    from export_model import verify
+
+    class Reference:
+        def __init__(self, outputs):
+            self.outputs = outputs
+
+        def __call__(self, inputs):
+            return self
+
+        def numpy(self):
+            return self.outputs
+
+    probabilities = np.tile(np.linspace(0.0, 0.2, 10, dtype=np.float32), (24, 1))
+    verify(Reference(probabilities), lambda inputs: probabilities + 1e-5, (8, 8, 1))
+    with pytest.raises(SystemExit, match="refusing to publish: outputs differ"):
+        verify(Reference(probabilities), lambda inputs: probabilities[:, ::-1], (8, 8, 1))
 
 
 def test_export_publishes_a_model_file_of_your_own(tmp_path):

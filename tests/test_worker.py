@@ -1,5 +1,6 @@
 """The worker: its classify step on the real bundled model, and real worker processes
 under SIGTERM (warm stop finishes the batch; a second signal stops at once)."""
+import io
 import signal
 import time
 import uuid
@@ -17,7 +18,7 @@ from models import slow_model
 
 
 def digit_pixels(digit, side=32):
-    image = Image.open(__import__("io").BytesIO(sample(digit))).convert("L")
+    image = Image.open(io.BytesIO(sample(digit))).convert("L")
     return image.resize((side, side), Image.Resampling.BILINEAR).tobytes()
 
 

@@ -1,0 +1,131 @@
+"""TensorFlow Serving's REST API, so existing TF Serving clients work unchanged.
+
+    POST /v1/models/<name>[/versions/<v>]:predict
+         {"instances": [{"b64": "<image bytes>"} | <HxWxC pixel array>, ...]}
+           -> {"predictions": [[p0, p1, ...], ...]}   (class probabilities per instance)
+         {"inputs": [...]} (columnar; or {"inputs": {"<input name>": [...]}})
+           -> {"outputs": [[...], ...]} as TF Serving answers, and the same values under
+              "predictions" as Beagle's contract has it
+    GET  /v1/models/<name>[/versions/<v>]              -> {"model_version_status": [...]}
+    GET  /v1/models/<name>[/versions/<v>]/metadata     -> {"model_spec", "metadata"}
+
+Pixel arrays hold values 0-255, height x width x channels (or height x width); an array
+of another size is resized like an image. Errors are {"error": "..."}, as TF Serving's.
+"""
+import numpy as np
+from flask import Blueprint, abort, jsonify, request
+from PIL import Image
+
+from app.api import decode_base64
+from app.inference import beagle, classify, pixels_of, resolve
+
+bp = Blueprint("tfserving", __name__, url_prefix="/v1/models")
+
+MAX_INSTANCES = 256
+INPUT_NAME = "pixels"
+OUTPUT_NAME = "probabilities"
+
+
+@bp.post("/<name>:predict")
+@bp.post("/<name>/versions/<int:version>:predict")
+def predict(name, version=None):
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict):
+        abort(400, "the request body must be a JSON object")
+    if body.get("signature_name", "serving_default") != "serving_default":
+        abort(400, f"serving signature {body['signature_name']!r} does not exist; "
+                   "use serving_default")
+    if ("instances" in body) == ("inputs" in body):
+        abort(400, 'the request must have exactly one of "instances" or "inputs"')
+    columnar = "inputs" in body
+    batch = _only_input(body["inputs"]) if columnar else body["instances"]
+    if not isinstance(batch, list) or not batch:
+        abort(400, "expected a non-empty list of instances")
+    if len(batch) > MAX_INSTANCES:
+        abort(400, f"{len(batch)} instances in one request; the limit is {MAX_INSTANCES}")
+    info, version, shape = resolve(name, version)
+    images = [_pixels(_only_input(value), shape) for value in batch]
+    vectors = [answer["probabilities"]
+               for answer in classify(name, info, version, shape, images, top_k=0)]
+    return jsonify({"outputs": vectors, "predictions": vectors} if columnar
+                   else {"predictions": vectors})
+
+
+@bp.get("/<name>")
+@bp.get("/<name>/versions/<int:version>")
+def status(name, version=None):
+    info = _model(name, version)
+    state = "AVAILABLE" if info.live_workers else "END"
+    versions = [version] if version is not None else sorted(info.versions)
+    return jsonify(model_version_status=[
+        {"version": str(v), "state": state, "status": {"error_code": "OK", "error_message": ""}}
+        for v in versions])
+
+
+@bp.get("/<name>/metadata")
+@bp.get("/<name>/versions/<int:version>/metadata")
+def metadata(name, version=None):
+    info = _model(name, version)
+    version = info.latest if version is None else version
+    height, width, channels = info.shape(version)
+    classes = info.versions[version].get("classes", -1)
+
+    def tensor(name, dtype, dims):
+        return {"dtype": dtype, "name": name, "tensor_shape": {
+            "dim": [{"size": str(size), "name": ""} for size in dims], "unknown_rank": False}}
+
+    signature = {"inputs": {INPUT_NAME: tensor(INPUT_NAME, "DT_UINT8",
+                                               [-1, height, width, channels])},
+                 "outputs": {OUTPUT_NAME: tensor(OUTPUT_NAME, "DT_FLOAT", [-1, classes])},
+                 "method_name": "tensorflow/serving/predict"}
+    return jsonify(model_spec={"name": name, "signature_name": "", "version": str(version)},
+                   metadata={"signature_def": {"signature_def": {"serving_default": signature}}})
+
+
+def _model(name, version):
+    info = beagle().directory.lookup(name)
+    if info is None:
+        abort(404, f"Could not find any versions of model {name}")
+    if version is not None and version not in info.versions:
+        abort(404, f"Could not find version {version} of model {name}")
+    return info
+
+
+def _only_input(value):
+    """The value of the model's one input: {"<name>": value} or the value itself."""
+    if isinstance(value, dict) and "b64" not in value:
+        if len(value) != 1:
+            abort(400, f"the model has one input ({INPUT_NAME!r}), not {sorted(value)}")
+        (value,) = value.values()
+    return value
+
+
+def _pixels(value, shape):
+    if isinstance(value, dict):
+        if not isinstance(value.get("b64"), str):
+            abort(400, 'a binary value must be {"b64": "<base64>"}')
+        return pixels_of(decode_base64(value["b64"]), shape)
+    if not isinstance(value, list):
+        abort(400, 'each instance must be {"b64": "<image bytes>"} or a pixel array')
+    return _array_pixels(value, shape)
+
+
+def _array_pixels(value, shape):
+    try:
+        array = np.asarray(value, dtype=np.float64)
+    except (ValueError, TypeError):
+        abort(400, "a pixel array must be a regular height x width x channels list of numbers")
+    if array.ndim == 2:
+        array = array[..., None]
+    if array.ndim != 3 or array.shape[2] not in (1, 3) or 0 in array.shape:
+        abort(400, f"a pixel array must be height x width x channels (1 or 3), "
+                   f"not {list(array.shape)}")
+    if not np.isfinite(array).all() or array.min() < 0 or array.max() > 255:
+        abort(400, "pixel values must be numbers from 0 to 255")
+    pixels = np.rint(array).astype(np.uint8)
+    if pixels.shape == tuple(shape):
+        return pixels.tobytes()
+    height, width, channels = shape
+    image = Image.fromarray(pixels[..., 0] if pixels.shape[2] == 1 else pixels)
+    image = image.convert("L" if channels == 1 else "RGB")
+    return image.resize((width, height), Image.Resampling.BILINEAR).tobytes()

@@ -1,0 +1,168 @@
+"""The model repository: versions swapped and removed under load, pins, several models
+and runtimes in one worker, per-model batch caps, workers pinned to their cores."""
+import json
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import requests
+
+from app.keys import Keys
+from app.settings import PROJECT_ROOT
+from conftest import predict, public_tempdir, sample
+
+BUNDLED = PROJECT_ROOT / "models" / "digits" / "1"
+
+
+def copy_version(repo, name, version, source=BUNDLED):
+    """Publish ``source`` as name/version the way the export script does: whole, at once."""
+    staging = repo / name / f".{version}.partial"
+    shutil.copytree(source, staging)
+    staging.rename(repo / name / str(version))
+
+
+@pytest.fixture
+def repo():
+    path = public_tempdir("beagle-models-")
+    (path / "digits").mkdir()
+    copy_version(path, "digits", 1)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+class VersionLoad:
+    """A bounded closed loop recording each answer's status and model version in order."""
+
+    def __init__(self, url, concurrency=16, count=20_000, seconds=30, **params):
+        self.answers, self.lock, self.stop = [], threading.Lock(), threading.Event()
+        self.remaining = iter(range(count))
+        self.threads = [threading.Thread(target=self.run, args=(url, params, time.monotonic()
+                                                                 + seconds))
+                        for _ in range(concurrency)]
+        for thread in self.threads:
+            thread.start()
+
+    def run(self, url, params, stop_at):
+        with requests.Session() as session:
+            while not self.stop.is_set() and time.monotonic() < stop_at:
+                with self.lock:
+                    if next(self.remaining, None) is None:
+                        return
+                response = session.post(url + "/predict", files={"image": sample(4)},
+                                        data=params, timeout=30)
+                version = response.json().get("model", {}).get("version")
+                with self.lock:
+                    self.answers.append((response.status_code, version))
+
+    def finish(self, now=True):
+        """The answers, once every thread is done: stopped now, or when the count is sent."""
+        if now:
+            self.stop.set()
+        for thread in self.threads:
+            thread.join()
+        return self.answers
+
+
+def wait_for(check, timeout=30):
+    for _ in range(int(timeout / 0.1)):
+        if check():
+            return
+        time.sleep(0.1)
+    raise AssertionError("condition not reached")
+
+
+def test_versions_swap_under_load_without_a_failure(repo, start_stack):
+    stack = start_stack(model_repository=str(repo), repository_poll=0.5)
+    load = VersionLoad(stack.url)
+    wait_for(lambda: len(load.answers) >= 300)
+    copy_version(repo, "digits", 2)
+    wait_for(lambda: load.answers and load.answers[-1][1] == 2)
+    wait_for(lambda: sum(v == 2 for _, v in load.answers) >= 300)
+    answers = load.finish()
+    swap = next(i for i, (_, v) in enumerate(answers) if v == 2)
+    print(f"\nswap under load: {len(answers)} answers, {Counter(s for s, _ in answers)}, "
+          f"version 1 for the first {swap}, then {Counter(v for _, v in answers[swap:])}")
+    assert len(answers) >= 500 and Counter(s for s, _ in answers) == {200: len(answers)}
+    assert all(v == 2 for _, v in answers[swap + 16:])  # at most the requests in flight
+    log = stack.workers[0].log_path.read_text()
+    assert log.index("version 2 loaded and warmed") < log.index("retiring version 1")
+
+
+def test_a_removed_version_stops_being_served(repo, start_stack):
+    copy_version(repo, "digits", 2)
+    stack = start_stack(model_repository=str(repo), repository_poll=0.5)
+    assert predict(stack.url, sample(3)).json()["model"]["version"] == 2
+    shutil.rmtree(repo / "digits" / "2")
+    wait_for(lambda: predict(stack.url, sample(3)).json()["model"]["version"] == 1)
+    time.sleep(1.1)  # the web processes' registry cache
+    gone = predict(stack.url, sample(3), version="2")
+    assert gone.status_code == 404 and "no version 2" in gone.json()["error"]
+
+
+def test_pinned_versions_are_served_side_by_side(repo, start_stack):
+    copy_version(repo, "digits", 2)
+    copy_version(repo, "digits", 3)
+    stack = start_stack(model_repository=str(repo), models="digits:1,digits:2")
+    for version in (1, 2):
+        body = predict(stack.url, sample(6), version=str(version)).json()
+        assert body["model"] == {"name": "digits", "version": version}
+        assert body["predictions"][0]["label"] == "6"
+    assert predict(stack.url, sample(6)).json()["model"]["version"] == 2  # newest of the pins
+    assert predict(stack.url, sample(6), version="3").status_code == 404
+
+
+def export(source, name, runtime, repo, *extra):
+    done = subprocess.run(
+        [sys.executable, str(PROJECT_ROOT / "scripts" / "export_model.py"), str(source),
+         "--name", name, "--runtime", runtime, "--labels", str(BUNDLED / "labels.txt"),
+         "--preprocessing", "unit", "--repository", str(repo), *extra],
+        capture_output=True, text=True, env={"TF_CPP_MIN_LOG_LEVEL": "3", "PATH": "/usr/bin"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout
+
+
+def test_one_worker_serves_three_runtimes(repo, start_stack):
+    for runtime in ("onnx", "litert"):
+        out = export(BUNDLED / "model.keras", f"digits_{runtime}", runtime, repo)
+        assert "top-1 agreement 100.0%" in out
+    assert json.loads((repo / "digits_onnx/1/model.json").read_text())["runtime"] == "onnx"
+    stack = start_stack(model_repository=str(repo))
+    ready = requests.get(stack.url + "/readyz").json()
+    assert sorted(ready["models"]) == ["digits", "digits_litert", "digits_onnx"]
+    for model in ready["models"]:
+        for digit in range(10):
+            body = predict(stack.url, sample(digit), model=model).json()
+            assert body["predictions"][0]["label"] == str(digit), (model, body)
+    log = stack.workers[0].log_path.read_text()
+    assert "(onnx)" in log and "(litert)" in log and "(tensorflow)" in log
+
+
+def test_a_models_batch_cap_holds_under_load(repo, start_stack, client):
+    meta = json.loads((repo / "digits/1/model.json").read_text())
+    (repo / "digits/1/model.json").write_text(json.dumps({**meta, "max_batch_size": 2}))
+    stack = start_stack(model_repository=str(repo))
+    answers = VersionLoad(stack.url, concurrency=16, count=1500).finish(now=False)
+    time.sleep(1.5)  # the next heartbeat carries the counts
+    status = json.loads(client.get(Keys(stack.settings.key_prefix).worker(stack.workers[0].name)))
+    print(f"\nbatch cap 2: {status['requests']} requests in {status['batches']} batches")
+    assert len(answers) == 1500 and {s for s, _ in answers} == {200}
+    assert status["requests"] <= 2 * status["batches"]
+    assert status["requests"] > 1.2 * status["batches"]  # it did batch, up to the cap
+
+
+def test_two_workers_split_the_cores(repo, start_stack):
+    stack = start_stack(model_repository=str(repo), workers=2)
+    for n, worker in enumerate(stack.workers):  # restart each pinned to its own core
+        worker.stop()
+        worker.settings.worker_cpus = str(n)
+        worker.start()
+    for n, worker in enumerate(stack.workers):
+        status = Path(f"/proc/{worker.process.pid}/status").read_text()
+        assert f"Cpus_allowed_list:\t{n}\n" in status
+        assert f"on cores {n}, 1 runtime threads" in worker.log_path.read_text()
+    assert predict(stack.url, sample(2)).json()["predictions"][0]["label"] == "2"
