@@ -11,6 +11,7 @@ setup:
 run: setup
 	@$(PYTHON) -m app.devstack
 
+test: export BEAGLE_APT_EXTRA = chromium
 test: setup
 	$(PYTHON) -m pytest $(PYTEST_ARGS)
 

@@ -227,15 +227,15 @@ def _stop(process, signum, timeout):
 
 
 class Stack:
-    """Workers and Apache for ``settings``, whose ``redis_url`` must answer. Worker logs
-    go to ``run_dir/worker-<n>.log``, or to this process's stderr with ``worker_logs=False``."""
+    """Workers and Apache for ``settings``, whose ``redis_url`` must answer. Every log
+    goes to ``run_dir/logs``: Apache's, and ``worker-<n>.log`` for each worker."""
 
-    def __init__(self, settings, run_dir, workers=1, worker_env=None, worker_logs=True):
+    def __init__(self, settings, run_dir, workers=1, worker_env=None):
         self.settings = settings
         self.run_dir = Path(run_dir)
         self.workers = [
             WorkerProcess(settings, f"{socket.gethostname()}-{settings.port}-{n}",
-                          self.run_dir / f"worker-{n}.log" if worker_logs else None, worker_env)
+                          self.run_dir / "logs" / f"worker-{n}.log", worker_env)
             for n in range(workers)]
         self.apache = Apache(settings, self.run_dir)
 
@@ -248,7 +248,8 @@ class Stack:
         return [self.apache.process] + [w.process for w in self.workers]
 
     def start(self, timeout=180):
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / "logs").mkdir(parents=True, exist_ok=True)
+        self.run_dir.chmod(0o755)
         for worker in self.workers:  # they load their models in parallel
             worker.start(wait=False)
         for worker in self.workers:
@@ -280,13 +281,14 @@ def main():
             log.info("devstack: no Redis answered, started one on port %d", own_redis.port)
         if not _port_free(settings.host, settings.port):
             raise SystemExit(f"{settings.host}:{settings.port} is in use; set BEAGLE_PORT")
-        stack = Stack(settings, run_dir, worker_logs=False)
+        stack = Stack(settings, run_dir)
         stack.start()
         wait_until(lambda: responds(stack.url + "/readyz"), stack.apache.process, 60, "Apache")
         sample = PROJECT_ROOT / "stress" / "images" / "digit_7.png"
-        print(f"\nBeagle is serving on {stack.url}\n\n"
+        print(f"\nBeagle is serving on {stack.url} (open it in a browser to try it)\n\n"
               f"  curl -F image=@{sample} {stack.url}/predict\n\n"
-              f"Apache error log: tail -f {stack.apache.error_log}\n"
+              f"Logs (Apache's and the worker's): {sys.executable} "
+              f"{PROJECT_ROOT / 'scripts' / 'tail_logs.py'} --follow\n"
               f"Ctrl-C stops Apache, the worker{' and Redis' if own_redis else ''}.\n",
               flush=True)
         stop.clear()  # children of the start-up probes are gone; from now on SIGCHLD matters

@@ -23,10 +23,12 @@ def resolve(model, version):
     info = beagle().directory.lookup(model)
     if info is None:
         abort(404, f"model {model!r} is not served")
+    g.metric_model = model  # a served model: safe as a metric label (any name is not)
     if version is not None and version not in info.versions:
         abort(404, f"model {model!r} has no version {version} "
                    f"(served: {', '.join(map(str, sorted(info.versions)))})")
     if not info.live_workers:
+        g.shed_reason = "no_worker"
         abort(503, f"no live worker serves model {model!r}")
     return info, version, info.shape(info.latest if version is None else version)
 
@@ -55,10 +57,10 @@ def classify(model, info, version, shape, images, top_k):
     max_wait = min(settings().max_queue_wait, timeout / 2) if info.active_workers else timeout
     with in_flight_slot():
         for request in requests:
-            accepted, detail = beagle().queue.submit(model, request, settings().max_queue,
-                                                     max_wait)
-            if not accepted:
-                abort(503, f"{detail}; retry shortly")
+            refused = beagle().queue.submit(model, request, settings().max_queue, max_wait)
+            if refused:
+                g.shed_reason, why = refused
+                abort(503, f"{why}; retry shortly")
         answers = beagle().queue.wait_results([r.request_id for r in requests],
                                               lambda: deadline - time.time())
     if len(answers) < len(requests):
@@ -76,6 +78,7 @@ def in_flight_slot():
     queued inside Apache."""
     slots = beagle().slots
     if not slots.acquire(blocking=False):
+        g.shed_reason = "busy"
         abort(503, "this web process is at its limit of requests in flight; retry shortly")
     try:
         yield

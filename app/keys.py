@@ -6,6 +6,8 @@
     <p>:model:<model>     JSON metadata of the versions workers serve; expires unless refreshed
     <p>:live:<model>      sorted set of worker ids serving the model, scored by last heartbeat
     <p>:worker:<id>       JSON status of one worker; expires (heartbeat_ttl)
+    <p>:metrics:counters  hash of Prometheus counters, one field per name and labels
+    <p>:metrics:histograms  hash of histogram buckets, sums and counts (app/metrics.py)
 """
 
 GROUP = "workers"
@@ -29,6 +31,9 @@ class Keys:
 
     def worker(self, worker_id):
         return f"{self.prefix}:worker:{worker_id}"
+
+    def metrics(self, kind):
+        return f"{self.prefix}:metrics:{kind}"
 
     def pattern(self, kind="*"):
         """Glob matching one kind of key ("stream", "result", ...) or all of Beagle's."""

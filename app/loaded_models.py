@@ -8,6 +8,7 @@ that fails to load is logged once and the previous one keeps serving.
 import logging
 
 from app import repository, runtimes
+from app.metrics import Tally
 
 log = logging.getLogger("beagle.models")
 
@@ -24,10 +25,11 @@ def parse_selection(text):
 
 
 class LoadedModels:
-    def __init__(self, root, selection, threads=0, load=runtimes.load):
+    def __init__(self, root, selection, threads=0, tally=None, load=runtimes.load):
         self.root = root
         self.pins = parse_selection(selection)
         self.threads = threads
+        self.tally = tally or Tally()  # counts loads, swaps and failures for /metrics
         self.load = load
         self.runners = {}   # name -> {version: runner}
         self._failed = set()
@@ -48,6 +50,7 @@ class LoadedModels:
                 for version in sorted(loaded.keys() - versions):
                     log.info("model %s: retiring version %d", name, version)
                     del loaded[version]
+                    self.tally.count("model_swaps", model=name)
         for name in self.runners.keys() - wanted.keys():
             log.info("model %s: no longer in the repository, retired", name)
         runners = {name: loaded for name, loaded in runners.items() if loaded}
@@ -100,8 +103,10 @@ class LoadedModels:
         except Exception:
             log.exception("model %s: version %d failed to load; not serving it", name, version)
             self._failed.add((name, version))
+            self.tally.count("model_load_failures", model=name)
             return None
         log.info("model %s: version %d loaded and warmed", name, version)
+        self.tally.count("model_loads", model=name)
         return runner
 
 

@@ -6,7 +6,8 @@ Web:    `submit` adds a request to the model's stream unless the backlog is at i
 Worker: `read_new` takes new entries for its consumer (XREADGROUP, blocking with a
         timeout), `claim_stale` takes entries a dead worker left pending (XAUTOCLAIM),
         `reclaim_own` takes back what this consumer held before it was restarted,
-        `reply` pushes every answer, acknowledges and deletes the entries in one round trip.
+        `reply` pushes every answer, acknowledges and deletes the entries (in the
+        pipeline the worker sends once per batch).
 
 An entry carries the request id, its absolute deadline, the version asked for ("" =
 newest), top_k (0 = the whole probability vector) and uint8 pixels of shape h,w,c.
@@ -98,16 +99,17 @@ class Queue:
     # -- web side ------------------------------------------------------------------
 
     def submit(self, model, request, max_queue, max_wait_s):
-        """Queue ``request`` unless refused: (True, entry id) or (False, why refused)."""
+        """Queue ``request``: None, or (reason, why) when refused, reason being "full"
+        (max_queue entries) or "slow" (the oldest waiting one waited max_wait_s)."""
         args = [max_queue, int(max_wait_s * 1000), GROUP]
         for name, value in request.fields().items():
             args += [name, value]
         verdict, detail = self._submit(keys=[self.keys.stream(model)], args=args)
         if verdict == b"ok":
-            return True, detail
+            return None
         if verdict == b"full":
-            return False, f"model {model!r} has {detail} requests waiting"
-        return False, f"model {model!r}'s oldest waiting request has waited {detail / 1000:.1f}s"
+            return "full", f"model {model!r} has {detail} requests waiting"
+        return "slow", f"model {model!r}'s oldest waiting request has waited {detail / 1000:.1f}s"
 
     def wait_results(self, request_ids, remaining):
         """The answers for ``request_ids``, in their order, as many as arrived while
@@ -187,9 +189,9 @@ class Queue:
         return [self._entry(model, entry_id, fields, counts.get(entry_id, 2))
                 for entry_id, fields in messages]
 
-    def reply(self, answers, skipped, result_ttl):
-        """Push each (entry, answer); acknowledge and delete those and the ``skipped``."""
-        pipe = self.redis.pipeline(transaction=False)
+    def reply(self, pipe, answers, skipped, result_ttl):
+        """Add to ``pipe``: push each (entry, answer); acknowledge and delete those and
+        the ``skipped``."""
         for entry, answer in answers:
             key = self.keys.result(entry.request_id)
             pipe.lpush(key, json.dumps(answer))
@@ -200,7 +202,6 @@ class Queue:
         for stream, ids in by_stream.items():
             pipe.xack(stream, GROUP, *ids)
             pipe.xdel(stream, *ids)
-        pipe.execute()
 
     @staticmethod
     def _entry(model, entry_id, fields, deliveries=1):

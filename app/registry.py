@@ -11,17 +11,16 @@ import time
 MODEL_TTL = 24 * 3600  # metadata of a model no worker has announced for a day disappears
 
 
-def announce(client, keys, worker_id, models, status, ttl):
-    """Heartbeat: ``models`` maps name -> {"versions": {v: {"shape": [h, w, c]}}, "latest": v}."""
+def announce(pipe, keys, worker_id, models, status, ttl):
+    """Add the heartbeat to ``pipe``: ``models`` maps name ->
+    {"versions": {v: {"shape": [h, w, c], ...}}, "latest": v}."""
     now = time.time()
-    pipe = client.pipeline(transaction=False)
     for name, meta in models.items():
         pipe.set(keys.model(name), json.dumps(meta), ex=MODEL_TTL)
         pipe.zadd(keys.live(name), {worker_id: now})
         pipe.zremrangebyscore(keys.live(name), "-inf", now - ttl)
         pipe.expire(keys.live(name), MODEL_TTL)
     pipe.set(keys.worker(worker_id), json.dumps(status), ex=max(1, int(ttl)))
-    pipe.execute()
 
 
 def retire(client, keys, worker_id):

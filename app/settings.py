@@ -79,6 +79,8 @@ SETTINGS = (
     Setting("repository_poll", 2.0, "seconds between a worker's scans of the model repository"),
     Setting("api_keys", "",
             "comma-separated keys; when set, /predict and /v1 need 'Authorization: Bearer <key>'"),
+    Setting("admin_networks", "127.0.0.1/32,::1/128",
+            "client networks allowed to read /metrics (comma-separated CIDRs)"),
     Setting("log_level", "INFO", "Python logging level for web and worker"),
 )
 

@@ -3,6 +3,7 @@
 Every error, ours or Werkzeug's, leaves as JSON: {"success": false, "error", "request_id"},
 or {"error"} under /v1/ as TensorFlow Serving has it; 503s carry Retry-After. The web tier imports Pillow, NumPy and redis-py, never TensorFlow.
 """
+import ipaddress
 import logging
 import threading
 import time
@@ -10,17 +11,19 @@ import uuid
 from types import SimpleNamespace
 
 import redis
-from flask import Flask, g, jsonify, request
+from flask import Flask, current_app, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from app import api, settings as settings_module, tfserving
+from app import admin, api, openapi, settings as settings_module, tfserving, ui
 from app.keys import Keys
+from app.metrics import Tally
 from app.queue import Queue, connect
 from app.registry import Directory
 
 log = logging.getLogger("beagle.web")
 
 RETRY_AFTER_S = 1
+PREDICT_ENDPOINTS = ("api.predict", "tfserving.predict")
 SPARE_THREADS = 2  # per process, kept free to refuse requests fast when the rest wait
 
 
@@ -32,10 +35,10 @@ def create_app(test_config=None):
     app.config["BEAGLE"] = settings
     app.config["MAX_CONTENT_LENGTH"] = settings_module.body_limit(settings)
     init_app(app)
-    app.register_blueprint(api.bp)
-    app.register_blueprint(tfserving.bp)
-    app.before_request(_start_request)
-    app.after_request(_tag_response)
+    app.before_request(_start_request)  # first: every later hook and error has the id
+    app.after_request(_finish_request)
+    for blueprint in (api.bp, tfserving.bp, admin.bp, ui.bp, openapi.bp):
+        app.register_blueprint(blueprint)
     app.register_error_handler(HTTPException, json_error)
     app.register_error_handler(redis.RedisError, redis_error)
     app.register_error_handler(Exception, unexpected_error)
@@ -51,7 +54,9 @@ def init_app(app):
         redis=client, keys=keys, queue=Queue(client, keys),
         directory=Directory(client, keys, settings.heartbeat_ttl),
         slots=threading.BoundedSemaphore(max(1, settings.web_threads - SPARE_THREADS)),
-        api_keys=[k.strip().encode() for k in settings.api_keys.split(",") if k.strip()])
+        api_keys=[k.strip().encode() for k in settings.api_keys.split(",") if k.strip()],
+        admin_networks=[ipaddress.ip_network(n.strip()) for n in
+                        settings.admin_networks.split(",") if n.strip()])
 
 
 def json_error(exc):
@@ -87,6 +92,24 @@ def _start_request():
     g.started = time.time()
 
 
-def _tag_response(response):
+def _finish_request(response):
     response.headers["X-Request-ID"] = g.get("request_id", "")
+    if request.endpoint in PREDICT_ENDPOINTS:
+        _count_request(response.status_code)
     return response
+
+
+def _count_request(status):
+    model = g.get("metric_model", "-")
+    tally = Tally()
+    tally.count("requests", model=model, code=status)
+    tally.observe("request_duration_seconds", time.time() - g.started, model=model)
+    if g.get("shed_reason"):
+        tally.count("shed", model=model, reason=g.shed_reason)
+    resources = current_app.extensions["beagle"]
+    try:
+        pipe = resources.redis.pipeline(transaction=False)
+        tally.flush(pipe, resources.keys)
+        pipe.execute()
+    except redis.RedisError:  # while Redis is down the metric is lost, never the answer
+        pass

@@ -22,6 +22,7 @@ from PIL import Image
 from app import registry, settings as settings_module
 from app.keys import Keys
 from app.loaded_models import LoadedModels
+from app.metrics import Tally
 from app.runtimes import cpu_threads
 from app.queue import Queue, connect
 
@@ -38,8 +39,9 @@ class Worker:
         self.redis = connect(settings.redis_url, socket_timeout=BLOCK_MS / 1000 + 5)
         self.queue = Queue(self.redis, self.keys)
         self.name = settings.worker_name or f"{socket.gethostname()}-{os.getpid()}"
+        self.tally = Tally()
         self.models = models or LoadedModels(settings.model_repository, settings.models,
-                                             settings.worker_threads)
+                                             settings.worker_threads, self.tally)
         self.stats = Counter()
         self.started = time.time()
         self._stopping = threading.Event()
@@ -49,6 +51,7 @@ class Worker:
         self._inference = ThreadPoolExecutor(1, thread_name_prefix="inference")
         self._next = Counter()  # monotonic time each periodic step is next due
         self._joined = False    # consumer groups exist for every served model
+        self._redis_clock_offset = 0.0
         self._reclaim = False   # entries this consumer held before a restart may wait
 
     # -- the loop -----------------------------------------------------------------
@@ -133,6 +136,7 @@ class Worker:
             request = entry.request
             if request is None:
                 self.stats["malformed"] += 1
+                self.tally.count("malformed", model=entry.model)
                 log.error("worker %s: dropping entry %s of %s: %s", self.name,
                           entry.entry_id.decode(), entry.model, entry.problem)
                 if entry.request_id:
@@ -141,9 +145,11 @@ class Worker:
                     skipped.append(entry)
             elif request.deadline < now:
                 self.stats["expired"] += 1
+                self.tally.count("expired", model=entry.model)
                 skipped.append(entry)
             elif entry.deliveries > self.settings.max_attempts:
                 self.stats["poisoned"] += 1
+                self.tally.count("poisoned", model=entry.model)
                 log.error("worker %s: request %s was delivered %d times; answering with an "
                           "error", self.name, request.request_id, entry.deliveries)
                 answers.append((entry, _error(500, f"inference failed {entry.deliveries - 1} "
@@ -167,7 +173,10 @@ class Worker:
         return answers, skipped
 
     def reply(self, answers, skipped):
-        self.queue.reply(answers, skipped, self.settings.result_ttl)
+        pipe = self.redis.pipeline(transaction=False)
+        self.queue.reply(pipe, answers, skipped, self.settings.result_ttl)
+        self.tally.flush(pipe, self.keys)
+        pipe.execute()
         self.stats["answered"] += len(answers)
 
     def teardown(self):
@@ -205,20 +214,31 @@ class Worker:
         try:
             pixels = b"".join(_fit(e.request, spec.shape) for e in entries)
             batch = np.frombuffer(pixels, np.uint8).reshape(len(entries), *spec.shape)
+            began = time.perf_counter()
             probabilities = self._await(self._inference.submit(runner, batch))
+            took = time.perf_counter() - began
         except Exception as exc:
             if len(entries) > 1:
                 log.warning("worker %s: batch of %d failed (%s); running each alone",
                             self.name, len(entries), _summary(exc))
                 return [answer for e in entries for answer in self._run(runner, [e])]
             self.stats["failed"] += 1
+            self.tally.count("failed", model=spec.name)
             log.error("worker %s: inference failed for request %s: %s", self.name,
                       entries[0].request.request_id, _summary(exc))
             return [(entries[0], _error(500, f"inference failed: {_summary(exc)}"))]
         self.stats["batches"] += 1
         self.stats["requests"] += len(entries)
-        log.debug("worker %s: batch of %d for %s v%d", self.name, len(entries), spec.name,
-                  spec.version)
+        self.tally.observe("batch_size", len(entries), model=spec.name)
+        self.tally.observe("inference_seconds", took, model=spec.name)
+        redis_now = time.time() + self._redis_clock_offset
+        for entry in entries:
+            queued_at = int(entry.entry_id.split(b"-")[0]) / 1000
+            self.tally.observe("queue_wait_seconds", max(0.0, redis_now - took - queued_at),
+                               model=spec.name)
+        log.debug("worker %s: batch of %d for %s v%d in %.1f ms: %s", self.name, len(entries),
+                  spec.name, spec.version, took * 1000,
+                  " ".join(e.request.request_id for e in entries))
         return [(e, _prediction(spec, row, e.request.top_k))
                 for e, row in zip(entries, probabilities)]
 
@@ -226,8 +246,15 @@ class Worker:
         now = time.monotonic()
         if now >= self._next["heartbeat"]:
             self._next["heartbeat"] = now + min(1.0, self.settings.heartbeat_ttl / 3)
-            registry.announce(self.redis, self.keys, self.name, self.models.announcement(),
+            pipe = self.redis.pipeline(transaction=False)
+            registry.announce(pipe, self.keys, self.name, self.models.announcement(),
                               self._status(), self.settings.heartbeat_ttl)
+            self.tally.flush(pipe, self.keys)
+            pipe.time()
+            sent = time.time()
+            seconds, micros = pipe.execute()[-1]
+            # Entry ids carry Redis's clock: measure queue waits on it, not on this host's.
+            self._redis_clock_offset = seconds + micros / 1e6 - (sent + time.time()) / 2
 
     def _await(self, future, heartbeat=True):
         """The future's result; meanwhile the main thread keeps heartbeating, so a long

@@ -3,11 +3,14 @@
 By default it behaves like the classic one: 500 requests, a new thread every 0.05 s,
 each posting the image as multipart field ``image``. ``--concurrency N`` runs a closed
 loop instead: N threads, each sending its next request as soon as the last is answered.
-It prints counts per status, p50/p90/p99/max latency and throughput, and exits 1 if any
-request failed. Bounded in count (--requests) and time (--max-seconds).
+It shows a progress bar, prints counts per status, p50/p90/p99/max latency and
+throughput, and exits 1 if any request failed; --report DIR also writes a Markdown report
+with a latency-over-time plot and a latency histogram. Bounded in count (--requests) and
+time (--max-seconds).
 
     python stress/stress_test.py [--url URL] [--image FILE] [--requests 500]
-                                 [--interval 0.05 | --concurrency 32] [--json]
+                                 [--interval 0.05 | --concurrency 32] [--body raw]
+                                 [--report DIR] [--json]
 """
 import argparse
 import json
@@ -17,10 +20,13 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from tqdm import tqdm
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from app import settings as settings_module  # noqa: E402
 from app import client  # noqa: E402
 from app.client import json_body, post_image  # noqa: E402
+from stress import report as stress_report  # noqa: E402
 
 DEFAULT_IMAGE = Path(__file__).resolve().parent / "images" / "digit_7.png"
 
@@ -28,7 +34,8 @@ DEFAULT_IMAGE = Path(__file__).resolve().parent / "images" / "digit_7.png"
 class Results:
     """(start offset, latency, status) of every request, from any thread."""
 
-    def __init__(self):
+    def __init__(self, progress=None):
+        self.progress = progress  # a tqdm bar, or None
         self.samples = []
         self.labels = Counter()
         self.errors = Counter()
@@ -47,6 +54,8 @@ class Results:
                 self.labels[label] += 1
             if error:
                 self.errors[error] += 1
+        if self.progress is not None:
+            self.progress.update(1)
 
 
 def post(pool, url, image, timeout, results, body="multipart"):
@@ -134,14 +143,22 @@ def print_summary(summary):
 
 
 def run(url, image, count=500, interval=0.05, concurrency=0, timeout=30.0, max_seconds=300.0,
-        body="multipart"):
-    """Run the stress test; the summary dict (see ``summarize``)."""
-    results = Results()
-    if concurrency:
-        closed_loop(url, image, count, concurrency, timeout, max_seconds, results, body)
-    else:
-        open_loop(url, image, count, interval, timeout, max_seconds, results, body)
-    return summarize(results, time.perf_counter() - results.t0)
+        body="multipart", progress=False, report=None):
+    """Run the stress test; the summary dict (see ``summarize``). ``progress`` shows a bar
+    on a terminal; ``report`` names a folder for the report (stress/report.py)."""
+    with tqdm(total=count, unit="req", disable=None if progress else True,
+              file=sys.stderr) as bar:
+        results = Results(bar)
+        if concurrency:
+            closed_loop(url, image, count, concurrency, timeout, max_seconds, results, body)
+        else:
+            open_loop(url, image, count, interval, timeout, max_seconds, results, body)
+    summary = summarize(results, time.perf_counter() - results.t0)
+    if report:
+        mode = f"{concurrency} threads, closed loop" if concurrency else \
+            f"a new thread every {interval:g} s"
+        stress_report.write(report, summary, results.samples, f"Stress test of {url} ({mode})")
+    return summary
 
 
 def main(argv=None):
@@ -158,15 +175,20 @@ def main(argv=None):
     parser.add_argument("--max-seconds", type=float, default=300.0, help="stop sending after")
     parser.add_argument("--body", choices=("multipart", "raw"), default="multipart",
                         help="send the image as multipart field 'image' or as the raw body")
+    parser.add_argument("--report", metavar="DIR",
+                        help="write report.md with latency plots and status counts to DIR")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
     args = parser.parse_args(argv)
     image = Path(args.image).read_bytes()
     summary = run(args.url, image, args.requests, args.interval, args.concurrency,
-                  args.timeout, args.max_seconds, args.body)
+                  args.timeout, args.max_seconds, args.body, progress=not args.json,
+                  report=args.report)
     if args.json:
         print(json.dumps(summary))
     else:
         print_summary(summary)
+    if args.report:
+        print(f"report: {Path(args.report) / 'report.md'}", file=sys.stderr)
     return 1 if summary["failed"] or not summary["requests"] else 0
 
 

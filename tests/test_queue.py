@@ -21,23 +21,28 @@ def request(deadline_in=10.0):
 
 
 def put(queue, sent, max_queue=10, max_wait_s=60):
-    accepted, detail = queue.submit("m", sent, max_queue, max_wait_s)
-    assert accepted, detail
-    return detail
+    refused = queue.submit("m", sent, max_queue, max_wait_s)
+    assert refused is None, refused
+
+
+def reply(queue, answers, skipped):
+    pipe = queue.redis.pipeline()
+    queue.reply(pipe, answers, skipped, result_ttl=5)
+    pipe.execute()
 
 
 def test_submit_refuses_beyond_the_backlog_bound(queue):
     put(queue, request(), max_queue=2)
     put(queue, request(), max_queue=2)
-    assert queue.submit("m", request(), 2, 60) == (False, "model 'm' has 2 requests waiting")
+    assert queue.submit("m", request(), 2, 60) == ("full", "model 'm' has 2 requests waiting")
     assert queue.backlog("m") == 2
 
 
 def test_submit_refuses_when_the_oldest_undelivered_request_waited_too_long(queue):
     put(queue, request())
     time.sleep(0.06)
-    accepted, why = queue.submit("m", request(), 10, max_wait_s=0.05)
-    assert not accepted and "oldest waiting request has waited 0." in why
+    reason, why = queue.submit("m", request(), 10, max_wait_s=0.05)
+    assert reason == "slow" and "oldest waiting request has waited 0." in why
     # Once a worker has taken it, it no longer counts as waiting.
     queue.read_new(["m"], "w1", count=1, block_ms=10)
     put(queue, request(), max_wait_s=0.05)
@@ -49,7 +54,7 @@ def test_round_trip_leaves_nothing_behind(queue, client):
     put(queue, sent)
     (entry,) = queue.read_new(["m"], "w1", count=10, block_ms=100)
     assert entry.request == sent and entry.deliveries == 1
-    queue.reply([(entry, {"ok": True, "n": 1})], [], result_ttl=5)
+    reply(queue, [(entry, {"ok": True, "n": 1})], [])
     assert queue.wait_result(sent.request_id, 1) == {"ok": True, "n": 1}
     stream = queue.keys.stream("m")
     assert client.xlen(stream) == 0
@@ -61,7 +66,7 @@ def test_unread_result_expires(queue, client):
     sent = request()
     put(queue, sent)
     (entry,) = queue.read_new(["m"], "w1", count=10, block_ms=100)
-    queue.reply([(entry, {"ok": True})], [], result_ttl=5)
+    reply(queue, [(entry, {"ok": True})], [])
     assert 0 < client.ttl(queue.keys.result(sent.request_id)) <= 5
 
 
@@ -92,7 +97,7 @@ def test_skipped_entries_are_acknowledged_without_a_result(queue, client):
     sent = request(deadline_in=-1)
     put(queue, sent)
     (entry,) = queue.read_new(["m"], "w1", count=10, block_ms=100)
-    queue.reply([], [entry], result_ttl=5)
+    reply(queue, [], [entry])
     assert client.xlen(queue.keys.stream("m")) == 0
     assert client.exists(queue.keys.result(sent.request_id)) == 0
 
@@ -100,7 +105,7 @@ def test_skipped_entries_are_acknowledged_without_a_result(queue, client):
 def test_consumers_of_dead_workers_are_pruned(queue, client):
     put(queue, request())
     (entry,) = queue.read_new(["m"], "gone", count=1, block_ms=10)
-    queue.reply([(entry, {"ok": True})], [], result_ttl=5)
+    reply(queue, [(entry, {"ok": True})], [])
     stream = queue.keys.stream("m")
     assert [c["pending"] for c in client.xinfo_consumers(stream, GROUP)] == [0]
     queue.prune_consumers("m", idle_s=3600)

@@ -15,6 +15,7 @@ from PIL import Image
 from app.devstack import RedisServer, Stack, WorkerProcess
 from app.imaging import to_pixels
 from app.keys import GROUP, Keys
+from app.metrics import SECONDS
 from app.queue import Queue, Request
 from conftest import make_settings, predict, public_tempdir, sample
 from models import marker_png, poison_model, slow_model
@@ -100,7 +101,7 @@ def test_poison_input_is_answered_removed_and_spares_its_batch(poison_stack, cli
         for poisoned in (False, False, True, False, False, False):
             request = Request(uuid.uuid4().hex, time.time() + 10, "", 1, (32, 32, 1),
                               to_pixels(marker_png(poisoned), 32, 32, 1, 10**6))
-            assert queue.submit("poison", request, 100, 60)[0]
+            assert queue.submit("poison", request, 100, 60) is None
             ids.append(request.request_id)
     finally:
         stack.workers[0].signal(signal.SIGCONT)
@@ -312,7 +313,11 @@ def test_redis_holds_no_per_request_state_after_10000_requests(start_stack, clie
     worker = stack.workers[0].name
     print(f"\nafter 10,000 requests ({summary['throughput']:.0f} req/s), Beagle's keys: {found}")
     assert found == sorted([keys.stream("digits"), keys.model("digits"), keys.live("digits"),
-                            keys.worker(worker)])
+                            keys.worker(worker), keys.metrics("counters"),
+                            keys.metrics("histograms")])
+    # The metrics hashes grow with models and label values, never with requests.
+    assert client.hlen(keys.metrics("counters")) <= 4
+    assert client.hlen(keys.metrics("histograms")) <= 4 * (len(SECONDS) + 3)
     assert client.xlen(keys.stream("digits")) == 0
     assert client.xpending(keys.stream("digits"), GROUP)["pending"] == 0
     assert client.memory_usage(keys.stream("digits")) < 4096

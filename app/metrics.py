@@ -1,0 +1,185 @@
+"""Prometheus metrics, kept in Redis so they add up across every web process, web host,
+worker and GPU host.
+
+Writers gather updates in a `Tally` and add them to a pipeline they send anyway: the web
+process once per request, the worker in the pipeline that carries a batch's answers.
+`render` turns the stored counters and histograms, plus gauges read at scrape time
+(queue depth, the oldest waiting request's age, live workers), into Prometheus text.
+Every web host reports the same cluster-wide figures: scrape one of them.
+"""
+import threading
+from collections import Counter, defaultdict
+
+import redis
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily,
+                                    HistogramMetricFamily)
+
+from app.keys import GROUP
+
+PREFIX = "beagle_"
+SECONDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+BATCH = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+COUNTERS = {  # name: (labels, help)
+    "requests": (("model", "code"), "prediction requests answered, by model and HTTP status"),
+    "shed": (("model", "reason"), "requests refused with 503 before they were queued"),
+    "expired": (("model",), "requests a worker skipped because their deadline had passed"),
+    "poisoned": (("model",), "requests given up after max_attempts deliveries"),
+    "failed": (("model",), "requests whose forward pass raised"),
+    "malformed": (("model",), "queue entries that could not be decoded"),
+    "model_loads": (("model",), "model versions loaded and warmed by workers"),
+    "model_swaps": (("model",), "new versions that replaced a served one"),
+    "model_load_failures": (("model",), "model versions that failed to load"),
+}
+HISTOGRAMS = {  # name: (labels, buckets, help)
+    "request_duration_seconds": (("model",), SECONDS,
+                                 "time from a request's arrival in the web process to its answer"),
+    "queue_wait_seconds": (("model",), SECONDS, "time a request waited in Redis for a worker"),
+    "inference_seconds": (("model",), SECONDS, "duration of one forward pass"),
+    "batch_size": (("model",), BATCH, "requests in one forward pass"),
+}
+
+
+class Tally:
+    """Metric updates gathered locally (from any thread), then written with one pipeline."""
+
+    def __init__(self):
+        self.counts = Counter()
+        self.observations = defaultdict(list)
+        self.lock = threading.Lock()
+
+    def count(self, name, amount=1, **labels):
+        with self.lock:
+            self.counts[_field(name, labels)] += amount
+
+    def observe(self, name, value, **labels):
+        with self.lock:
+            self.observations[_field(name, labels)].append(value)
+
+    def flush(self, pipe, keys):
+        """Add the updates to ``pipe`` and forget them."""
+        with self.lock:
+            counts, self.counts = self.counts, Counter()
+            observations, self.observations = self.observations, defaultdict(list)
+        for field, amount in counts.items():
+            pipe.hincrby(keys.metrics("counters"), field, amount)
+        for field, values in observations.items():
+            buckets = HISTOGRAMS[field.split("|", 1)[0]][1]
+            for bound, n in Counter(_bucket(v, buckets) for v in values).items():
+                pipe.hincrby(keys.metrics("histograms"), f"{field}|le={bound}", n)
+            pipe.hincrbyfloat(keys.metrics("histograms"), f"{field}|sum", sum(values))
+            pipe.hincrby(keys.metrics("histograms"), f"{field}|count", len(values))
+
+
+def render(client, keys, directory):
+    """Prometheus text exposition of everything stored plus the scrape-time gauges."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Collector(client, keys, directory))
+    return generate_latest(registry)
+
+
+class _Collector:
+    def __init__(self, client, keys, directory):
+        self.client, self.keys, self.directory = client, keys, directory
+
+    def collect(self):
+        yield from _counters(self.client.hgetall(self.keys.metrics("counters")))
+        yield from _histograms(self.client.hgetall(self.keys.metrics("histograms")))
+        yield from self._gauges()
+
+    def _gauges(self):
+        depth = GaugeMetricFamily(PREFIX + "queue_depth", "requests in Redis not yet answered",
+                                  labels=["model"])
+        oldest = GaugeMetricFamily(PREFIX + "queue_oldest_seconds",
+                                   "age of the oldest request no worker has taken yet",
+                                   labels=["model"])
+        live = GaugeMetricFamily(PREFIX + "live_workers", "workers serving the model",
+                                 labels=["model"])
+        for info in self.directory.models():
+            stream = self.keys.stream(info.name)
+            depth.add_metric([info.name], self.client.xlen(stream))
+            oldest.add_metric([info.name], oldest_waiting(self.client, stream))
+            live.add_metric([info.name], info.live_workers)
+        workers = GaugeMetricFamily(PREFIX + "workers", "live workers, all models")
+        workers.add_metric([], len(self.directory.workers()))
+        yield from (depth, oldest, live, workers)
+
+
+def answered(client, keys):
+    """{model: prediction requests answered so far, any status}, from the counters."""
+    totals = Counter()
+    for field, value in client.hgetall(keys.metrics("counters")).items():
+        name, labels = _parse(field.decode())
+        if name == "requests":
+            totals[labels.get("model", "-")] += int(value)
+    return dict(totals)
+
+
+def oldest_waiting(client, stream):
+    """Seconds the oldest entry no consumer has taken has been waiting (0 if none)."""
+    after = "-"
+    try:
+        for group in client.xinfo_groups(stream):
+            if group["name"].decode() == GROUP:
+                after = "(" + group["last-delivered-id"].decode()
+    except redis.ResponseError:  # no stream yet
+        return 0.0
+    head = client.xrange(stream, min=after, max="+", count=1)
+    if not head:
+        return 0.0
+    seconds, micros = client.time()
+    added_ms = int(head[0][0].split(b"-")[0])
+    return max(0.0, seconds + micros / 1e6 - added_ms / 1000)
+
+
+def _counters(stored):
+    families = {name: CounterMetricFamily(PREFIX + name, help, labels=list(labels))
+                for name, (labels, help) in COUNTERS.items()}
+    for field, value in stored.items():
+        name, labels = _parse(field.decode())
+        if name in families:
+            families[name].add_metric([labels.get(k, "") for k in COUNTERS[name][0]], int(value))
+    return families.values()
+
+
+def _histograms(stored):
+    """Stored fields are "<name>|<labels>|le=<bound>", "...|sum" and "...|count"."""
+    series = defaultdict(lambda: {"buckets": Counter(), "sum": 0.0})
+    for field, value in stored.items():
+        series_field, _, part = field.decode().rpartition("|")
+        name, labels = _parse(series_field)
+        if name not in HISTOGRAMS:
+            continue
+        data = series[(name, tuple(labels.get(k, "") for k in HISTOGRAMS[name][0]))]
+        if part.startswith("le="):
+            data["buckets"][part[3:]] += int(value)
+        elif part == "sum":
+            data["sum"] = float(value)
+    families = {name: HistogramMetricFamily(PREFIX + name, help, labels=list(labels))
+                for name, (labels, _, help) in HISTOGRAMS.items()}
+    for (name, label_values), data in series.items():
+        cumulative, buckets = 0, []
+        for bound in [*map(_bound, HISTOGRAMS[name][1]), "+Inf"]:
+            cumulative += data["buckets"].get(bound, 0)
+            buckets.append((bound, cumulative))
+        families[name].add_metric(list(label_values), buckets, data["sum"])
+    return families.values()
+
+
+def _bound(value):
+    return repr(float(value))
+
+
+def _bucket(value, buckets):
+    return next((_bound(b) for b in buckets if value <= b), "+Inf")
+
+
+def _field(name, labels):
+    return "|".join([name, *(f"{k}={labels[k]}" for k in sorted(labels))])
+
+
+def _parse(field):
+    name, *parts = field.split("|")
+    labels = dict(part.partition("=")[::2] for part in parts)
+    return name, labels

@@ -1,0 +1,187 @@
+"""Observability and the user's view: /metrics, the page at /, /openapi.json, the stress
+report, the Locust file, and request ids through the logs."""
+import csv
+import json
+import shlex
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import requests
+from prometheus_client.parser import text_string_to_metric_families
+
+from app.keys import Keys
+from app.settings import PROJECT_ROOT
+from app.web import create_app
+from conftest import predict, sample
+from stress import stress_test
+
+SCREENSHOTS = PROJECT_ROOT / "reports" / "screenshots"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync"]
+
+
+def scrape(url):
+    """{(metric sample name, frozenset of labels): value} from /metrics."""
+    response = requests.get(url + "/metrics")
+    assert response.status_code == 200
+    assert response.headers["Content-Type"].startswith("text/plain")
+    return {(s.name, frozenset(s.labels.items())): s.value
+            for family in text_string_to_metric_families(response.text)
+            for s in family.samples}
+
+
+def value(samples, name, **labels):
+    return sum(v for (n, ls), v in samples.items()
+               if n == name and set(labels.items()) <= set(ls))
+
+
+def test_metrics_count_every_request_across_web_processes(start_stack, client):
+    stack = start_stack(web_processes=2)
+    summary = stress_test.run(stack.url + "/predict", sample(2), count=600, concurrency=16)
+    assert summary["statuses"] == {"200": 600}
+    predict(stack.url, b"not an image")
+    predict(stack.url, sample(2), model="nope")
+    time.sleep(1.2)  # let a heartbeat carry the worker's latest counts
+    status = json.loads(client.get(Keys(stack.settings.key_prefix).worker(
+        stack.workers[0].name)))
+    m = scrape(stack.url)
+    print(f"\nmetrics after 600 requests: {status['batches']} batches, "
+          f"mean {600 / status['batches']:.2f} per batch")
+    assert value(m, "beagle_requests_total", model="digits", code="200") == 600
+    assert value(m, "beagle_requests_total", model="digits", code="400") == 1
+    assert value(m, "beagle_requests_total", model="-", code="404") == 1
+    assert value(m, "beagle_request_duration_seconds_count", model="digits") == 601
+    # The batch histogram agrees with the worker: one observation per forward pass,
+    # summing to the requests it ran.
+    assert value(m, "beagle_batch_size_count", model="digits") == status["batches"]
+    assert value(m, "beagle_batch_size_sum", model="digits") == 600
+    assert value(m, "beagle_inference_seconds_count", model="digits") == status["batches"]
+    assert value(m, "beagle_queue_wait_seconds_count", model="digits") == 600
+    buckets = sorted((float(dict(ls)["le"]), v) for (n, ls), v in m.items()
+                     if n == "beagle_batch_size_bucket")
+    assert [v for _, v in buckets] == sorted(v for _, v in buckets)  # cumulative
+    assert buckets[-1][1] == status["batches"]
+    assert value(m, "beagle_model_loads_total", model="digits") == 1
+    assert value(m, "beagle_live_workers", model="digits") == 1
+    assert value(m, "beagle_queue_depth", model="digits") == 0
+    assert value(m, "beagle_workers") == 1
+
+
+def test_shed_requests_are_counted_by_reason(start_stack):
+    stack = start_stack(max_queue=1, request_timeout=2.0)
+    stack.workers[0].signal(signal.SIGSTOP)
+    try:
+        waiting = threading.Thread(target=predict, args=(stack.url, sample(1)))
+        waiting.start()
+        time.sleep(0.4)
+        assert predict(stack.url, sample(1)).status_code == 503
+        waiting.join()
+    finally:
+        stack.workers[0].signal(signal.SIGCONT)
+    m = scrape(stack.url)
+    assert value(m, "beagle_shed_total", model="digits", reason="full") == 1
+    assert value(m, "beagle_requests_total", model="digits", code="503") == 1
+    assert value(m, "beagle_requests_total", model="digits", code="504") == 1
+
+
+def test_metrics_are_for_admin_networks_only(start_stack):
+    stack = start_stack(admin_networks="10.99.0.0/16")
+    refused = requests.get(stack.url + "/metrics")
+    assert refused.status_code == 403 and "admin_networks" in refused.json()["error"]
+    assert requests.get(stack.url + "/status").status_code == 200
+
+
+def test_the_page_classifies_an_uploaded_digit_in_a_real_browser(stack):
+    from playwright.sync_api import sync_playwright
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path="/usr/bin/chromium",
+                                             args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1180, "height": 760})
+            page.goto(stack.url + "/")
+            page.wait_for_selector("#status-models td:has-text('digits')")
+            page.set_input_files("#file", str(PROJECT_ROOT / "stress/images/digit_7.png"))
+            page.wait_for_selector("#predictions li")
+            labels = page.locator("#predictions .label").all_inner_texts()
+            assert labels[0] == "7" and len(labels) == 5
+            assert page.locator("#predictions .probability").first.inner_text().endswith("%")
+            assert "digits v1" in page.locator("#meta").inner_text()
+            page.wait_for_function("document.getElementById('throughput').textContent !== '–'")
+            page.screenshot(path=str(SCREENSHOTS / "index.png"), full_page=True)
+        finally:
+            browser.close()
+    assert (SCREENSHOTS / "index.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_openapi_describes_every_endpoint_and_schemathesis_finds_nothing(stack):
+    document = requests.get(stack.url + "/openapi.json").json()
+    app = create_app({"redis_url": "redis://127.0.0.1:1/0"})  # never connects
+    routes = {rule.rule for rule in app.url_map.iter_rules() if rule.endpoint != "static"}
+    documented = {path.replace("{name}", "<name>").replace("{version}", "<int:version>")
+                  for path in document["paths"]}
+    assert routes == documented
+    done = subprocess.run(
+        [str(Path(sys.executable).parent / "schemathesis"), "run", stack.url + "/openapi.json",
+         "--checks", "not_a_server_error,status_code_conformance,content_type_conformance,"
+         "response_schema_conformance", "--max-examples", "15", "--request-timeout", "15",
+         "--seed", "1"], capture_output=True, text=True, timeout=900)
+    print(done.stdout[-1500:])
+    assert done.returncode == 0, done.stdout[-6000:]
+
+
+def test_stress_report_and_progress(stack, tmp_path):
+    command = shlex.join([sys.executable, str(PROJECT_ROOT / "stress/stress_test.py"), "--url",
+                          stack.url + "/predict", "--requests", "200", "--concurrency", "8",
+                          "--report", str(tmp_path)])
+    # Under a terminal (script gives it one, stty a size), as a person runs it: the
+    # progress bar shows.
+    done = subprocess.run(["script", "-qec", f"stty rows 24 cols 100; {command}", "/dev/null"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout
+    assert "200/200" in done.stdout and "req/s" in done.stdout  # the bar's last state
+    assert "200 requests in" in done.stdout and "report:" in done.stdout
+    report = (tmp_path / "report.md").read_text()
+    assert "| 200 | 200 |" in report and "req/s" in report
+    assert "![latency over time](latency_over_time.png)" in report
+    for png in ("latency_over_time.png", "latency_histogram.png"):
+        assert (tmp_path / png).read_bytes()[:4] == b"\x89PNG"
+    assert json.loads((tmp_path / "summary.json").read_text())["requests"] == 200
+
+
+def test_locust_file_runs_headless(stack, tmp_path):
+    done = subprocess.run(
+        [str(Path(sys.executable).parent / "locust"), "-f", str(PROJECT_ROOT / "stress/locustfile.py"),
+         "--host", stack.url, "--headless", "-u", "4", "-r", "4", "-t", "5s", "--only-summary",
+         "--csv", str(tmp_path / "locust")], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    with open(tmp_path / "locust_stats.csv") as stats:
+        row = next(r for r in csv.DictReader(stats) if r["Name"] == "/predict")
+    print(f"\nlocust, 4 users for 5 s: {row['Request Count']} requests, "
+          f"{row['Failure Count']} failed, median {row['Median Response Time']} ms")
+    assert int(row["Request Count"]) > 50 and int(row["Failure Count"]) == 0
+
+
+def test_one_request_can_be_followed_through_every_log(start_stack):
+    stack = start_stack(log_level="DEBUG")
+    response = predict(stack.url, sample(5))
+    request_id = response.headers["X-Request-ID"]
+    failed = predict(stack.url, b"junk")
+    stack.workers[0].stop()
+    logs = [str(stack.apache.error_log.with_name(name)) for name in ("access.log", "error.log")]
+    done = subprocess.run(
+        [sys.executable, str(PROJECT_ROOT / "scripts/tail_logs.py"), "--lines", "100000",
+         "--request-id", request_id, "--file", logs[0], "--file", logs[1],
+         "--file", str(stack.workers[0].log_path)], capture_output=True, text=True)
+    lines = done.stdout.splitlines()
+    assert any(line.lstrip().startswith("access |") and "POST /predict" in line
+               and " 200 " in line for line in lines), done.stdout
+    assert any(line.lstrip().startswith("worker-0 |") and "batch of" in line
+               for line in lines), done.stdout
+    assert failed.headers["X-Request-ID"] in stack.apache.error_log.with_name(
+        "access.log").read_text()
