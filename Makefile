@@ -11,7 +11,7 @@ setup:
 run: setup
 	@$(PYTHON) -m app.devstack
 
-test: export BEAGLE_APT_EXTRA = chromium
+test: export BEAGLE_APT_EXTRA = chromium openssh-server
 test: setup
 	$(PYTHON) -m pytest $(PYTEST_ARGS)
 

@@ -21,14 +21,14 @@ def render(template, **context):
 
 
 def apache_vhost(settings, code_dir, venv, log_dir, listen=True, log_name="",
-                 process_group="beagle", user="www-data", group="www-data"):
+                 process_group="beagle", user="www-data", group="www-data", server_name=None):
     """The virtual host. ``user`` is the daemon user; it only applies when Apache starts
     as root, so it is dropped otherwise."""
     if os.geteuid() != 0:
         user = group = ""
     return render(
         "apache/beagle.conf.j2", listen=listen, host=settings.host, port=settings.port,
-        server_name=settings.host, process_group=process_group,
+        server_name=server_name or settings.host, process_group=process_group,
         processes=settings.web_processes, threads=settings.web_threads,
         user=user, group=group, venv=venv, code_dir=code_dir,
         request_timeout=int(settings.request_timeout + 0.999), request_grace=REQUEST_GRACE_S,

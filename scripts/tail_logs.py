@@ -9,7 +9,6 @@ them: the access log, the web tier and the workers name it on every line about i
     python scripts/tail_logs.py --file /tmp/beagle-run-8080/logs/error.log --file w.log
 """
 import argparse
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -20,6 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from app import settings as settings_module  # noqa: E402
 
 PRODUCTION = Path("/var/log/apache2")
+SUPERVISOR_LOGS = Path("/var/log/journal")
 WORKER_UNIT = "beagle-worker@*"
 
 
@@ -32,9 +32,11 @@ def sources(args):
     else:
         run_dir = Path(tempfile.gettempdir()) / f"beagle-run-{settings_module.load().port}"
         files = sorted((run_dir / "logs").glob("*.log"))
+    if not args.file:  # where a systemctl other than systemd's (a test host) logs services
+        files += sorted(SUPERVISOR_LOGS.glob("beagle-worker*.log"))
     tail = ["tail", "-n", str(args.lines)] + (["-F"] if args.follow else [])
     commands = [(path.stem, tail + [str(path)]) for path in files if path.exists()]
-    if not args.file and shutil.which("journalctl") and (PRODUCTION / "beagle_error.log").exists():
+    if not args.file and Path("/run/systemd/system").is_dir():  # systemd runs this host
         commands.append(("worker", ["journalctl", "--no-pager", "-o", "short-iso", "-u",
                                     WORKER_UNIT, "-n", str(args.lines)]
                          + (["-f"] if args.follow else [])))

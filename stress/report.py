@@ -92,7 +92,11 @@ def _plot_histogram(samples, path):
 
 
 def _pyplot():
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:
+        raise SystemExit("--report needs matplotlib: run the stress test from the venv "
+                         "`make setup` builds, or pip install -r requirements-dev.txt") from None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     return plt

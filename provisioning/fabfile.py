@@ -1,0 +1,344 @@
+"""Deploy and operate Beagle with Fabric: `fab -H gpu1 deploy`.
+
+Hosts, users and keys come from Fabric's usual sources (-H, -i, ~/.ssh/config). With -H,
+every host gets every role: Redis, workers, Apache. To scale out, name the roles in a
+Fabric config file instead (fab -f cluster.yaml deploy):
+
+    beagle:
+      roles: {redis: [10.0.0.5], worker: [gpu1, gpu2], web: [web1, web2]}
+      redis_address: 10.0.0.5        # the private address the others reach Redis on
+
+Air-gapped hosts: `beagle.wheels: ~/beagle-wheels` downloads their Python packages on the
+machine running fab and uploads them (provisioning/wheels.py). Other `beagle` settings
+(DEFAULTS below) are set the same way. No secret lives in the repository: the Redis
+password is generated on the first deploy and kept in <etc>/beagle.env (mode 600).
+"""
+import hashlib
+import io
+import json
+import secrets
+import subprocess
+import sys
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from fabric import Connection, task
+from invoke import Collection
+from invoke.exceptions import Exit
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import host  # noqa: E402
+from app import settings as settings_module  # noqa: E402
+from host import Plan, run  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+ROLES = ("redis", "worker", "web")  # also the order deploy goes in
+DEFAULTS = {"beagle": {
+    "prefix": "/opt/beagle", "etc": "/etc/beagle", "port": 80, "redis_port": 6380,
+    "redis_address": "", "roles": {}, "settings": {}, "systemctl": "systemctl",
+    "cpu_workers": 1, "keep_releases": 5, "stop_timeout": 90, "wheels": "",
+}}
+
+
+@dataclass
+class Bundle:
+    """The checkout's files (all but what git ignores) as a tarball, named by a hash of
+    their content, so an unchanged checkout deploys as the same release."""
+    id: str
+    tarball: bytes
+    requirements: bytes
+
+    @classmethod
+    def from_checkout(cls):
+        listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others",
+                                 "--exclude-standard"], cwd=ROOT, capture_output=True,
+                                check=True).stdout.split(b"\0")
+        files = sorted(p.decode() for p in listed if p and (ROOT / p.decode()).is_file())
+        digest, buffer = hashlib.sha256(), io.BytesIO()
+        with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
+            for name in files:
+                data = (ROOT / name).read_bytes()
+                digest.update(name.encode() + b"\0" + data)
+                info = tarfile.TarInfo(name)
+                info.size, info.mode = len(data), 0o755 if (ROOT / name).stat().st_mode & 0o100 \
+                    else 0o644
+                archive.addfile(info, io.BytesIO(data))
+        return cls(digest.hexdigest()[:12], buffer.getvalue(),
+                   (ROOT / "requirements.txt").read_bytes())
+
+
+def targets(c):
+    """[(connection, roles)]: the -H host with every role, or the hosts of beagle.roles,
+    Redis hosts first, then workers, then web hosts."""
+    if isinstance(c, Connection):
+        return [(c, set(ROLES))]
+    roles = c.config.beagle.roles
+    if not roles:
+        raise Exit("name hosts with -H, or roles in a Fabric config file (beagle.roles)")
+    order = []
+    for role in ROLES:
+        for name in roles.get(role, []):
+            if name not in order:
+                order.append(name)
+    return [(Connection(name, config=c.config), {r for r in ROLES if name in roles.get(r, [])})
+            for name in order]
+
+
+def say(c, step, changes):
+    print(f"{c.host}: {step}: {'; '.join(changes) if changes else 'unchanged'}", flush=True)
+
+
+def cluster(c):
+    """(plan, [(connection, roles)], Redis password, Redis address, web settings)."""
+    plan, hosts = Plan.from_config(c.config), targets(c)
+    redis_hosts = [conn for conn, roles in hosts if "redis" in roles]
+    if len(redis_hosts) != 1:
+        raise Exit(f"exactly one host must have the redis role, not {len(redis_hosts)}")
+    password = host.redis_password(redis_hosts[0], plan) or secrets.token_urlsafe(24)
+    address = plan.redis_address or ("127.0.0.1" if len(hosts) == 1 else redis_hosts[0].host)
+    web_settings = settings_module.load(
+        {}, host="*", port=plan.port, redis_url=f"redis://:{password}@{address}:"
+                                                 f"{plan.redis_port}/0", **plan.settings)
+    return plan, hosts, password, address, web_settings
+
+
+@task
+def deploy(c):
+    """Everything, idempotent: all the steps, host by host, then a smoke request.
+
+    Packages, code and venv, settings, Redis, CUDA, workers, Apache. Running it again
+    changes nothing."""
+    plan, hosts, password, address, web_settings = cluster(c)
+    bundle = Bundle.from_checkout()
+    for conn, roles in hosts:
+        _packages(conn, roles)
+        moved = _code(conn, plan, bundle, roles)
+        _settings(conn, plan, password, address)
+        if "redis" in roles:
+            _redis(conn, plan, password, address)
+        if "worker" in roles:
+            _cuda(conn, plan)
+            _workers(conn, plan, restart=moved)
+        if "web" in roles:
+            _apache(conn, plan, web_settings, reload_code=moved)
+        say(conn, "releases", host.prune(conn, plan))
+    _smoke(hosts, plan)
+
+
+@task
+def packages(c):
+    """Install the Debian packages the host's roles need."""
+    for conn, roles in targets(c):
+        _packages(conn, roles)
+
+
+@task
+def code(c):
+    """Ship the checkout as a new release and switch to it (rolling worker restart).
+
+    The web code is reloaded and the workers are restarted one at a time."""
+    plan, bundle = Plan.from_config(c.config), Bundle.from_checkout()
+    for conn, roles in targets(c):
+        moved = _code(conn, plan, bundle, roles)
+        if moved and "worker" in roles:
+            _workers(conn, plan, restart=True)
+        if moved and "web" in roles:
+            say(conn, "apache", [_reload_web_code(conn, plan)])
+
+
+@task
+def venv(c):
+    """Build the virtualenv for the checkout's requirements (shared by releases)."""
+    plan, bundle = Plan.from_config(c.config), Bundle.from_checkout()
+    for conn, roles in targets(c):
+        gpus = host.has_gpu(conn) if "worker" in roles else 0
+        say(conn, "venv", host.virtualenv(conn, plan, bundle.requirements, gpus)[1])
+
+
+@task
+def redis(c):
+    """Beagle's Redis: its configuration, password and service."""
+    plan, hosts, password, address, _ = cluster(c)
+    for conn, roles in hosts:
+        if "redis" in roles:
+            _settings(conn, plan, password, address)
+            _redis(conn, plan, password, address)
+
+
+@task
+def workers(c, restart=False):
+    """The worker units, running; --restart restarts them one at a time."""
+    plan, hosts, password, address, _ = cluster(c)
+    for conn, roles in hosts:
+        if "worker" in roles:
+            _settings(conn, plan, password, address)
+            _workers(conn, plan, restart=restart)
+
+
+@task
+def apache(c):
+    """The Apache virtual host, modules and environment; reloaded gracefully on change."""
+    plan, hosts, password, address, web_settings = cluster(c)
+    for conn, roles in hosts:
+        if "web" in roles:
+            _settings(conn, plan, password, address)
+            _apache(conn, plan, web_settings, reload_code=False)
+
+
+@task
+def cuda(c):
+    """Register the CUDA libraries with the dynamic linker and check TensorFlow sees a GPU."""
+    plan = Plan.from_config(c.config)
+    for conn, roles in targets(c):
+        if "worker" in roles:
+            _cuda(conn, plan)
+
+
+@task
+def rollback(c):
+    """Point current back at the previous release; reload the web code, restart workers."""
+    plan = Plan.from_config(c.config)
+    hosts = targets(c)
+    for conn, roles in hosts:
+        path = host.previous_release(conn, plan)
+        host.switch(conn, plan, path)
+        say(conn, "current", [f"back to {Path(path).name}"])
+        if "worker" in roles:
+            _workers(conn, plan, restart=True)
+        if "web" in roles:
+            say(conn, "apache", [_reload_web_code(conn, plan)])
+    _smoke(hosts, plan)
+
+
+@task
+def status(c):
+    """Units, readiness, queue depth, worker heartbeats and the last errors."""
+    plan = Plan.from_config(c.config)
+    for conn, roles in targets(c):
+        units = ["beagle-redis"] * ("redis" in roles) + ["apache2"] * ("web" in roles)
+        units += run(conn, "ls /etc/systemd/system/multi-user.target.wants/ 2>/dev/null | "
+                           "grep beagle-worker@ || true").stdout.split()
+        for unit in units:
+            unit = unit.removesuffix(".service")
+            state = run(conn, f"{plan.systemctl} is-active {unit}", warn=True).stdout.strip()
+            print(f"{conn.host}: {unit}: {state}")
+        if "web" in roles:
+            ready = run(conn, f"curl -s http://127.0.0.1:{plan.port}/readyz", warn=True).stdout
+            live = json.loads(run(conn, f"curl -s http://127.0.0.1:{plan.port}/status").stdout)
+            print(f"{conn.host}: ready: {ready.strip()}")
+            for model in live["models"]:
+                print(f"{conn.host}: model {model['name']} v{model['latest']}: "
+                      f"{model['live_workers']} live workers, {model['queue_depth']} queued")
+            for worker in live["workers"]:
+                print(f"{conn.host}: worker {worker['id']}: {worker['batches']} batches, "
+                      f"{worker['requests']} requests")
+            errors = run(conn, "grep -i error /var/log/apache2/beagle_error.log 2>/dev/null | "
+                               "tail -n 5", warn=True).stdout.strip()
+            print(f"{conn.host}: last errors in the Apache error log:\n{errors or '(none)'}")
+
+
+@task
+def logs(c, lines=20, follow=False):
+    """The Apache error and access logs and the workers' journal (--follow, --lines N)."""
+    plan = Plan.from_config(c.config)
+    for conn, _ in targets(c):
+        command = (f"{plan.current}/venv/bin/python {plan.current}/scripts/tail_logs.py "
+                   f"--lines {int(lines)}" + (" --follow" if follow else ""))
+        run(conn, command, hide=False, pty=bool(follow))
+
+
+@task(name="flush-queue")
+def flush_queue(c, everything=False):
+    """Answer every queued request with a 503 and remove it (Beagle's keys only)."""
+    plan = Plan.from_config(c.config)
+    conn = next(conn for conn, roles in targets(c) if "redis" in roles or "web" in roles)
+    run(conn, f"set -a && . {plan.env_file} && set +a && {plan.current}/venv/bin/python "
+              f"{plan.current}/scripts/flush_queue.py" + (" --all" if everything else ""),
+        hide=False)
+
+
+@task
+def stress(c, requests=500, concurrency=0):
+    """The stress test, run on a web host against its own Apache."""
+    plan = Plan.from_config(c.config)
+    for conn, roles in targets(c):
+        if "web" in roles:
+            mode = f"--concurrency {int(concurrency)}" if concurrency else ""
+            run(conn, f"{plan.current}/venv/bin/python {plan.current}/stress/stress_test.py "
+                      f"--url http://127.0.0.1:{plan.port}/predict --requests {int(requests)} "
+                      f"{mode}", hide=False)
+
+
+def _packages(conn, roles):
+    say(conn, "packages", host.packages(conn, roles))
+
+
+def _code(conn, plan, bundle, roles):
+    """Release, venv and switch; True if current moved to a new release."""
+    gpus = host.has_gpu(conn) if "worker" in roles else 0
+    path, changes = host.release(conn, plan, bundle, gpus)
+    say(conn, "code", changes)
+    moved = host.switch(conn, plan, path)
+    say(conn, "current", [f"now {bundle.id}"] if moved else [])
+    return moved
+
+
+def _settings(conn, plan, password, address):
+    say(conn, "settings", host.env_file(conn, plan, password, address))
+
+
+def _redis(conn, plan, password, address):
+    say(conn, "redis", host.redis(conn, plan, password, bind=address))
+
+
+def _workers(conn, plan, restart):
+    gpus = host.has_gpu(conn)
+    say(conn, "workers", host.service_user(conn) + host.workers(conn, plan, gpus, restart))
+
+
+def _apache(conn, plan, web_settings, reload_code):
+    say(conn, "apache", host.apache(conn, plan, web_settings, reload_code))
+
+
+def _cuda(conn, plan):
+    gpus = host.has_gpu(conn)
+    if not gpus:
+        say(conn, "cuda", ["skipped: no NVIDIA GPU on this host (nvidia-smi lists none); "
+                           "the workers run on the CPU"])
+        return
+    libraries = run(conn, f"ls -d {plan.current}/venv/lib/python3*/site-packages/nvidia/*/lib",
+                    warn=True).stdout.split()
+    changed = host.put_if_changed(conn, "/etc/ld.so.conf.d/beagle-cuda.conf",
+                                  "\n".join(libraries) + "\n")
+    if changed:
+        run(conn, "ldconfig")
+    check = run(conn, f"{plan.current}/venv/bin/python -c \"import sys, tensorflow as tf; "
+                      f"sys.exit(0 if tf.config.list_physical_devices('GPU') else 1)\"",
+                warn=True)
+    if not check.ok:
+        raise Exit(f"{conn.host}: TensorFlow in {plan.current}/venv lists no GPU although "
+                   f"nvidia-smi shows {gpus}: check the NVIDIA driver and "
+                   f"/etc/ld.so.conf.d/beagle-cuda.conf\n{check.stderr[-1500:]}")
+    say(conn, "cuda", [f"registered {len(libraries)} CUDA library folders"] * changed
+        + [f"TensorFlow sees {gpus} GPUs"])
+
+
+def _reload_web_code(conn, plan):
+    # Restarts only the mod_wsgi daemon: Apache keeps its socket, no request fails.
+    run(conn, f"touch {plan.current}/wsgi/beagle.wsgi")
+    return "web code reloaded"
+
+
+def _smoke(hosts, plan):
+    for conn, roles in hosts:
+        if "web" in roles:
+            label = host.smoke(conn, plan)
+            url = f"http://{conn.host}{'' if plan.port == 80 else f':{plan.port}'}"
+            print(f"{conn.host}: smoke: a digit 7 came back as {label!r} through Apache.\n"
+                  f"Beagle is serving on {url}\nStress it: fab -H {conn.host} stress")
+
+
+ns = Collection.from_module(sys.modules[__name__])
+ns.configure(DEFAULTS)

@@ -1,0 +1,43 @@
+"""Wait until a worker heartbeats in Redis, having started after a given time: what a
+rolling restart waits for before it restarts the next worker. Reads BEAGLE_* settings.
+
+    python scripts/wait_worker.py --name gpu1-0 --since 1795330000.5 --timeout 300
+"""
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import redis
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from app import settings as settings_module  # noqa: E402
+from app.keys import Keys  # noqa: E402
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--name", required=True, help="the worker's name (BEAGLE_WORKER_NAME)")
+    parser.add_argument("--since", type=float, default=0.0, help="epoch seconds")
+    parser.add_argument("--timeout", type=float, default=300.0)
+    args = parser.parse_args(argv)
+    settings = settings_module.load()
+    client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=5)
+    key = Keys(settings.key_prefix).worker(args.name)
+    give_up = time.monotonic() + args.timeout
+    while time.monotonic() < give_up:
+        try:
+            status = json.loads(client.get(key) or "{}")
+        except redis.RedisError:
+            status = {}
+        if status.get("started", 0) >= args.since and status.get("models"):
+            print(f"worker {args.name} is serving {', '.join(status['models'])}")
+            return 0
+        time.sleep(0.5)
+    print(f"worker {args.name} did not come up within {args.timeout:g}s", file=sys.stderr)
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
