@@ -187,7 +187,7 @@ def redis(c, plan, password, bind):
     unit = config_files.render("systemd/beagle-redis.service.j2", etc=plan.etc,
                                redis_dir=plan.redis_dir)
     changed |= put_if_changed(c, "/etc/systemd/system/beagle-redis.service", unit)
-    return _keep_running(c, plan, ["beagle-redis"], changed, "Redis")
+    return _keep_running(c, plan, ["beagle-redis"], changed)
 
 
 def workers(c, plan, gpus, release_changed):
@@ -205,7 +205,7 @@ def workers(c, plan, gpus, release_changed):
         changed |= put_if_changed(c, f"{plan.etc}/worker-{n}.env",
                                   f"BEAGLE_WORKER_CPUS={pinned}\n" if pinned else "")
     names = [f"beagle-worker@{n}" for n in range(count)]
-    return _keep_running(c, plan, names, changed, "workers", rolling=True,
+    return _keep_running(c, plan, names, changed, rolling=True,
                          restart=release_changed)
 
 
@@ -291,12 +291,12 @@ def smoke(c, plan, attempts=30):
     raise Exit(f"{c.host}: the smoke request failed: {result.stderr.strip() or result.stdout}")
 
 
-def _keep_running(c, plan, units, changed, what, rolling=False, restart=False):
+def _keep_running(c, plan, units, changed, rolling=False, restart=False):
     """Enabled and running; restarted (one at a time when rolling) if their configuration
     changed or ``restart`` asks, e.g. for new code."""
     systemctl = plan.systemctl
-    changes = [f"{what}: configuration changed"] if changed else []
-    changes += [f"{what}: new code"] if restart and not changed else []
+    changes = ["configuration changed"] if changed else []
+    changes += ["new code"] if restart and not changed else []
     changed = changed or restart
     run(c, f"{systemctl} daemon-reload")
     for unit in units:

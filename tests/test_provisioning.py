@@ -161,7 +161,7 @@ def test_deploy_stress_redeploy_rollback_over_ssh(tmp_path, client_key, deployme
         (source / "README.md").write_text((source / "README.md").read_text() + "\nchanged\n")
         changed = step_lines(fab(source, config, *ssh, "deploy"))
         assert changed["code"].startswith("release ") and changed["apache"] == "web code reloaded"
-        assert changed["workers"] == "workers: new code; restarted beagle-worker@0"
+        assert changed["workers"] == "new code; restarted beagle-worker@0"
         assert (Path(deployment["prefix"]) / "current").resolve() != first_release
 
         rolled = fab(source, config, *ssh, "rollback")
