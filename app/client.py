@@ -47,6 +47,7 @@ def post_image(pool, url, image, timeout, params=None, body="multipart"):
             continue
         if attempt == 2 or not _answered_by_apache(response):
             return response, attempt == 2
+        # A client's one back-off before its one retry, as Retry-After asks; not polling.
         time.sleep(min(MAX_RETRY_AFTER_S, float(response.headers.get("Retry-After", 0))))
 
 
