@@ -104,6 +104,16 @@ def cluster(c):
     return plan, hosts, password, address, web_settings
 
 
+def _hosts_with(c, role):
+    """(connection, plan, password, address, web settings) for each host with ``role``,
+    its settings file brought up to date first."""
+    plan, hosts, password, address, web_settings = cluster(c)
+    for conn, roles in hosts:
+        if role in roles:
+            _settings(conn, plan, password, address)
+            yield conn, plan, password, address, web_settings
+
+
 @task
 def deploy(c):
     """Everything, idempotent: all the steps, host by host, then a smoke request.
@@ -114,13 +124,14 @@ def deploy(c):
     bundle = Bundle.from_checkout()
     for conn, roles in hosts:
         _packages(conn, roles)
-        moved = _code(conn, plan, bundle, roles)
+        gpus = host.has_gpu(conn) if "worker" in roles else 0
+        moved = _code(conn, plan, bundle, gpus)
         _settings(conn, plan, password, address)
         if "redis" in roles:
             _redis(conn, plan, password, address)
         if "worker" in roles:
-            _cuda(conn, plan)
-            _workers(conn, plan, restart=moved)
+            _cuda(conn, plan, gpus)
+            _workers(conn, plan, gpus, restart=moved)
         if "web" in roles:
             _apache(conn, plan, web_settings, reload_code=moved)
         say(conn, "releases", host.prune(conn, plan))
@@ -141,9 +152,10 @@ def code(c):
     The web code is reloaded and the workers are restarted one at a time."""
     plan, bundle = Plan.from_config(c.config), Bundle.from_checkout()
     for conn, roles in targets(c):
-        moved = _code(conn, plan, bundle, roles)
+        gpus = host.has_gpu(conn) if "worker" in roles else 0
+        moved = _code(conn, plan, bundle, gpus)
         if moved and "worker" in roles:
-            _workers(conn, plan, restart=True)
+            _workers(conn, plan, gpus, restart=True)
         if moved and "web" in roles:
             say(conn, "apache", [_reload_web_code(conn, plan)])
 
@@ -160,31 +172,22 @@ def venv(c):
 @task
 def redis(c):
     """Beagle's Redis: its configuration, password and service."""
-    plan, hosts, password, address, _ = cluster(c)
-    for conn, roles in hosts:
-        if "redis" in roles:
-            _settings(conn, plan, password, address)
-            _redis(conn, plan, password, address)
+    for conn, plan, password, address, _ in _hosts_with(c, "redis"):
+        _redis(conn, plan, password, address)
 
 
 @task
 def workers(c, restart=False):
     """The worker units, running; --restart restarts them one at a time."""
-    plan, hosts, password, address, _ = cluster(c)
-    for conn, roles in hosts:
-        if "worker" in roles:
-            _settings(conn, plan, password, address)
-            _workers(conn, plan, restart=restart)
+    for conn, plan, *_ in _hosts_with(c, "worker"):
+        _workers(conn, plan, host.has_gpu(conn), restart=restart)
 
 
 @task
 def apache(c):
     """The Apache virtual host, modules and environment; reloaded gracefully on change."""
-    plan, hosts, password, address, web_settings = cluster(c)
-    for conn, roles in hosts:
-        if "web" in roles:
-            _settings(conn, plan, password, address)
-            _apache(conn, plan, web_settings, reload_code=False)
+    for conn, plan, _, _, web_settings in _hosts_with(c, "web"):
+        _apache(conn, plan, web_settings, reload_code=False)
 
 
 @task
@@ -193,7 +196,7 @@ def cuda(c):
     plan = Plan.from_config(c.config)
     for conn, roles in targets(c):
         if "worker" in roles:
-            _cuda(conn, plan)
+            _cuda(conn, plan, host.has_gpu(conn))
 
 
 @task
@@ -206,7 +209,7 @@ def rollback(c):
         host.switch(conn, plan, path)
         say(conn, "current", [f"back to {Path(path).name}"])
         if "worker" in roles:
-            _workers(conn, plan, restart=True)
+            _workers(conn, plan, host.has_gpu(conn), restart=True)
         if "web" in roles:
             say(conn, "apache", [_reload_web_code(conn, plan)])
     _smoke(hosts, plan)
@@ -275,9 +278,8 @@ def _packages(conn, roles):
     say(conn, "packages", host.packages(conn, roles))
 
 
-def _code(conn, plan, bundle, roles):
+def _code(conn, plan, bundle, gpus):
     """Release, venv and switch; True if current moved to a new release."""
-    gpus = host.has_gpu(conn) if "worker" in roles else 0
     path, changes = host.release(conn, plan, bundle, gpus)
     say(conn, "code", changes)
     moved = host.switch(conn, plan, path)
@@ -293,8 +295,7 @@ def _redis(conn, plan, password, address):
     say(conn, "redis", host.redis(conn, plan, password, bind=address))
 
 
-def _workers(conn, plan, restart):
-    gpus = host.has_gpu(conn)
+def _workers(conn, plan, gpus, restart):
     say(conn, "workers", host.service_user(conn) + host.workers(conn, plan, gpus, restart))
 
 
@@ -302,8 +303,7 @@ def _apache(conn, plan, web_settings, reload_code):
     say(conn, "apache", host.apache(conn, plan, web_settings, reload_code))
 
 
-def _cuda(conn, plan):
-    gpus = host.has_gpu(conn)
+def _cuda(conn, plan, gpus):
     if not gpus:
         say(conn, "cuda", ["skipped: no NVIDIA GPU on this host (nvidia-smi lists none); "
                            "the workers run on the CPU"])

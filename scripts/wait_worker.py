@@ -14,6 +14,7 @@ import redis
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from app import settings as settings_module  # noqa: E402
 from app.keys import Keys  # noqa: E402
+from app.queue import connect  # noqa: E402
 
 
 def main(argv=None):
@@ -23,7 +24,7 @@ def main(argv=None):
     parser.add_argument("--timeout", type=float, default=300.0)
     args = parser.parse_args(argv)
     settings = settings_module.load()
-    client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=5)
+    client = connect(settings.redis_url, socket_timeout=5)
     key = Keys(settings.key_prefix).worker(args.name)
     give_up = time.monotonic() + args.timeout
     while time.monotonic() < give_up:
