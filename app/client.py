@@ -27,20 +27,32 @@ def connections(size=1):
     return urllib3.PoolManager(maxsize=size, retries=False)
 
 
-def post_image(pool, url, image, timeout, params=None, body="multipart"):
+def default_api_key(settings):
+    """The key Beagle's tools send: the first of ``api_keys`` (None when keys are off),
+    so on a host whose env file turns keys on they need no key on the command line."""
+    return next((k.strip() for k in settings.api_keys.split(",") if k.strip()), None)
+
+
+def auth_headers(api_key):
+    return {"Authorization": f"Bearer {api_key}"} if api_key else {}
+
+
+def post_image(pool, url, image, timeout, params=None, body="multipart", api_key=None):
     """POST ``image`` as multipart field ``image``, or with ``body="raw"`` as the request
-    body itself (cheaper for both ends); (response, retried) where retried says whether
-    the request had to be sent again."""
+    body itself (cheaper for both ends), with ``api_key`` as a Bearer token if given;
+    (response, retried) where retried says whether the request had to be sent again."""
     params = {k: str(v) for k, v in (params or {}).items()}
+    headers = auth_headers(api_key)
     for attempt in (1, 2):
         try:
             if body == "raw":
                 response = pool.request(
                     "POST", url + ("?" + urlencode(params) if params else ""), body=image,
-                    headers={"Content-Type": "application/octet-stream"}, timeout=timeout)
+                    headers={**headers, "Content-Type": "application/octet-stream"},
+                    timeout=timeout)
             else:
                 response = pool.request("POST", url, fields={**params, "image": ("image", image)},
-                                        timeout=timeout)
+                                        headers=headers, timeout=timeout)
         except urllib3.exceptions.ProtocolError as exc:
             if attempt == 2 or not any(isinstance(arg, DROPPED) for arg in exc.args):
                 raise

@@ -1,7 +1,7 @@
 """Post one image to Beagle and print its predictions, one per line: ``1. 7: 0.9921``.
 
     python scripts/simple_request.py [IMAGE] [--url http://127.0.0.1:8080] [--model M]
-                                     [--version V] [--top-k K]
+                                     [--version V] [--top-k K] [--api-key KEY]
 """
 import argparse
 import sys
@@ -9,7 +9,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from app import settings as settings_module  # noqa: E402
-from app.client import connections, json_body, post_image  # noqa: E402
+from app.client import connections, default_api_key, json_body, post_image  # noqa: E402
 from app.settings import PROJECT_ROOT  # noqa: E402
 
 
@@ -22,12 +22,16 @@ def main(argv=None):
     parser.add_argument("--model")
     parser.add_argument("--version", type=int)
     parser.add_argument("--top-k", type=int)
+    parser.add_argument("--api-key", default=default_api_key(settings),
+                        help="sent as 'Authorization: Bearer KEY' (default: the first of "
+                             "BEAGLE_API_KEYS, if set)")
     args = parser.parse_args(argv)
     params = {k: v for k, v in (("model", args.model), ("version", args.version),
                                 ("top_k", args.top_k)) if v is not None}
     with open(args.image, "rb") as image:
         response, _ = post_image(connections(), args.url.rstrip("/") + "/predict",
-                                 image.read(), timeout=60, params=params)
+                                 image.read(), timeout=60, params=params,
+                                 api_key=args.api_key)
     body = json_body(response)
     if not body.get("success"):
         print(f"error {response.status}: {body.get('error')}", file=sys.stderr)

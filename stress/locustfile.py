@@ -1,20 +1,28 @@
 """Beagle under Locust, for those who prefer it to stress/stress_test.py.
 
-    locust -f stress/locustfile.py --host http://127.0.0.1:8080            # web UI on :8089
-    locust -f stress/locustfile.py --host http://127.0.0.1:8080 --headless -u 32 -r 8 -t 60s
+    python -m locust -f stress/locustfile.py --host http://127.0.0.1:8080    # web UI on :8089
+    python -m locust -f stress/locustfile.py --host http://127.0.0.1:8080 --headless \
+        -u 32 -r 8 -t 60s
+
+Run it from the checkout's root (python -m puts that on the path, for Beagle's own
+modules).
 
 BEAGLE_LOCUST_IMAGE picks the image (default: a bundled digit), BEAGLE_LOCUST_MODEL the
-model (default: the server's default). A request counts as failed unless it is a 200
-with "success": true.
+model (default: the server's default); with BEAGLE_API_KEYS set, the first key is sent
+as a Bearer token. A request counts as failed unless it is a 200 with "success": true.
 """
 import os
 from pathlib import Path
 
 from locust import HttpUser, task
 
+from app import settings as settings_module
+from app.client import auth_headers, default_api_key
+
 IMAGE = Path(os.environ.get("BEAGLE_LOCUST_IMAGE",
                             Path(__file__).resolve().parent / "images" / "digit_7.png"))
 MODEL = os.environ.get("BEAGLE_LOCUST_MODEL")
+HEADERS = auth_headers(default_api_key(settings_module.load()))
 
 
 class PredictUser(HttpUser):
@@ -26,7 +34,8 @@ class PredictUser(HttpUser):
     def predict(self):
         data = {"model": MODEL} if MODEL else None
         with self.client.post("/predict", files={"image": ("image", self.image)}, data=data,
-                              catch_response=True, name="/predict") as response:
+                              headers=HEADERS, catch_response=True,
+                              name="/predict") as response:
             if response.status_code != 200:
                 response.failure(f"{response.status_code}: {response.text[:120]}")
             elif not response.json().get("success"):

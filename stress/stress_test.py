@@ -10,7 +10,7 @@ time (--max-seconds).
 
     python stress/stress_test.py [--url URL] [--image FILE] [--requests 500]
                                  [--interval 0.05 | --concurrency 32] [--body raw]
-                                 [--report DIR] [--json]
+                                 [--api-key KEY] [--report DIR] [--json]
 """
 import argparse
 import json
@@ -18,6 +18,7 @@ import sys
 import threading
 import time
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 from tqdm import tqdm
@@ -25,7 +26,7 @@ from tqdm import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from app import settings as settings_module  # noqa: E402
 from app import client  # noqa: E402
-from app.client import json_body, post_image  # noqa: E402
+from app.client import default_api_key, json_body, post_image  # noqa: E402
 from stress import report as stress_report  # noqa: E402
 
 DEFAULT_IMAGE = Path(__file__).resolve().parent / "images" / "digit_7.png"
@@ -58,10 +59,21 @@ class Results:
             self.progress.update(1)
 
 
-def post(pool, url, image, timeout, results, body="multipart"):
+@dataclass(frozen=True)
+class Target:
+    """What every request of a run sends, and where."""
+    url: str
+    image: bytes
+    timeout: float = 30.0
+    body: str = "multipart"   # or "raw": the image as the request body
+    api_key: str = None       # sent as a Bearer token when given
+
+
+def post(pool, target, results):
     started = time.perf_counter()
     try:
-        response, retried = post_image(pool, url, image, timeout, body=body)
+        response, retried = post_image(pool, target.url, target.image, target.timeout,
+                                       body=target.body, api_key=target.api_key)
         if retried:
             results.note_retry()
         status, answer = response.status, json_body(response)
@@ -72,7 +84,7 @@ def post(pool, url, image, timeout, results, body="multipart"):
     results.add(started, time.perf_counter() - started, status, label, error)
 
 
-def open_loop(url, image, count, interval, timeout, max_seconds, results, body="multipart"):
+def open_loop(target, count, interval, max_seconds, results):
     """A new thread every ``interval`` seconds, one request each."""
     threads = []
     stop_at = time.monotonic() + max_seconds
@@ -80,7 +92,7 @@ def open_loop(url, image, count, interval, timeout, max_seconds, results, body="
     for _ in range(count):
         if time.monotonic() > stop_at:
             break
-        thread = threading.Thread(target=post, args=(pool, url, image, timeout, results, body))
+        thread = threading.Thread(target=post, args=(pool, target, results))
         thread.start()
         threads.append(thread)
         time.sleep(interval)
@@ -88,8 +100,7 @@ def open_loop(url, image, count, interval, timeout, max_seconds, results, body="
         thread.join()
 
 
-def closed_loop(url, image, count, concurrency, timeout, max_seconds, results,
-                body="multipart"):
+def closed_loop(target, count, concurrency, max_seconds, results):
     """``concurrency`` threads, each sending its next request when the last is answered."""
     remaining = iter(range(count))
     lock = threading.Lock()
@@ -101,7 +112,7 @@ def closed_loop(url, image, count, concurrency, timeout, max_seconds, results,
             with lock:
                 if next(remaining, None) is None:
                     return
-            post(pool, url, image, timeout, results, body)
+            post(pool, target, results)
 
     threads = [threading.Thread(target=run) for _ in range(concurrency)]
     for thread in threads:
@@ -143,16 +154,17 @@ def print_summary(summary):
 
 
 def run(url, image, count=500, interval=0.05, concurrency=0, timeout=30.0, max_seconds=300.0,
-        body="multipart", progress=False, report=None):
+        body="multipart", progress=False, report=None, api_key=None):
     """Run the stress test; the summary dict (see ``summarize``). ``progress`` shows a bar
     on a terminal; ``report`` names a folder for the report (stress/report.py)."""
+    target = Target(url, image, timeout, body, api_key)
     with tqdm(total=count, unit="req", disable=None if progress else True,
               file=sys.stderr) as bar:
         results = Results(bar)
         if concurrency:
-            closed_loop(url, image, count, concurrency, timeout, max_seconds, results, body)
+            closed_loop(target, count, concurrency, max_seconds, results)
         else:
-            open_loop(url, image, count, interval, timeout, max_seconds, results, body)
+            open_loop(target, count, interval, max_seconds, results)
     summary = summarize(results, time.perf_counter() - results.t0)
     if report:
         mode = f"{concurrency} threads, closed loop" if concurrency else \
@@ -177,12 +189,15 @@ def main(argv=None):
                         help="send the image as multipart field 'image' or as the raw body")
     parser.add_argument("--report", metavar="DIR",
                         help="write report.md with latency plots and status counts to DIR")
+    parser.add_argument("--api-key", default=default_api_key(settings),
+                        help="sent as 'Authorization: Bearer KEY' (default: the first of "
+                             "BEAGLE_API_KEYS, if set)")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
     args = parser.parse_args(argv)
     image = Path(args.image).read_bytes()
     summary = run(args.url, image, args.requests, args.interval, args.concurrency,
                   args.timeout, args.max_seconds, args.body, progress=not args.json,
-                  report=args.report)
+                  report=args.report, api_key=args.api_key)
     if args.json:
         print(json.dumps(summary))
     else:

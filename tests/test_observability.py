@@ -156,9 +156,10 @@ def test_stress_report_and_progress(stack, tmp_path):
 
 def test_locust_file_runs_headless(stack, tmp_path):
     done = subprocess.run(
-        [str(Path(sys.executable).parent / "locust"), "-f", str(PROJECT_ROOT / "stress/locustfile.py"),
-         "--host", stack.url, "--headless", "-u", "4", "-r", "4", "-t", "5s", "--only-summary",
-         "--csv", str(tmp_path / "locust")], capture_output=True, text=True, timeout=120)
+        [sys.executable, "-m", "locust", "-f", "stress/locustfile.py", "--host", stack.url,
+         "--headless", "-u", "4", "-r", "4", "-t", "5s", "--only-summary", "--csv",
+         str(tmp_path / "locust")], cwd=PROJECT_ROOT, capture_output=True, text=True,
+        timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
     with open(tmp_path / "locust_stats.csv") as stats:
         row = next(r for r in csv.DictReader(stats) if r["Name"] == "/predict")

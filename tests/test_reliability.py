@@ -27,8 +27,9 @@ class Load:
 
     def __init__(self, url, image, count, concurrency, max_seconds, timeout=30):
         self.results = stress_test.Results()
+        target = stress_test.Target(url + "/predict", image, timeout)
         self.thread = threading.Thread(target=stress_test.closed_loop, args=(
-            url + "/predict", image, count, concurrency, timeout, max_seconds, self.results))
+            target, count, concurrency, max_seconds, self.results))
         self.thread.start()
 
     def finish(self):
