@@ -17,6 +17,7 @@ or {"ok": false, "status": <http status>, "error": "<what and why>"}.
 import json
 import time
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 import redis
 from redis.backoff import NoBackoff
@@ -51,6 +52,40 @@ if length > 0 then
 end
 return {'ok', redis.call('XADD', KEYS[1], '*', unpack(ARGV, 4))}
 """
+
+
+# XAUTOCLAIM, which hands a dead worker's requests to a live one, came in Redis 6.2.
+MIN_REDIS_VERSION = (6, 2)
+
+
+def redis_url(password, host, port, db=0):
+    """Beagle's Redis URL: the default user, with its password."""
+    host = f"[{host}]" if ":" in host else host
+    return f"redis://:{password}@{host}:{port}/{db}"
+
+
+def url_password(url):
+    return urlsplit(url).password
+
+
+def version_problem(version):
+    """None if a Redis of ``version`` ("7.0.15") runs Beagle, else what is wrong."""
+    found = tuple(int(part) for part in version.split(".")[:2])
+    if found >= MIN_REDIS_VERSION:
+        return None
+    need = ".".join(map(str, MIN_REDIS_VERSION))
+    return (f"Redis {version} is too old: Beagle needs {need} or newer (XAUTOCLAIM, which "
+            f"recovers a dead worker's requests); install a newer redis-server")
+
+
+def server_version(url):
+    """The version of the Redis at ``url``, asked over RESP2, which every Redis speaks
+    (redis-py's RESP3 handshake, HELLO, fails before Redis 6)."""
+    client = redis.Redis.from_url(url, protocol=2, socket_connect_timeout=1.0, socket_timeout=5)
+    try:
+        return client.info("server")["redis_version"]
+    finally:
+        client.close()
 
 
 def connect(url, socket_timeout):

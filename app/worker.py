@@ -24,12 +24,13 @@ from app.keys import Keys
 from app.loaded_models import LoadedModels
 from app.metrics import Tally
 from app.runtimes import cpu_threads
-from app.queue import Queue, connect
+from app.queue import Queue, connect, server_version, version_problem
 
 log = logging.getLogger("beagle.worker")
 
 BLOCK_MS = 1000          # longest wait on Redis, so stop requests are seen within a second
 CONSUMER_IDLE_S = 3600   # consumers of dead workers are forgotten after this
+EX_CONFIG = 78           # exit status for "fix the configuration": the unit does not restart it
 
 
 class Worker:
@@ -101,6 +102,7 @@ class Worker:
                 self._joined = False
                 log.info("worker %s: now serving %s", self.name, self._describe_models())
         if not self._joined:
+            self._check_redis()
             for name in self.models.names():
                 self.queue.ensure_group(name)
                 self.queue.prune_consumers(name, CONSUMER_IDLE_S)
@@ -255,6 +257,14 @@ class Worker:
             seconds, micros = pipe.execute()[-1]
             # Entry ids carry Redis's clock: measure queue waits on it, not on this host's.
             self._redis_clock_offset = seconds + micros / 1e6 - (sent + time.time()) / 2
+
+    def _check_redis(self):
+        """Stop for good, not in a restart loop, on a Redis too old for Beagle's commands."""
+        problem = version_problem(server_version(self.settings.redis_url))
+        if problem:
+            log.error("worker %s: %s; stopping with exit status %d, which systemd does not "
+                      "restart", self.name, problem, EX_CONFIG)
+            raise SystemExit(EX_CONFIG)
 
     def _await(self, future, heartbeat=True):
         """The future's result; meanwhile the main thread keeps heartbeating, so a long

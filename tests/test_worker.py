@@ -2,19 +2,22 @@
 under SIGTERM (warm stop finishes the batch; a second signal stops at once)."""
 import io
 import signal
+import subprocess
 import time
 import uuid
 
 import pytest
+import redis
 from PIL import Image
 
-from app.devstack import WorkerProcess
+from app.devstack import WorkerProcess, free_port, wait_until
 from app.keys import GROUP, Keys
 from app.loaded_models import LoadedModels, parse_selection
-from app.queue import Entry, Queue, Request
+from app.queue import Entry, Queue, Request, server_version
 from app.worker import Worker
 from conftest import make_settings, sample
 from models import slow_model
+from old_redis import old_redis_server
 
 
 def digit_pixels(digit, side=32):
@@ -152,3 +155,26 @@ def test_second_sigterm_stops_at_once_and_another_worker_claims(slow_worker, cli
     start("rescuer")
     answers = [queue.wait_result(i, 30) for i in ids]
     assert all(a and a["ok"] for a in answers)
+
+
+def test_a_redis_too_old_stops_the_worker_for_good_with_a_clear_message(tmp_path):
+    port = free_port()
+    server = subprocess.Popen([str(old_redis_server()), "--port", str(port), "--bind",
+                               "127.0.0.1", "--requirepass", "pw", "--save", "", "--dir",
+                               str(tmp_path)], stdout=subprocess.DEVNULL)
+    try:
+        url = f"redis://:pw@127.0.0.1:{port}/0"
+
+        def answers():
+            try:
+                return server_version(url) == "5.0.6"
+            except redis.ConnectionError:
+                return False
+        wait_until(answers, server, 10, "redis-server 5.0.6")
+        worker = WorkerProcess(make_settings(url), "old", tmp_path / "old.log").start(wait=False)
+        # 78 is EX_CONFIG, which the unit's RestartPreventExitStatus keeps from restarting
+        assert worker.process.wait(120) == 78
+    finally:
+        server.terminate()
+    assert ("Redis 5.0.6 is too old: Beagle needs 6.2 or newer (XAUTOCLAIM, which recovers "
+            "a dead worker's requests)") in worker.log_path.read_text()
