@@ -103,9 +103,11 @@ def load(environ=None, **overrides):
     return SimpleNamespace(**values)
 
 
-def as_environ(settings):
-    """The ``BEAGLE_*`` variables that reproduce ``settings`` in a child process."""
-    return {BY_NAME[name].env_var: str(value) for name, value in vars(settings).items()}
+def as_environ(settings, changed_only=False):
+    """The ``BEAGLE_*`` variables that reproduce ``settings`` in a child process (only
+    those that differ from the defaults with ``changed_only``)."""
+    return {BY_NAME[name].env_var: str(value) for name, value in vars(settings).items()
+            if not changed_only or value != BY_NAME[name].default}
 
 
 def body_limit(settings):

@@ -13,28 +13,27 @@ machine running fab and uploads them (provisioning/wheels.py). Other `beagle` se
 (DEFAULTS below) are set the same way. No secret lives in the repository: the Redis
 password is generated on the first deploy and kept in <etc>/beagle.env (mode 600).
 """
-import hashlib
-import io
+import ipaddress
 import json
 import secrets
-import subprocess
 import sys
-import tarfile
-from dataclasses import dataclass
-from pathlib import Path
 
 from fabric import Connection, task
 from invoke import Collection
 from invoke.exceptions import Exit
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-import host  # noqa: E402
-from app import settings as settings_module  # noqa: E402
-from host import Plan, run  # noqa: E402
+from app import queue, settings as settings_module
+from provisioning import host
+from provisioning.bundle import Bundle
+from provisioning.host import Plan
+from provisioning.remote import run
 
-ROOT = Path(__file__).resolve().parent.parent
 ROLES = ("redis", "worker", "web")  # also the order deploy goes in
+# Where Redis may listen for other hosts: RFC 1918, the shared space clouds and overlay
+# networks use (RFC 6598), IPv6 unique-local. (ipaddress's is_private is broader: it
+# counts documentation and reserved ranges too.)
+PRIVATE_NETWORKS = tuple(map(ipaddress.ip_network, (
+    "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "fc00::/7")))
 DEFAULTS = {"beagle": {
     "prefix": "/opt/beagle", "etc": "/etc/beagle", "port": 80, "redis_port": 6380,
     "redis_address": "", "roles": {}, "settings": {}, "systemctl": "systemctl",
@@ -42,31 +41,11 @@ DEFAULTS = {"beagle": {
 }}
 
 
-@dataclass
-class Bundle:
-    """The checkout's files (all but what git ignores) as a tarball, named by a hash of
-    their content, so an unchanged checkout deploys as the same release."""
-    id: str
-    tarball: bytes
-    requirements: bytes
-
-    @classmethod
-    def from_checkout(cls):
-        listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others",
-                                 "--exclude-standard"], cwd=ROOT, capture_output=True,
-                                check=True).stdout.split(b"\0")
-        files = sorted(p.decode() for p in listed if p and (ROOT / p.decode()).is_file())
-        digest, buffer = hashlib.sha256(), io.BytesIO()
-        with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
-            for name in files:
-                data = (ROOT / name).read_bytes()
-                digest.update(name.encode() + b"\0" + data)
-                info = tarfile.TarInfo(name)
-                info.size, info.mode = len(data), 0o755 if (ROOT / name).stat().st_mode & 0o100 \
-                    else 0o644
-                archive.addfile(info, io.BytesIO(data))
-        return cls(digest.hexdigest()[:12], buffer.getvalue(),
-                   (ROOT / "requirements.txt").read_bytes())
+def bundle():
+    try:
+        return Bundle.from_checkout()
+    except ValueError as exc:
+        raise Exit(str(exc)) from None
 
 
 def targets(c):
@@ -91,27 +70,52 @@ def say(c, step, changes):
 
 
 def cluster(c):
-    """(plan, [(connection, roles)], Redis password, Redis address, web settings)."""
+    """(plan, [(connection, roles)], Redis password, Redis address, deployed settings)."""
     plan, hosts = Plan.from_config(c.config), targets(c)
     redis_hosts = [conn for conn, roles in hosts if "redis" in roles]
     if len(redis_hosts) != 1:
         raise Exit(f"exactly one host must have the redis role, not {len(redis_hosts)}")
+    address = redis_address(plan, len(hosts))
     password = host.redis_password(redis_hosts[0], plan) or secrets.token_urlsafe(24)
-    address = plan.redis_address or ("127.0.0.1" if len(hosts) == 1 else redis_hosts[0].host)
-    web_settings = settings_module.load(
-        {}, host="*", port=plan.port, redis_url=f"redis://:{password}@{address}:"
-                                                 f"{plan.redis_port}/0", **plan.settings)
-    return plan, hosts, password, address, web_settings
+    try:
+        deployed = settings_module.load(
+            {}, host="*", port=plan.port, model_repository=f"{plan.prefix}/models",
+            redis_url=queue.redis_url(password, address, plan.redis_port), **plan.settings)
+    except (KeyError, ValueError) as exc:
+        raise Exit(f"beagle.settings: {exc}") from None
+    return plan, hosts, password, address, deployed
+
+
+def redis_address(plan, host_count):
+    """Where Redis listens and the others reach it: loopback on one host; on several,
+    the private address beagle.redis_address names."""
+    if host_count == 1 and not plan.redis_address:
+        return "127.0.0.1"
+    given = plan.redis_address
+    if not given:
+        raise Exit("several hosts: set beagle.redis_address to the private address the "
+                   "others reach the Redis host on (Redis binds it)")
+    try:
+        address = ipaddress.ip_address(given)
+    except ValueError:
+        raise Exit(f"beagle.redis_address {given!r} must be an IP address on a private "
+                   "network") from None
+    if not any(address in network for network in PRIVATE_NETWORKS) and not (
+            address.is_loopback and host_count == 1):
+        raise Exit(f"beagle.redis_address {given} is not a private address the other hosts "
+                   "can reach: Redis must never listen on a public network (use one in "
+                   f"{', '.join(map(str, PRIVATE_NETWORKS))})")
+    return given
 
 
 def _hosts_with(c, role):
-    """(connection, plan, password, address, web settings) for each host with ``role``,
-    its settings file brought up to date first."""
-    plan, hosts, password, address, web_settings = cluster(c)
+    """(connection, plan, password, address, deployed settings) for each host with
+    ``role``, its settings file brought up to date first."""
+    plan, hosts, password, address, deployed = cluster(c)
     for conn, roles in hosts:
         if role in roles:
-            _settings(conn, plan, password, address)
-            yield conn, plan, password, address, web_settings
+            _settings(conn, plan, deployed)
+            yield conn, plan, password, address, deployed
 
 
 @task
@@ -120,20 +124,20 @@ def deploy(c):
 
     Packages, code and venv, settings, Redis, CUDA, workers, Apache. Running it again
     changes nothing."""
-    plan, hosts, password, address, web_settings = cluster(c)
-    bundle = Bundle.from_checkout()
+    plan, hosts, password, address, deployed = cluster(c)
+    release = bundle()
     for conn, roles in hosts:
-        _packages(conn, roles)
+        _packages(conn, plan, roles)
         gpus = host.has_gpu(conn) if "worker" in roles else 0
-        moved = _code(conn, plan, bundle, gpus)
-        _settings(conn, plan, password, address)
+        moved = _code(conn, plan, release, gpus)
+        _settings(conn, plan, deployed)
         if "redis" in roles:
             _redis(conn, plan, password, address)
         if "worker" in roles:
             _cuda(conn, plan, gpus)
             _workers(conn, plan, gpus, restart=moved)
         if "web" in roles:
-            _apache(conn, plan, web_settings, reload_code=moved)
+            _apache(conn, plan, deployed, reload_code=moved)
         say(conn, "releases", host.prune(conn, plan))
     _smoke(hosts, plan)
 
@@ -141,8 +145,9 @@ def deploy(c):
 @task
 def packages(c):
     """Install the Debian packages the host's roles need."""
+    plan = Plan.from_config(c.config)
     for conn, roles in targets(c):
-        _packages(conn, roles)
+        _packages(conn, plan, roles)
 
 
 @task
@@ -150,23 +155,23 @@ def code(c):
     """Ship the checkout as a new release and switch to it (rolling worker restart).
 
     The web code is reloaded and the workers are restarted one at a time."""
-    plan, bundle = Plan.from_config(c.config), Bundle.from_checkout()
+    plan, release = Plan.from_config(c.config), bundle()
     for conn, roles in targets(c):
         gpus = host.has_gpu(conn) if "worker" in roles else 0
-        moved = _code(conn, plan, bundle, gpus)
+        moved = _code(conn, plan, release, gpus)
         if moved and "worker" in roles:
             _workers(conn, plan, gpus, restart=True)
         if moved and "web" in roles:
-            say(conn, "apache", [_reload_web_code(conn, plan)])
+            say(conn, "apache", [host.reload_web_code(conn, plan)])
 
 
 @task
 def venv(c):
     """Build the virtualenv for the checkout's requirements (shared by releases)."""
-    plan, bundle = Plan.from_config(c.config), Bundle.from_checkout()
+    plan, release = Plan.from_config(c.config), bundle()
     for conn, roles in targets(c):
         gpus = host.has_gpu(conn) if "worker" in roles else 0
-        say(conn, "venv", host.virtualenv(conn, plan, bundle.requirements, gpus)[1])
+        say(conn, "venv", host.virtualenv(conn, plan, release.requirements, gpus)[1])
 
 
 @task
@@ -186,13 +191,13 @@ def workers(c, restart=False):
 @task
 def apache(c):
     """The Apache virtual host, modules and environment; reloaded gracefully on change."""
-    for conn, plan, _, _, web_settings in _hosts_with(c, "web"):
-        _apache(conn, plan, web_settings, reload_code=False)
+    for conn, plan, _, _, deployed in _hosts_with(c, "web"):
+        _apache(conn, plan, deployed, reload_code=False)
 
 
 @task
 def cuda(c):
-    """Register the CUDA libraries with the dynamic linker and check TensorFlow sees a GPU."""
+    """Register the CUDA libraries with the dynamic linker and check the runtimes see a GPU."""
     plan = Plan.from_config(c.config)
     for conn, roles in targets(c):
         if "worker" in roles:
@@ -207,11 +212,11 @@ def rollback(c):
     for conn, roles in hosts:
         path = host.previous_release(conn, plan)
         host.switch(conn, plan, path)
-        say(conn, "current", [f"back to {Path(path).name}"])
+        say(conn, "current", [f"back to {path.rsplit('/', 1)[-1]}"])
         if "worker" in roles:
             _workers(conn, plan, host.has_gpu(conn), restart=True)
         if "web" in roles:
-            say(conn, "apache", [_reload_web_code(conn, plan)])
+            say(conn, "apache", [host.reload_web_code(conn, plan)])
     _smoke(hosts, plan)
 
 
@@ -257,38 +262,39 @@ def flush_queue(c, everything=False):
     """Answer every queued request with a 503 and remove it (Beagle's keys only)."""
     plan = Plan.from_config(c.config)
     conn = next(conn for conn, roles in targets(c) if "redis" in roles or "web" in roles)
-    run(conn, f"set -a && . {plan.env_file} && set +a && {plan.current}/venv/bin/python "
-              f"{plan.current}/scripts/flush_queue.py" + (" --all" if everything else ""),
-        hide=False)
+    run(conn, plan.with_env(f"{plan.current}/venv/bin/python {plan.current}/scripts/"
+                            f"flush_queue.py" + (" --all" if everything else "")), hide=False)
 
 
 @task
 def stress(c, requests=500, concurrency=0):
-    """The stress test, run on a web host against its own Apache."""
+    """The stress test, run on a web host against its own Apache (with the first API key
+    from the env file there when keys are on)."""
     plan = Plan.from_config(c.config)
     for conn, roles in targets(c):
         if "web" in roles:
             mode = f"--concurrency {int(concurrency)}" if concurrency else ""
-            run(conn, f"{plan.current}/venv/bin/python {plan.current}/stress/stress_test.py "
-                      f"--url http://127.0.0.1:{plan.port}/predict --requests {int(requests)} "
-                      f"{mode}", hide=False)
+            run(conn, plan.with_env(
+                f"{plan.current}/venv/bin/python {plan.current}/stress/stress_test.py "
+                f"--url http://127.0.0.1:{plan.port}/predict --requests {int(requests)} "
+                f"{mode}"), hide=False)
 
 
-def _packages(conn, roles):
-    say(conn, "packages", host.packages(conn, roles))
+def _packages(conn, plan, roles):
+    say(conn, "packages", host.packages(conn, plan, roles))
 
 
-def _code(conn, plan, bundle, gpus):
+def _code(conn, plan, release, gpus):
     """Release, venv and switch; True if current moved to a new release."""
-    path, changes = host.release(conn, plan, bundle, gpus)
+    path, changes = host.release(conn, plan, release, gpus)
     say(conn, "code", changes)
     moved = host.switch(conn, plan, path)
-    say(conn, "current", [f"now {bundle.id}"] if moved else [])
+    say(conn, "current", [f"now {release.id}"] if moved else [])
     return moved
 
 
-def _settings(conn, plan, password, address):
-    say(conn, "settings", host.env_file(conn, plan, password, address))
+def _settings(conn, plan, deployed):
+    say(conn, "settings", host.env_file(conn, plan, deployed))
 
 
 def _redis(conn, plan, password, address):
@@ -299,8 +305,8 @@ def _workers(conn, plan, gpus, restart):
     say(conn, "workers", host.service_user(conn) + host.workers(conn, plan, gpus, restart))
 
 
-def _apache(conn, plan, web_settings, reload_code):
-    say(conn, "apache", host.apache(conn, plan, web_settings, reload_code))
+def _apache(conn, plan, deployed, reload_code):
+    say(conn, "apache", host.apache(conn, plan, deployed, reload_code))
 
 
 def _cuda(conn, plan, gpus):
@@ -308,27 +314,10 @@ def _cuda(conn, plan, gpus):
         say(conn, "cuda", ["skipped: no NVIDIA GPU on this host (nvidia-smi lists none); "
                            "the workers run on the CPU"])
         return
-    libraries = run(conn, f"ls -d {plan.current}/venv/lib/python3*/site-packages/nvidia/*/lib",
-                    warn=True).stdout.split()
-    changed = host.put_if_changed(conn, "/etc/ld.so.conf.d/beagle-cuda.conf",
-                                  "\n".join(libraries) + "\n")
-    if changed:
-        run(conn, "ldconfig")
-    check = run(conn, f"{plan.current}/venv/bin/python -c \"import sys, tensorflow as tf; "
-                      f"sys.exit(0 if tf.config.list_physical_devices('GPU') else 1)\"",
-                warn=True)
-    if not check.ok:
-        raise Exit(f"{conn.host}: TensorFlow in {plan.current}/venv lists no GPU although "
-                   f"nvidia-smi shows {gpus}: check the NVIDIA driver and "
-                   f"/etc/ld.so.conf.d/beagle-cuda.conf\n{check.stderr[-1500:]}")
-    say(conn, "cuda", [f"registered {len(libraries)} CUDA library folders"] * changed
-        + [f"TensorFlow sees {gpus} GPUs"])
-
-
-def _reload_web_code(conn, plan):
-    # Restarts only the mod_wsgi daemon: Apache keeps its socket, no request fails.
-    run(conn, f"touch {plan.current}/wsgi/beagle.wsgi")
-    return "web code reloaded"
+    changes, problem = host.cuda(conn, plan, gpus)
+    say(conn, "cuda", changes)
+    if problem:
+        raise Exit(f"{conn.host}: {problem}")
 
 
 def _smoke(hosts, plan):

@@ -4,24 +4,29 @@ A host has roles: redis (Beagle's Redis), worker (the model-server workers) and 
 (Apache + mod_wsgi). Releases live in <prefix>/releases/<content hash> with <prefix>/current
 pointing at one; virtualenvs in <prefix>/venvs/<requirements hash>, shared by releases;
 models in <prefix>/models, shared too; settings in <etc>/beagle.env (mode 600).
+Every command runs as root (provisioning/remote.py), whether the login user is root or
+a sudoer.
 """
 import hashlib
 import io
 import json
+import re
 import shlex
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from invoke.exceptions import Exit
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from app import config_files, settings as settings_module  # noqa: E402
+from app import config_files, queue, settings as settings_module
+from provisioning import envfile, wheels
+from provisioning.remote import exists, private_dir, put_if_changed, read, run, upload
 
 PACKAGES = {"base": ["python3-venv", "curl"], "web": ["apache2", "libapache2-mod-wsgi-py3"],
             "redis": ["redis-server"], "worker": []}
 APACHE_MODULES = ("wsgi", "headers", "alias", "mime")
 SAMPLE = "stress/images/digit_7.png"
+DEBIAN_REDIS = "redis-server"  # Debian's own unit: port 6379, no password
+CUDA_LIBRARIES = ("libcudnn", "libcublas")
 
 
 @dataclass
@@ -61,32 +66,18 @@ class Plan:
     def redis_dir(self):
         return "/var/lib/beagle-redis"
 
+    @property
+    def debian_redis_note(self):
+        """Says whether Debian's redis-server ran before Beagle's first deploy."""
+        return f"{self.etc}/debian-redis-server"
 
-def run(c, command, **kwargs):
-    """Run as root: directly when connected as root, else through sudo."""
-    kwargs.setdefault("hide", True)
-    return (c.run if c.user == "root" else c.sudo)(command, **kwargs)
-
-
-def exists(c, path):
-    return run(c, f"test -e {shlex.quote(path)}", warn=True).ok
-
-
-def put_if_changed(c, path, content, mode="644", owner="root:root"):
-    """Install ``content`` at ``path`` unless it is there already; True if it changed."""
-    data = content.encode() if isinstance(content, str) else content
-    current = run(c, f"sha256sum {shlex.quote(path)} 2>/dev/null", warn=True).stdout.split()
-    if current and current[0] == hashlib.sha256(data).hexdigest():
-        return False
-    staging = f"/tmp/beagle-upload-{hashlib.sha256(path.encode()).hexdigest()[:12]}"
-    c.put(io.BytesIO(data), remote=staging)
-    user, group = owner.split(":")
-    run(c, f"install -D -m {mode} -o {user} -g {group} {staging} {shlex.quote(path)} "
-           f"&& rm -f {staging}")
-    return True
+    def with_env(self, command):
+        """``command`` run with the env file's variables (it holds no shell syntax)."""
+        return f"set -a && . {self.env_file} && set +a && {command}"
 
 
-def packages(c, roles):
+def packages(c, plan, roles):
+    changes = _note_debian_redis(c, plan) if "redis" in roles else []
     wanted = [p for role in ("base", *sorted(roles)) for p in PACKAGES[role]]
     missing = [p for p in wanted if not run(
         c, f"dpkg-query -W -f='${{Status}}' {p} 2>/dev/null | grep -q 'install ok installed'",
@@ -94,8 +85,21 @@ def packages(c, roles):
     if missing:
         run(c, "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "
                f"--no-install-recommends {' '.join(missing)}")
-        return [f"installed {', '.join(missing)}"]
-    return []
+        changes.append(f"installed {', '.join(missing)}")
+    return changes
+
+
+def _note_debian_redis(c, plan):
+    """Before the first deploy installs redis-server (whose package starts Debian's own
+    Redis on 6379 with no password), note whether that one was running: only then is it
+    left running."""
+    if exists(c, plan.debian_redis_note):
+        return []
+    running = _is(c, plan, "active", DEBIAN_REDIS)
+    run(c, f"install -d -m 755 {plan.etc} && echo {'keep' if running else 'stop'} "
+           f"> {plan.debian_redis_note}")
+    return ["Debian's redis-server was running before Beagle's first deploy: left running"
+            ] if running else []
 
 
 def service_user(c):
@@ -116,10 +120,10 @@ def release(c, plan, bundle, gpus):
     if exists(c, path):
         return path, []
     partial = f"{path}.partial"
-    archive = f"/tmp/beagle-release-{bundle.id}.tar.gz"
-    c.put(io.BytesIO(bundle.tarball), remote=archive)
-    run(c, f"rm -rf {partial} && mkdir -p {partial} && tar -xzf {archive} -C {partial} "
-           f"&& rm -f {archive} && chmod -R go-w,a+rX {partial}")
+    with private_dir(c) as private:
+        c.put(io.BytesIO(bundle.tarball), remote=f"{private}/release.tar.gz")
+        run(c, f"rm -rf {partial} && mkdir -p {partial} && tar -xzf {private}/release.tar.gz "
+               f"--no-same-owner -C {partial} && chmod -R go-w,a+rX {partial}")
     changes = [f"release {bundle.id} unpacked"]
     venv, made = virtualenv(c, plan, bundle.requirements, gpus)
     changes += made
@@ -130,14 +134,21 @@ def release(c, plan, bundle, gpus):
     return path, changes
 
 
+def gpu_requirements(requirements):
+    """The same pins for a GPU host: TensorFlow with its CUDA libraries from PyPI, and
+    ONNX Runtime's CUDA build in place of its CPU one."""
+    text = requirements.decode()
+    tensorflow = re.search(r"^tensorflow==(\S+)", text, re.M).group(1)
+    text = re.sub(r"^onnxruntime==", "onnxruntime-gpu==", text, flags=re.M)
+    return (text + f"\ntensorflow[and-cuda]=={tensorflow}\n").encode()
+
+
 def virtualenv(c, plan, requirements, gpus):
     """A venv made from /usr/bin/python3 for these requirements, shared by releases; its
     packages come from the host's package index, or from the operator's machine when
     beagle.wheels names a folder there (air-gapped hosts)."""
-    if gpus:  # the GPU build of the same TensorFlow, with the CUDA libraries from PyPI
-        version = next(line.split("==")[1].split()[0] for line in requirements.decode()
-                       .splitlines() if line.startswith("tensorflow=="))
-        requirements += f"\ntensorflow[and-cuda]=={version}\n".encode()
+    if gpus:
+        requirements = gpu_requirements(requirements)
     key = hashlib.sha256(requirements).hexdigest()[:12]
     venv = f"{plan.prefix}/venvs/{key}"
     if exists(c, f"{venv}/.beagle-ready"):
@@ -146,7 +157,6 @@ def virtualenv(c, plan, requirements, gpus):
     put_if_changed(c, listing, requirements)
     changes, source = [], ""
     if plan.wheels:
-        import wheels
         wheel_key, here = wheels.collect(plan.wheels, requirements, *wheels.target(c))
         there = f"{plan.prefix}/wheels/{wheel_key}"
         changes.append(f"uploaded {wheels.upload(c, here, there)} wheels")
@@ -159,27 +169,31 @@ def virtualenv(c, plan, requirements, gpus):
 
 def redis_password(c, plan):
     """The password in this host's env file, or None."""
-    text = run(c, f"cat {plan.env_file} 2>/dev/null", warn=True).stdout
-    for line in text.splitlines():
-        if line.startswith("BEAGLE_REDIS_URL=redis://:") and "@" in line:
-            return line.split("redis://:", 1)[1].rsplit("@", 1)[0]
-    return None
+    text = read(c, plan.env_file)
+    url = envfile.parse(text).get(settings_module.BY_NAME["redis_url"].env_var) if text else None
+    return queue.url_password(url) if url else None
 
 
-def env_file(c, plan, password, redis_address):
-    values = {"BEAGLE_REDIS_URL": f"redis://:{password}@{redis_address}:{plan.redis_port}/0",
-              "BEAGLE_MODEL_REPOSITORY": f"{plan.prefix}/models", "BEAGLE_HOST": "*",
-              "BEAGLE_PORT": plan.port,
-              **{f"BEAGLE_{k.upper()}": v for k, v in plan.settings.items()}}
-    text = ("# Beagle's settings for Apache (through a systemd drop-in) and the workers.\n"
-            "# Written by fab deploy; see the README for every setting.\n"
-            + "".join(f"{k}={v}\n" for k, v in values.items()))
+def env_file(c, plan, deployed):
+    """<etc>/beagle.env: the settings ``deployed`` that differ from the defaults."""
+    try:
+        text = envfile.render(settings_module.as_environ(deployed, changed_only=True))
+    except ValueError as exc:
+        raise Exit(f"{c.host}: {exc}") from None
+    run(c, f"install -d -m 755 {plan.etc}")
     changed = put_if_changed(c, plan.env_file, text, mode="600")
-    run(c, f"chmod 755 {plan.etc}")
     return ["settings changed"] if changed else []
 
 
+def redis_server_problem(version_output):
+    """What is wrong with the host's redis-server, from its ``--version``, or None."""
+    return queue.version_problem(re.search(r"v=(\d+\.\d+\.\d+)", version_output).group(1))
+
+
 def redis(c, plan, password, bind):
+    problem = redis_server_problem(run(c, "redis-server --version").stdout)
+    if problem:
+        raise Exit(f"{c.host}: {problem}")
     config = config_files.redis_conf(password, bind=bind, port=plan.redis_port,
                                      dir=plan.redis_dir)
     run(c, f"install -d -o redis -g redis -m 750 {plan.redis_dir}")
@@ -187,7 +201,19 @@ def redis(c, plan, password, bind):
     unit = config_files.render("systemd/beagle-redis.service.j2", etc=plan.etc,
                                redis_dir=plan.redis_dir)
     changed |= put_if_changed(c, "/etc/systemd/system/beagle-redis.service", unit)
-    return _keep_running(c, plan, ["beagle-redis"], changed)
+    return _stop_debian_redis(c, plan) + _keep_running(c, plan, ["beagle-redis"], changed)
+
+
+def _stop_debian_redis(c, plan):
+    if read(c, plan.debian_redis_note).strip() != "stop":
+        return []
+    active, enabled = _is(c, plan, "active", DEBIAN_REDIS), _is(c, plan, "enabled", DEBIAN_REDIS)
+    if not (active or enabled):
+        return []
+    run(c, f"{plan.systemctl} disable -q {DEBIAN_REDIS}" + (
+        f" && {plan.systemctl} stop {DEBIAN_REDIS}" if active else ""))
+    return [f"{'stopped and ' if active else ''}disabled Debian's {DEBIAN_REDIS} (port 6379, "
+            "no password), which its package starts on install"]
 
 
 def workers(c, plan, gpus, release_changed):
@@ -203,10 +229,44 @@ def workers(c, plan, gpus, release_changed):
     for n in range(count):
         pinned = "" if gpus or count == 1 else _cores(n, count, cores)
         changed |= put_if_changed(c, f"{plan.etc}/worker-{n}.env",
-                                  f"BEAGLE_WORKER_CPUS={pinned}\n" if pinned else "")
+                                  envfile.render({"BEAGLE_WORKER_CPUS": pinned}) if pinned
+                                  else "")
     names = [f"beagle-worker@{n}" for n in range(count)]
     return _keep_running(c, plan, names, changed, rolling=True,
                          restart=release_changed)
+
+
+def cuda(c, plan, gpus):
+    """Register the venv's CUDA libraries with the dynamic linker, then check that ONNX
+    Runtime has its CUDA provider and that TensorFlow sees the GPUs: (changes, the problem
+    that must stop the deploy or None)."""
+    venv = f"{plan.current}/venv"
+    # The venv's own path, not current's: a new venv changes this file and reruns ldconfig.
+    folders = run(c, f"readlink -f {venv}/lib/python3*/site-packages/nvidia/*/lib",
+                  warn=True).stdout.split()
+    changed = put_if_changed(c, "/etc/ld.so.conf.d/beagle-cuda.conf", "\n".join(folders) + "\n")
+    if changed:
+        run(c, "ldconfig")
+    changes = [f"registered {len(folders)} CUDA library folders"] * changed
+    linked = run(c, "ldconfig -p").stdout
+    missing = [name for name in CUDA_LIBRARIES if f"{name}." not in linked]
+    if missing:
+        return changes, (f"the dynamic linker lists no {', '.join(missing)} from {venv}: "
+                         "check /etc/ld.so.conf.d/beagle-cuda.conf")
+    providers = run(c, f"{venv}/bin/python -c \"import onnxruntime as ort; "
+                       f"print(' '.join(ort.get_available_providers()))\"").stdout.split()
+    changes.append("ONNX Runtime has CUDAExecutionProvider" if "CUDAExecutionProvider"
+                   in providers else f"ONNX models run on the CPU: ONNX Runtime in {venv} has "
+                                     f"no CUDAExecutionProvider ({', '.join(providers)})")
+    # Log level 1: TensorFlow's warnings ("Cannot dlopen some GPU libraries") without its INFO.
+    check = run(c, f"TF_CPP_MIN_LOG_LEVEL=1 {venv}/bin/python -c \"import sys, tensorflow "
+                   f"as tf; sys.exit(0 if tf.config.list_physical_devices('GPU') else 1)\"",
+                warn=True)
+    if not check.ok:
+        return changes, (f"TensorFlow in {venv} lists no GPU although nvidia-smi shows {gpus}: "
+                         "check the NVIDIA driver and /etc/ld.so.conf.d/beagle-cuda.conf\n"
+                         + check.stderr[-1500:])
+    return changes + [f"TensorFlow sees {gpus} GPUs"], None
 
 
 def apache(c, plan, settings, release_changed):
@@ -234,7 +294,7 @@ def apache(c, plan, settings, release_changed):
         changes.append("Apache's environment changed")
     if config:
         changes.append("Apache configuration changed")
-    active = run(c, f"{plan.systemctl} is-active apache2", warn=True).stdout.strip() == "active"
+    active = _is(c, plan, "active", "apache2")
     if environment or not active:  # a new environment needs a new parent process
         run(c, f"{plan.systemctl} daemon-reload; {plan.systemctl} enable apache2 -q; "
                f"{plan.systemctl} restart apache2")
@@ -243,11 +303,15 @@ def apache(c, plan, settings, release_changed):
         run(c, f"{plan.systemctl} reload apache2")  # graceful
         changes.append("Apache reloaded gracefully")
     elif release_changed:
-        # New code only: restart just the mod_wsgi daemon; Apache keeps its socket open, so
-        # not a request fails (an Apache graceful restart would drop a few).
-        run(c, f"touch {plan.current}/wsgi/beagle.wsgi")
-        changes.append("web code reloaded")
+        changes.append(reload_web_code(c, plan))
     return changes
+
+
+def reload_web_code(c, plan):
+    # New code only: restart just the mod_wsgi daemon; Apache keeps its socket open, so
+    # not a request fails (an Apache graceful restart would drop a few).
+    run(c, f"touch {plan.current}/wsgi/beagle.wsgi")
+    return "web code reloaded"
 
 
 def switch(c, plan, path):
@@ -280,15 +344,25 @@ def prune(c, plan):
 
 
 def smoke(c, plan, attempts=30):
-    """A request through Apache on the host itself; the answer's top label."""
-    command = (f"curl -fsS --max-time 20 -F image=@{plan.current}/{SAMPLE} "
-               f"http://127.0.0.1:{plan.port}/predict")
+    """A request through Apache on the host itself, with the first API key when keys are
+    on (read there from the env file and handed to curl on its stdin, never on a command
+    line); the answer's top label."""
+    key = settings_module.BY_NAME["api_keys"].env_var
+    command = plan.with_env(
+        f"{{ [ -z \"${key}\" ] || printf 'Authorization: Bearer %s\\n' \"${{{key}%%,*}}\"; }} | "
+        f"curl -fsS --max-time 20 -H @- -F image=@{plan.current}/{SAMPLE} "
+        f"http://127.0.0.1:{plan.port}/predict")
     for _ in range(attempts):
         result = run(c, command, warn=True)
         if result.ok:
             return json.loads(result.stdout)["predictions"][0]["label"]
         run(c, "sleep 1")
     raise Exit(f"{c.host}: the smoke request failed: {result.stderr.strip() or result.stdout}")
+
+
+def _is(c, plan, state, unit):
+    """Whether ``unit`` is ``state`` ("active", "enabled") on the host."""
+    return run(c, f"{plan.systemctl} is-{state} {unit}", warn=True).stdout.strip() == state
 
 
 def _keep_running(c, plan, units, changed, rolling=False, restart=False):
@@ -300,10 +374,10 @@ def _keep_running(c, plan, units, changed, rolling=False, restart=False):
     changed = changed or restart
     run(c, f"{systemctl} daemon-reload")
     for unit in units:
-        if run(c, f"{systemctl} is-enabled {unit}", warn=True).stdout.strip() != "enabled":
+        if not _is(c, plan, "enabled", unit):
             run(c, f"{systemctl} enable -q {unit}")
             changes.append(f"enabled {unit}")
-        active = run(c, f"{systemctl} is-active {unit}", warn=True).stdout.strip() == "active"
+        active = _is(c, plan, "active", unit)
         if not active or changed:
             since = run(c, "date +%s.%N").stdout.strip()
             run(c, f"{systemctl} restart {unit}")
@@ -314,9 +388,8 @@ def _keep_running(c, plan, units, changed, rolling=False, restart=False):
 
 
 def _wait_live(c, plan, instance, since):
-    run(c, f"set -a && . {plan.env_file} && set +a && {plan.current}/venv/bin/python "
-           f"{plan.current}/scripts/wait_worker.py --name \"$(hostname)-{instance}\" "
-           f"--since {since} --timeout 300")
+    run(c, plan.with_env(f"{plan.current}/venv/bin/python {plan.current}/scripts/wait_worker.py "
+                         f"--name \"$(hostname)-{instance}\" --since {since} --timeout 300"))
 
 
 def _cores(n, count, cores):

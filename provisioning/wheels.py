@@ -3,14 +3,15 @@
 With `beagle.wheels: <folder>` in the Fabric config, deploy asks each host for its
 Python, CPU and glibc, downloads matching wheels for requirements.txt into
 <folder>/<key>/ on the operator's machine (once; the key names requirements and target),
-uploads those the host lacks to <prefix>/wheels/<key>/, and installs with pip --no-index.
+uploads those the host lacks to <prefix>/wheels/<key>/ (through a private directory, as
+provisioning/remote.py does every file), and installs with pip --no-index.
 """
 import hashlib
 import subprocess
 import sys
 from pathlib import Path
 
-from host import run
+from provisioning.remote import install, run
 
 MANYLINUX_LEGACY = {17: "manylinux2014", 12: "manylinux2010", 5: "manylinux1"}
 
@@ -53,10 +54,8 @@ def collect(folder, requirements, python, machine, glibc_minor):
 
 def upload(c, here, there):
     """Copy the wheels the host does not have yet; how many were copied."""
-    run(c, f"mkdir -p {there}")
+    run(c, f"install -d -m 755 {there}")
     present = set(run(c, f"ls -1 {there}").stdout.split())
     missing = [p for p in sorted(here.glob("*.whl")) if p.name not in present]
-    for wheel in missing:
-        c.put(str(wheel), remote=f"/tmp/{wheel.name}")
-        run(c, f"mv /tmp/{wheel.name} {there}/")
+    install(c, [(wheel, f"{there}/{wheel.name}") for wheel in missing])
     return len(missing)

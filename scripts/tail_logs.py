@@ -20,6 +20,7 @@ from app import settings as settings_module  # noqa: E402
 
 PRODUCTION = Path("/var/log/apache2")
 SUPERVISOR_LOGS = Path("/var/log/journal")
+JOURNALD = Path("/run/systemd/journal/socket")
 WORKER_UNIT = "beagle-worker@*"
 
 
@@ -36,7 +37,7 @@ def sources(args):
         files += sorted(SUPERVISOR_LOGS.glob("beagle-worker*.log"))
     tail = ["tail", "-n", str(args.lines)] + (["-F"] if args.follow else [])
     commands = [(path.stem, tail + [str(path)]) for path in files if path.exists()]
-    if not args.file and Path("/run/systemd/system").is_dir():  # systemd runs this host
+    if not args.file and JOURNALD.exists():  # journald keeps this host's service logs
         commands.append(("worker", ["journalctl", "--no-pager", "-o", "short-iso", "-u",
                                     WORKER_UNIT, "-n", str(args.lines)]
                          + (["-f"] if args.follow else [])))

@@ -7,6 +7,7 @@ redis-server never see each other's keys.
 import base64
 import secrets
 import shutil
+import subprocess
 import tempfile
 from pathlib import Path
 
@@ -37,6 +38,14 @@ def public_tempdir(prefix):
     path = Path(tempfile.mkdtemp(prefix=prefix))
     path.chmod(0o755)
     return path
+
+
+@pytest.fixture(scope="session")
+def client_key(tmp_path_factory):
+    """An SSH key pair for the deploy tests' operator."""
+    key = tmp_path_factory.mktemp("ssh") / "client_key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    return key
 
 
 @pytest.fixture(scope="session")

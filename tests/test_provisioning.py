@@ -1,75 +1,20 @@
-"""`fab deploy` over real SSH to test hosts on this machine: an sshd on a loopback port,
-and two hosts in network namespaces. PID 1 here is not systemd, so the test hosts run the
-real unit files under docker-systemctl-replacement (Fabric config beagle.systemctl);
+"""`fab deploy` over real SSH, as root, to this machine (an sshd on a loopback port) and
+to two hosts in network namespaces. PID 1 here is not systemd, so these test hosts run
+the real unit files under docker-systemctl-replacement (Fabric config beagle.systemctl);
 production uses systemd itself. Everything is deployed under a prefix of its own and
-removed afterwards."""
+removed afterwards. tests/test_bare_host.py deploys as a sudoer to a bare Debian host."""
 import re
 import secrets
 import shutil
-import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
 from app.devstack import free_port
-from app.settings import PROJECT_ROOT
-
-BIN = Path(sys.executable).parent
-SYSTEMCTL = BIN / "systemctl3"
-STEPS = ("packages", "code", "current", "settings", "redis", "workers", "apache", "releases")
-WHEELHOUSE = "/var/cache/beagle-test-wheels"  # downloaded once, kept between runs
-
-
-class SSHHost:
-    """sshd with its own host key, on ``address``:``port``, in network namespace ``netns``."""
-
-    def __init__(self, work, address="127.0.0.1", port=None, netns=None):
-        self.work, self.address, self.netns = Path(work), address, netns
-        self.port = port or free_port()
-        self.process = None
-
-    def start(self, client_key):
-        self.work.mkdir(parents=True, exist_ok=True)
-        key = self.work / "host_key"
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
-        authorized = self.work / "authorized_keys"
-        authorized.write_text(Path(f"{client_key}.pub").read_text())
-        config = self.work / "sshd_config"
-        config.write_text(
-            f"Port {self.port}\nListenAddress {self.address}\nHostKey {key}\n"
-            f"AuthorizedKeysFile {authorized}\nPermitRootLogin prohibit-password\n"
-            f"PasswordAuthentication no\nUsePAM no\nStrictModes no\n"
-            f"PidFile {self.work}/sshd.pid\nSubsystem sftp internal-sftp\n")
-        Path("/run/sshd").mkdir(exist_ok=True)
-        prefix = ["ip", "netns", "exec", self.netns] if self.netns else []
-        self.process = subprocess.Popen(prefix + ["/usr/sbin/sshd", "-D", "-e", "-f", str(config)],
-                                        stderr=open(self.work / "sshd.log", "wb"))
-        for _ in range(100):
-            with socket.socket() as probe:
-                probe.settimeout(0.2)
-                if probe.connect_ex((self.address, self.port)) == 0:
-                    return self
-            time.sleep(0.1)
-        raise RuntimeError(f"sshd on {self.address}:{self.port} did not start")
-
-    @property
-    def target(self):
-        return f"root@{self.address}:{self.port}"
-
-    def stop(self):
-        if self.process:
-            self.process.terminate()
-            self.process.wait(10)
-
-
-@pytest.fixture(scope="module")
-def client_key(tmp_path_factory):
-    key = tmp_path_factory.mktemp("ssh") / "client_key"
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
-    return key
+from deploying import STEPS, SYSTEMCTL, WHEELHOUSE, SSHHost, checkout, fab, step_lines, \
+    write_config
 
 
 @pytest.fixture
@@ -83,9 +28,13 @@ def deployment():
 
 @pytest.fixture
 def services(deployment):
-    """Stops and removes what a deploy installed on this machine, after the test."""
-    yield
+    """Stops and removes what a deploy installed on this machine, after the test, and
+    puts back Debian's redis-server unit as it was (the deploy disables it)."""
     run = lambda *command: subprocess.run(command, capture_output=True)  # noqa: E731
+    debian_redis = run(str(SYSTEMCTL), "is-enabled", "redis-server").stdout.strip()
+    yield
+    if debian_redis == b"enabled":
+        run(str(SYSTEMCTL), "enable", "redis-server")
     wants = Path("/etc/systemd/system/multi-user.target.wants")
     for unit in ["apache2", "beagle-redis", *(p.stem for p in wants.glob("beagle-worker@*"))]:
         run(str(SYSTEMCTL), "stop", unit)
@@ -99,32 +48,6 @@ def services(deployment):
         run("a2ensite", "-q", "000-default")
     shutil.rmtree("/var/lib/beagle-redis", ignore_errors=True)
     shutil.rmtree(f"{deployment['etc']}", ignore_errors=True)
-
-
-def checkout(tmp_path):
-    """A copy of this checkout to deploy from (and to change)."""
-    copy = tmp_path / "checkout"
-    shutil.copytree(PROJECT_ROOT, copy, ignore=shutil.ignore_patterns(
-        "__pycache__", ".pytest_cache", ".hypothesis", "reports"))
-    return copy
-
-
-def write_config(path, deployment, port, redis_port, extra=""):
-    path.write_text(f"beagle:\n  prefix: {deployment['prefix']}\n  etc: {deployment['etc']}\n"
-                    f"  port: {port}\n  redis_port: {redis_port}\n  systemctl: {SYSTEMCTL}\n"
-                    + extra)
-    return path
-
-
-def fab(source, config, *args, timeout=900):
-    done = subprocess.run([str(BIN / "fab"), "-f", str(config), *map(str, args)], cwd=source,
-                          capture_output=True, text=True, timeout=timeout)
-    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
-    return done.stdout
-
-
-def step_lines(output):
-    return {m.group(1): m.group(2) for m in re.finditer(r"^\S+: (\w+): (.*)$", output, re.M)}
 
 
 def test_deploy_stress_redeploy_rollback_over_ssh(tmp_path, client_key, deployment, services):

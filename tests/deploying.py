@@ -1,0 +1,85 @@
+"""What the deploy tests share: a loopback sshd test host, a copy of the checkout to
+deploy from, Fabric run as an operator runs it, and the step lines it prints."""
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from app.devstack import free_port
+from app.settings import PROJECT_ROOT
+
+BIN = Path(sys.executable).parent
+SYSTEMCTL = BIN / "systemctl3"
+STEPS = ("packages", "code", "current", "settings", "redis", "workers", "apache", "releases")
+WHEELHOUSE = "/var/cache/beagle-test-wheels"  # downloaded once, kept between runs
+
+
+class SSHHost:
+    """sshd with its own host key, on ``address``:``port``, in network namespace ``netns``."""
+
+    def __init__(self, work, address="127.0.0.1", port=None, netns=None):
+        self.work, self.address, self.netns = Path(work), address, netns
+        self.port = port or free_port()
+        self.process = None
+
+    def start(self, client_key):
+        self.work.mkdir(parents=True, exist_ok=True)
+        key = self.work / "host_key"
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+        authorized = self.work / "authorized_keys"
+        authorized.write_text(Path(f"{client_key}.pub").read_text())
+        config = self.work / "sshd_config"
+        config.write_text(
+            f"Port {self.port}\nListenAddress {self.address}\nHostKey {key}\n"
+            f"AuthorizedKeysFile {authorized}\nPermitRootLogin prohibit-password\n"
+            f"PasswordAuthentication no\nUsePAM no\nStrictModes no\n"
+            f"PidFile {self.work}/sshd.pid\nSubsystem sftp internal-sftp\n")
+        Path("/run/sshd").mkdir(exist_ok=True)
+        prefix = ["ip", "netns", "exec", self.netns] if self.netns else []
+        self.process = subprocess.Popen(prefix + ["/usr/sbin/sshd", "-D", "-e", "-f", str(config)],
+                                        stderr=open(self.work / "sshd.log", "wb"))
+        for _ in range(100):
+            with socket.socket() as probe:
+                probe.settimeout(0.2)
+                if probe.connect_ex((self.address, self.port)) == 0:
+                    return self
+            time.sleep(0.1)
+        raise RuntimeError(f"sshd on {self.address}:{self.port} did not start")
+
+    @property
+    def target(self):
+        return f"root@{self.address}:{self.port}"
+
+    def stop(self):
+        if self.process:
+            self.process.terminate()
+            self.process.wait(10)
+
+
+def checkout(tmp_path):
+    """A copy of this checkout to deploy from (and to change)."""
+    copy = tmp_path / "checkout"
+    shutil.copytree(PROJECT_ROOT, copy, ignore=shutil.ignore_patterns(
+        "__pycache__", ".pytest_cache", ".hypothesis", "reports"))
+    return copy
+
+
+def write_config(path, deployment, port, redis_port, extra=""):
+    path.write_text(f"beagle:\n  prefix: {deployment['prefix']}\n  etc: {deployment['etc']}\n"
+                    f"  port: {port}\n  redis_port: {redis_port}\n  systemctl: {SYSTEMCTL}\n"
+                    + extra)
+    return path
+
+
+def fab(source, config, *args, timeout=900):
+    done = subprocess.run([str(BIN / "fab"), "-f", str(config), *map(str, args)], cwd=source,
+                          capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    return done.stdout
+
+
+def step_lines(output):
+    return {m.group(1): m.group(2) for m in re.finditer(r"^\S+: (\w+): (.*)$", output, re.M)}
