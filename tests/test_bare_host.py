@@ -8,7 +8,7 @@ import threading
 import time
 
 import pytest
-from fabric import Connection
+from fabric import Config, Connection
 from invoke.exceptions import UnexpectedExit
 
 from bare_host import BareHost
@@ -88,7 +88,8 @@ def test_a_sudoer_deploys_a_bare_host_with_api_keys(tmp_path, bare_host, client_
     assert (env.st_mode & 0o777, env.st_uid) == (0o600, 0)
 
     c = Connection("127.0.0.1", user="admin", port=bare_host.port,
-                   connect_kwargs={"key_filename": [str(client_key)]})
+                   connect_kwargs={"key_filename": [str(client_key)]},
+                   config=Config(overrides={"run": {"in_stream": False}}))  # pytest owns stdin
     assert "Permission denied" in c.run("cat /etc/beagle/beagle.env", warn=True,
                                         hide=True).stderr
     # Every part of a compound command runs under sudo.
