@@ -17,7 +17,7 @@ def prometheus():
     address = ipaddress.ip_address(request.remote_addr)
     if not any(address in network for network in beagle().admin_networks):
         abort(403, f"/metrics is open to admin_networks only, not to {request.remote_addr}")
-    return Response(metrics.render(beagle().redis, beagle().keys, beagle().directory),
+    return Response(metrics.render(beagle().queue, beagle().directory),
                     mimetype=CONTENT_TYPE_LATEST)
 
 
@@ -27,7 +27,7 @@ def status():
     resources = beagle()
     models = [{"name": info.name, "versions": sorted(info.versions), "latest": info.latest,
                "live_workers": info.live_workers,
-               "queue_depth": resources.redis.xlen(resources.keys.stream(info.name))}
+               "queue_depth": resources.queue.backlog(info.name)}
               for info in resources.directory.models()]
     workers = [{key: worker.get(key) for key in ("id", "models", "batches", "requests")}
                for worker in resources.directory.workers()]

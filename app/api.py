@@ -1,18 +1,19 @@
 """The HTTP API: POST /predict, GET /healthz, GET /readyz (the contract in DESIGN.md)."""
-import base64
-import binascii
 import hmac
 import re
 
 from flask import Blueprint, abort, g, jsonify, request
 
-from app.inference import beagle, classify, pixels_of, resolve, settings
+from app.bodies import int_param, json_body
+from app.imaging import BadImage, decode_base64
+from app.inference import beagle, classify, in_flight_slot, pixels_of, resolve, settings
 
 bp = Blueprint("api", __name__)
 
 RAW_TYPES = ("application/octet-stream", "")
 PROTECTED_PATHS = ("/predict", "/v1/")
 MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+MAX_VERSION = 2**63 - 1  # TF Serving's versions are int64
 
 
 @bp.before_app_request
@@ -36,10 +37,11 @@ def predict():
     model = params.get("model") or settings().default_model
     if not isinstance(model, str) or not MODEL_NAME.fullmatch(model):
         abort(400, "model must be a name of letters, digits, '.', '_' or '-'")
-    version = int_param(params, "version", 1, None)
+    version = int_param(params, "version", 1, MAX_VERSION)
     top_k = int_param(params, "top_k", 1, 1000) or settings().top_k
     info, version, shape = resolve(model, version)
-    (answer,) = classify(model, info, version, shape, [pixels_of(data, shape)], top_k)
+    with in_flight_slot():  # admitted before the work of decoding
+        (answer,) = classify(model, info, version, shape, [pixels_of(data, shape)], top_k)
     return jsonify(success=True, predictions=answer["predictions"],
                    model={"name": answer["model"], "version": answer["version"]},
                    request_id=g.request_id)
@@ -52,11 +54,13 @@ def healthz():
 
 @bp.get("/readyz")
 def readyz():
-    """Ready when Redis answers and every announced model has a live worker."""
+    """Ready when Redis answers and some model has a live worker. A model whose workers
+    all stopped is reported (live_workers 0), but does not make the host unready: a load
+    balancer following /readyz would pull every web host at once for it."""
     models = beagle().directory.models()
     report = {m.name: {"versions": sorted(m.versions), "live_workers": m.live_workers}
               for m in models}
-    ready = bool(models) and all(m.live_workers for m in models)
+    ready = any(m.live_workers for m in models)
     response = jsonify(ready=ready, redis="ok", models=report)
     if not ready:
         response.status_code = 503
@@ -74,32 +78,14 @@ def read_image():
                        f"(fields: {', '.join([*request.files, *request.form]) or 'none'})")
         return upload.read(), {**request.args, **request.form}
     if kind == "application/json":
-        body = request.get_json(silent=True)
+        body = json_body(settings().max_json_values)
         if not isinstance(body, dict) or not isinstance(body.get("image"), str):
             abort(400, 'JSON body must be an object with "image": "<base64 image bytes>"')
-        return decode_base64(body["image"]), {**request.args, **body}
+        try:
+            return decode_base64(body["image"]), {**request.args, **body}
+        except BadImage as exc:
+            abort(exc.status, f'"image" is {exc.message}')
     if kind.startswith("image/") or kind in RAW_TYPES:
         return request.get_data(), request.args
     abort(415, f"Content-Type {kind} is not accepted: send multipart/form-data with an "
                "'image' field, a raw image/* body, or JSON {\"image\": \"<base64>\"}")
-
-
-def decode_base64(text):
-    _, comma, payload = text.partition(",") if text.startswith("data:") else ("", "", text)
-    try:
-        return base64.b64decode(payload, validate=True)
-    except (binascii.Error, ValueError):
-        abort(400, '"image" is not valid base64')
-
-
-def int_param(params, name, low, high):
-    value = params.get(name)
-    if value in (None, ""):
-        return None
-    try:
-        number = int(value)
-    except (TypeError, ValueError):
-        abort(400, f"{name} must be an integer, not {str(value)[:40]!r}")
-    if number < low or (high is not None and number > high):
-        abort(400, f"{name} must be between {low} and {high or 'any'}, not {number}")
-    return number

@@ -37,10 +37,16 @@ def free_port():
         return sock.getsockname()[1]
 
 
-def wait_until(check, process, timeout, what):
+class Stopped(Exception):
+    """A stop was asked for while the stack was starting."""
+
+
+def wait_until(check, process, timeout, what, stop=None):
     """Call ``check`` until it is true, waiting on ``process`` in between (which also
-    notices at once if the process exits)."""
+    notices at once if the process exits); give up at once when ``stop`` is set."""
     for _ in range(int(timeout / 0.1)):
+        if stop is not None and stop.is_set():
+            raise Stopped(f"stopped while {what} was starting")
         if check():
             return
         try:
@@ -83,7 +89,7 @@ class RedisServer:
     def url(self):
         return f"redis://:{self.password}@127.0.0.1:{self.port}/0"
 
-    def start(self):
+    def start(self, stop=None):
         """Start it (again, on the same port, if it was stopped)."""
         self.work_dir.mkdir(parents=True, exist_ok=True)
         self.port = self.port or free_port()
@@ -95,7 +101,7 @@ class RedisServer:
         with open(self.work_dir / "redis.log", "ab") as out:
             self.process = subprocess.Popen(["/usr/bin/redis-server", str(config)], stdout=out,
                                             stderr=subprocess.STDOUT, start_new_session=True)
-        wait_until(lambda: redis_answers(self.url), self.process, 10, "redis-server")
+        wait_until(lambda: redis_answers(self.url), self.process, 10, "redis-server", stop)
         return self
 
     def stop(self):
@@ -123,7 +129,7 @@ class Apache:
     def config(self):
         return self.run_dir / "httpd.conf"
 
-    def start(self):
+    def start(self, stop=None):
         venv = check_venv()
         code_dir = self.stage()
         logs = self.run_dir / "logs"
@@ -135,13 +141,13 @@ class Apache:
         if os.geteuid() == 0:
             check_readable_by(WEB_USER, venv / "pyvenv.cfg", code_dir / "wsgi" / "beagle.wsgi")
         env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8",
-               **settings_module.as_environ(self.settings)}
+               **config_files.WEB_ENVIRONMENT, **settings_module.as_environ(self.settings)}
         with open(logs / "apache-stdout.log", "ab") as out:
             self.process = subprocess.Popen(
                 ["/usr/sbin/apache2", "-f", str(self.config), "-DFOREGROUND"], env=env,
                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         wait_until(lambda: responds(self.url + "/healthz"), self.process, 60,
-                   f"Apache (see {self.error_log})")
+                   f"Apache (see {self.error_log})", stop)
         return self
 
     def stage(self):
@@ -186,10 +192,11 @@ class WorkerProcess:
             self.wait_live(timeout)
         return self
 
-    def wait_live(self, timeout=120):
+    def wait_live(self, timeout=120, stop=None):
         client = redis.Redis.from_url(self.settings.redis_url)
         key = Keys(self.settings.key_prefix).worker(self.name)
-        wait_until(lambda: client.exists(key), self.process, timeout, f"worker {self.name}")
+        wait_until(lambda: client.exists(key), self.process, timeout, f"worker {self.name}",
+                   stop)
 
     def signal(self, signum):
         self.process.send_signal(signum)
@@ -247,14 +254,15 @@ class Stack:
     def processes(self):
         return [self.apache.process] + [w.process for w in self.workers]
 
-    def start(self, timeout=180):
+    def start(self, timeout=180, stop=None):
+        """Workers, then Apache; ``stop`` (an Event) set meanwhile ends it with Stopped."""
         (self.run_dir / "logs").mkdir(parents=True, exist_ok=True)
         self.run_dir.chmod(0o755)
         for worker in self.workers:  # they load their models in parallel
             worker.start(wait=False)
         for worker in self.workers:
-            worker.wait_live(timeout)
-        self.apache.start()
+            worker.wait_live(timeout, stop)
+        self.apache.start(stop)
         return self
 
     def stop(self):
@@ -268,22 +276,24 @@ def main():
     settings = settings_module.load()
     logging.basicConfig(level=settings.log_level, format="%(levelname)s %(name)s: %(message)s")
     run_dir = Path(tempfile.gettempdir()) / f"beagle-run-{settings.port}"
-    stop = threading.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGCHLD):
+    stop = threading.Event()  # asked for by a signal, at any moment, start-up included
+    for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
     own_redis = stack = None
     try:
         if redis_answers(settings.redis_url):
             log.info("devstack: using the Redis at %s", settings.redis_url.split("@")[-1])
         else:
-            own_redis = RedisServer(run_dir / "redis").start()
+            own_redis = RedisServer(run_dir / "redis")
+            own_redis.start(stop)
             settings.redis_url = own_redis.url
             log.info("devstack: no Redis answered, started one on port %d", own_redis.port)
         if not _port_free(settings.host, settings.port):
             raise SystemExit(f"{settings.host}:{settings.port} is in use; set BEAGLE_PORT")
         stack = Stack(settings, run_dir)
-        stack.start()
-        wait_until(lambda: responds(stack.url + "/readyz"), stack.apache.process, 60, "Apache")
+        stack.start(stop=stop)
+        wait_until(lambda: responds(stack.url + "/readyz"), stack.apache.process, 60, "Apache",
+                   stop)
         sample = PROJECT_ROOT / "stress" / "images" / "digit_7.png"
         print(f"\nBeagle is serving on {stack.url} (open it in a browser to try it)\n\n"
               f"  curl -F image=@{sample} {stack.url}/predict\n\n"
@@ -291,11 +301,12 @@ def main():
               f"{PROJECT_ROOT / 'scripts' / 'tail_logs.py'} --follow\n"
               f"Ctrl-C stops Apache, the worker{' and Redis' if own_redis else ''}.\n",
               flush=True)
-        stop.clear()  # children of the start-up probes are gone; from now on SIGCHLD matters
-        while not stop.wait(60) and all(p.poll() is None for p in stack.processes):
-            pass
-        if any(p.poll() is not None for p in stack.processes):
-            log.error("devstack: a process of the stack exited; stopping the rest")
+        while not stop.wait(1.0):
+            if any(p.poll() is not None for p in stack.processes):
+                log.error("devstack: a process of the stack exited; stopping the rest")
+                break
+    except Stopped:
+        pass
     finally:
         if stack:
             stack.stop()

@@ -1,11 +1,21 @@
-"""Image intake: untrusted encoded bytes -> uint8 pixels of the size a model expects.
+"""Image intake: untrusted bytes -> uint8 pixels of the size a model expects.
 
-`to_pixels` is the only entry point. It raises `BadImage(status, message)` for every
-problem with the input itself (400 corrupt, 413 too large, 415 unsupported format),
-so the web tier never answers a 5xx for bad input. Pillow and NumPy only: the web
-tier never imports TensorFlow.
+`to_pixels` takes encoded image bytes; `array_pixels` takes a pixel array (TF Serving's
+instances); `fit` brings a decoded image to a model's shape, for them and for the worker;
+`decode_base64` reads base64 as tools write it. Problems with the input itself raise
+`BadImage(status, message)` (400 corrupt, 413 too large, 415 unsupported format), so the
+web tier never answers a 5xx for bad input. Pillow and NumPy only: the web tier never
+imports TensorFlow.
+
+Decoding is bounded in memory per process: `DecodeBudget` holds the bytes that decodes
+in flight may use (a 95 KB PNG can decode to 100 MB). A decode waits for room, briefly,
+or fails with `Busy` (503); one that could never fit is a 413.
 """
+import base64
+import binascii
 import io
+import threading
+from contextlib import contextmanager
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -15,6 +25,13 @@ EXIF_ORIENTATION = 0x0112
 SIGNATURES = ((b"\x89PNG\r\n\x1a\n", "PNG"), (b"\xff\xd8\xff", "JPEG"), (b"GIF87a", "GIF"),
               (b"GIF89a", "GIF"), (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"))
 DRAFT_SLACK = 0.9
+MODES = {1: "L", 3: "RGB"}
+HIGH_DEPTH = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
+TRANSPARENT = ("RGBA", "LA", "PA", "RGBa", "La")  # P with a transparent index too
+# Peak bytes per pixel while converting, on top of the pixel as decoded (Pillow keeps 3-
+# and 4-band pixels in 4 bytes). The worst, measured: a palette image with a transparent
+# colour, 1 byte, becomes RGBA (4) and is premultiplied to resize (4): 218 MB at 25 MP.
+CONVERSION_BYTES = 9
 
 
 class BadImage(Exception):
@@ -24,8 +41,38 @@ class BadImage(Exception):
         self.message = message
 
 
-def to_pixels(data, width, height, channels, max_pixels):
-    """Decode, orient, flatten and resize ``data``; return HxWxC uint8 bytes, row-major."""
+class Busy(Exception):
+    """The process's decode budget stayed full: retry shortly (503)."""
+
+
+class DecodeBudget:
+    """Bytes of pixels this process's decodes may hold at once."""
+
+    def __init__(self, limit, wait_s=2.0):
+        self.limit, self.wait_s, self.used = limit, wait_s, 0
+        self._room = threading.Condition()
+
+    @contextmanager
+    def reserve(self, amount):
+        if amount > self.limit:
+            raise BadImage(413, f"decoding this image takes about {amount >> 20} MB, more "
+                                f"than this process's decode budget of {self.limit >> 20} MB")
+        with self._room:
+            if not self._room.wait_for(lambda: self.used + amount <= self.limit, self.wait_s):
+                raise Busy(f"this web process is decoding other large images (budget "
+                           f"{self.limit >> 20} MB); retry shortly")
+            self.used += amount
+        try:
+            yield
+        finally:
+            with self._room:
+                self.used -= amount
+                self._room.notify_all()
+
+
+def to_pixels(data, shape, max_pixels, budget):
+    """Decode, orient, flatten and resize ``data`` to ``shape`` (h, w, c); HxWxC uint8
+    bytes, row-major."""
     if not data:
         raise BadImage(400, "empty image: the request carried no image bytes")
     image = _open(data)
@@ -33,20 +80,72 @@ def to_pixels(data, width, height, channels, max_pixels):
     if pixels > max_pixels:
         raise BadImage(413, f"image is {image.width}x{image.height} = {pixels} pixels; "
                             f"the limit is {max_pixels}")
-    mode = "L" if channels == 1 else "RGB"
+    height, width, channels = shape
+    if image.format == "JPEG":
+        _draft(image, MODES[channels], width, height)
+    with budget.reserve(_decoded_bytes(image)):
+        try:
+            image.load()
+            ImageOps.exif_transpose(image, in_place=True)  # without it: a full-size copy
+            image = _eight_bit(image)  # the full-size 16-bit one goes
+            return fit(image, shape)
+        except BadImage:
+            raise
+        except Exception as exc:  # anything Pillow raises on these bytes is their fault
+            raise BadImage(400, f"corrupt or truncated {image.format} image: "
+                                f"{_reason(exc)}") from None
+
+
+def array_pixels(value, shape):
+    """A nested list of 0-255 values, height x width x channels (or height x width), at
+    ``shape``; BadImage 400 for anything else."""
     try:
-        if image.format == "JPEG":
-            _draft(image, mode, width, height)
-        image.load()
-        image = ImageOps.exif_transpose(image)
-        image = _to_mode(image, mode)
-        if image.size != (width, height):
-            image = image.resize((width, height), Image.Resampling.BILINEAR, reducing_gap=3.0)
-        return image.tobytes()
-    except BadImage:
-        raise
-    except Exception as exc:  # anything Pillow raises on these bytes is a fault of the bytes
-        raise BadImage(400, f"corrupt or truncated {image.format} image: {_reason(exc)}") from None
+        array = np.asarray(value, dtype=np.float64)
+    except (ValueError, TypeError, OverflowError):
+        raise BadImage(400, "a pixel array must be a regular height x width x channels "
+                            "list of numbers from 0 to 255") from None
+    if array.ndim == 2:
+        array = array[..., None]
+    if array.ndim != 3 or array.shape[2] not in (1, 3) or 0 in array.shape:
+        raise BadImage(400, f"a pixel array must be height x width x channels (1 or 3), "
+                            f"not {list(array.shape)}")
+    if not np.isfinite(array).all() or array.min() < 0 or array.max() > 255:
+        raise BadImage(400, "pixel values must be finite numbers from 0 to 255")
+    pixels = np.rint(array).astype(np.uint8)
+    if pixels.shape == tuple(shape):
+        return pixels.tobytes()
+    return fit(Image.fromarray(pixels[..., 0] if pixels.shape[2] == 1 else pixels), shape)
+
+
+def fit(image, shape):
+    """An 8-bit image as ``shape``'s pixels: its mode (L or RGB, transparency flattened
+    onto white) and size."""
+    height, width, channels = shape
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    transparent = image.mode in TRANSPARENT
+    if not transparent and image.mode != MODES[channels]:
+        image = image.convert(MODES[channels])  # before resizing: Pillow resizes P nearest
+    if image.size != (width, height):
+        # A transparent image is resized before it is flattened (Pillow premultiplies
+        # alpha as it resizes): the same pixels, without a full-size flattened copy.
+        image = image.resize((width, height), Image.Resampling.BILINEAR, reducing_gap=3.0)
+    if transparent:
+        white = Image.new("RGBA", image.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(white, image.convert("RGBA")).convert(MODES[channels])
+    return image.tobytes()
+
+
+def decode_base64(text):
+    """Bytes from base64 as tools write it: plain or in a data: URL, in lines (MIME's 76
+    columns) or not, padded or not. BadImage 400 for what is not base64."""
+    if text.startswith("data:"):
+        text = text.partition(",")[2]
+    compact = "".join(text.split())
+    try:
+        return base64.b64decode(compact + "=" * (-len(compact) % 4), validate=True)
+    except (binascii.Error, ValueError):
+        raise BadImage(400, "not valid base64") from None
 
 
 def _open(data):
@@ -81,19 +180,27 @@ def _draft(image, mode, width, height):
     image.draft(mode, (int(width * DRAFT_SLACK), int(height * DRAFT_SLACK)))
 
 
-def _to_mode(image, mode):
-    """Flatten transparency onto white and bring any bit depth to 8-bit ``mode``."""
-    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        array = np.asarray(image)
-        if image.mode != "F":
-            array = array.astype(np.uint32) >> 8 if array.max(initial=0) > 255 else array
-        image = Image.fromarray(np.clip(array, 0, 255).astype(np.uint8), "L")
-    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
-            image.mode == "P" and "transparency" in image.info):
-        rgba = image.convert("RGBA")
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        image = Image.alpha_composite(white, rgba)
-    return image if image.mode == mode else image.convert(mode)
+def largest_decode(pixels):
+    """The most a decode of an image of ``pixels`` pixels may take."""
+    return pixels * (4 + CONVERSION_BYTES)
+
+
+def _decoded_bytes(image):
+    """What decoding ``image`` (its size after any draft) may take at its peak."""
+    stored = 1 if image.mode in ("1", "L", "P") else 2 if image.mode.startswith("I;16") else 4
+    return image.width * image.height * (stored + CONVERSION_BYTES)
+
+
+def _eight_bit(image):
+    """16- and 32-bit images (and floats) as 8-bit grey, values above 255 scaled down by
+    256; others as they are. One writable copy, changed in place."""
+    if image.mode not in HIGH_DEPTH:
+        return image
+    array = np.array(image)
+    if image.mode != "F" and array.max(initial=0) > 255:
+        np.right_shift(array, 8, out=array)
+    np.clip(array, 0, 255, out=array)
+    return Image.fromarray(array.astype(np.uint8), "L")
 
 
 def _reason(exc):

@@ -1,12 +1,14 @@
 """From decoded requests to answers, for every HTTP API: resolve the model version,
-queue each image, wait for every answer by the request's deadline. Failures leave
-through ``abort(status, why)``, which each API renders in its own error shape."""
+decode images within the process's budget, queue them all at once, wait for every answer
+by the request's deadline. Views hold an in-flight slot (`in_flight_slot`) from before
+they decode until the answers are in. Failures leave through ``abort(status, why)``,
+which each API renders in its own error shape."""
 import time
 from contextlib import contextmanager
 
 from flask import abort, current_app, g
 
-from app.imaging import BadImage, to_pixels
+from app.imaging import BadImage, Busy, to_pixels
 from app.queue import Request
 
 
@@ -33,36 +35,39 @@ def resolve(model, version):
     return info, version, info.shape(info.latest if version is None else version)
 
 
-def pixels_of(data, shape):
-    """Model-sized pixels from encoded image bytes; 4xx for anything that is not one."""
-    height, width, channels = shape
+def pixels_of(data, shape, where=""):
+    """Model-sized pixels from encoded image bytes; 4xx for anything that is not one,
+    503 while the process's decode budget stays full. ``where`` prefixes errors."""
     try:
-        return to_pixels(data, width, height, channels, settings().max_image_pixels)
+        return to_pixels(data, shape, settings().max_image_pixels, beagle().decode_budget)
     except BadImage as exc:
-        abort(exc.status, exc.message)
+        abort(exc.status, where + exc.message)
+    except Busy as exc:
+        g.shed_reason = "decoding"
+        abort(503, str(exc))
 
 
 def classify(model, info, version, shape, images, top_k):
-    """Queue each image's pixels; the workers' answers, in order. ``top_k`` 0 asks for
-    the whole probability vector."""
+    """Queue each image's pixels, all or none; the workers' answers, in order.
+    ``top_k`` 0 asks for the whole probability vector."""
     timeout = settings().request_timeout
     deadline = g.started + timeout
+    left = deadline - time.time()
+    if left <= 0:  # spent decoding: queueing it now would only make a worker skip it
+        abort(504, f"no answer within the {timeout:g}s deadline")
     requests = [Request(request_id=f"{g.request_id}.{n}" if len(images) > 1 else g.request_id,
-                        deadline=deadline, version="" if version is None else str(version),
-                        top_k=top_k, shape=shape, pixels=pixels)
+                        timeout_ms=int(left * 1000), top_k=top_k, shape=shape, pixels=pixels)
                 for n, pixels in enumerate(images)]
     # Refusing on queue wait is for overload. While no worker is taking requests (one is
     # restarting), the queue is stalled, not overloaded: requests wait for it instead,
     # until their deadline, and max_queue alone bounds the backlog.
     max_wait = min(settings().max_queue_wait, timeout / 2) if info.active_workers else timeout
-    with in_flight_slot():
-        for request in requests:
-            refused = beagle().queue.submit(model, request, settings().max_queue, max_wait)
-            if refused:
-                g.shed_reason, why = refused
-                abort(503, f"{why}; retry shortly")
-        answers = beagle().queue.wait_results([r.request_id for r in requests],
-                                              lambda: deadline - time.time())
+    refused = beagle().queue.submit(model, version, requests, settings().max_queue, max_wait)
+    if refused:
+        g.shed_reason, why = refused
+        abort(503, f"{why}; retry shortly")
+    answers = beagle().queue.wait_results([r.request_id for r in requests],
+                                          lambda: deadline - time.time())
     if len(answers) < len(requests):
         abort(504, f"no answer within the {timeout:g}s deadline")
     for answer in answers:
@@ -73,7 +78,7 @@ def classify(model, info, version, shape, images, top_k):
 
 @contextmanager
 def in_flight_slot():
-    """Hold one of this process's waiting slots. They are fewer than its threads, so a
+    """Hold one of this process's in-flight slots. They are fewer than its threads, so a
     thread is always free to refuse the next request quickly instead of leaving it
     queued inside Apache."""
     slots = beagle().slots

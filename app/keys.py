@@ -1,13 +1,17 @@
 """Every Redis key Beagle uses, all under one prefix.
 
-    <p>:stream:<model>    stream of requests for a model (consumer group GROUP);
-                          entries are deleted once answered, so its length is the backlog
-    <p>:result:<id>       list holding the one answer for a request; expires (result_ttl)
-    <p>:model:<model>     JSON metadata of the versions workers serve; expires unless refreshed
-    <p>:live:<model>      sorted set of worker ids serving the model, scored by last heartbeat
-    <p>:worker:<id>       JSON status of one worker; expires (heartbeat_ttl)
-    <p>:metrics:counters  hash of Prometheus counters, one field per name and labels
-    <p>:metrics:histograms  hash of histogram buckets, sums and counts (app/metrics.py)
+    <p>:stream:<model>        requests for a model that name no version (consumer group
+                              GROUP); every worker serving the model reads it
+    <p>:stream:<model>:v<N>   requests for version N; only workers holding N read it.
+                              Entries are deleted once answered: a stream's length is its
+                              backlog
+    <p>:result:<id>           list holding the one answer for a request; expires (result_ttl)
+    <p>:models                set of the models workers have announced
+    <p>:model:<model>         hash: each worker's announcement (versions, input shapes)
+    <p>:live:<model>          sorted set of worker ids serving the model, scored by last heartbeat
+    <p>:worker:<id>           JSON status of one worker; expires (heartbeat_ttl)
+    <p>:metrics:counters      hash of Prometheus counters, one field per name and labels
+    <p>:metrics:histograms    hash of histogram buckets, sums and counts (app/metrics.py)
 """
 
 GROUP = "workers"
@@ -17,11 +21,20 @@ class Keys:
     def __init__(self, prefix):
         self.prefix = prefix
 
-    def stream(self, model):
-        return f"{self.prefix}:stream:{model}"
+    def stream(self, model, version=None):
+        """The stream of ``model``'s requests for ``version`` (None: no version named)."""
+        return f"{self.prefix}:stream:{model}" + ("" if version is None else f":v{version}")
+
+    def stream_of(self, key):
+        """(model, version or None) of a stream key."""
+        model, _, version = key.removeprefix(f"{self.prefix}:stream:").partition(":v")
+        return model, int(version) if version else None
 
     def result(self, request_id):
         return f"{self.prefix}:result:{request_id}"
+
+    def models(self):
+        return f"{self.prefix}:models"
 
     def model(self, model):
         return f"{self.prefix}:model:{model}"
@@ -38,7 +51,3 @@ class Keys:
     def pattern(self, kind="*"):
         """Glob matching one kind of key ("stream", "result", ...) or all of Beagle's."""
         return f"{self.prefix}:*" if kind == "*" else f"{self.prefix}:{kind}:*"
-
-    def name_in(self, key, kind):
-        """The model, request or worker a key of ``kind`` names."""
-        return key.removeprefix(f"{self.prefix}:{kind}:")

@@ -10,12 +10,9 @@ Every web host reports the same cluster-wide figures: scrape one of them.
 import threading
 from collections import Counter, defaultdict
 
-import redis
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily,
                                     HistogramMetricFamily)
-
-from app.keys import GROUP
 
 PREFIX = "beagle_"
 SECONDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
@@ -23,7 +20,8 @@ BATCH = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 COUNTERS = {  # name: (labels, help)
     "requests": (("model", "code"), "prediction requests answered, by model and HTTP status"),
-    "shed": (("model", "reason"), "requests refused with 503 before they were queued"),
+    "shed": (("model", "reason"), "requests refused with 503 before they were queued "
+                                  "(full, slow, busy, decoding, no_worker)"),
     "expired": (("model",), "requests a worker skipped because their deadline had passed"),
     "poisoned": (("model",), "requests given up after max_attempts deliveries"),
     "failed": (("model",), "requests whose forward pass raised"),
@@ -72,20 +70,21 @@ class Tally:
             pipe.hincrby(keys.metrics("histograms"), f"{field}|count", len(values))
 
 
-def render(client, keys, directory):
+def render(queue, directory):
     """Prometheus text exposition of everything stored plus the scrape-time gauges."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Collector(client, keys, directory))
+    registry.register(_Collector(queue, directory))
     return generate_latest(registry)
 
 
 class _Collector:
-    def __init__(self, client, keys, directory):
-        self.client, self.keys, self.directory = client, keys, directory
+    def __init__(self, queue, directory):
+        self.queue, self.directory = queue, directory
 
     def collect(self):
-        yield from _counters(self.client.hgetall(self.keys.metrics("counters")))
-        yield from _histograms(self.client.hgetall(self.keys.metrics("histograms")))
+        client, keys = self.queue.redis, self.queue.keys
+        yield from _counters(client.hgetall(keys.metrics("counters")))
+        yield from _histograms(client.hgetall(keys.metrics("histograms")))
         yield from self._gauges()
 
     def _gauges(self):
@@ -97,9 +96,8 @@ class _Collector:
         live = GaugeMetricFamily(PREFIX + "live_workers", "workers serving the model",
                                  labels=["model"])
         for info in self.directory.models():
-            stream = self.keys.stream(info.name)
-            depth.add_metric([info.name], self.client.xlen(stream))
-            oldest.add_metric([info.name], oldest_waiting(self.client, stream))
+            depth.add_metric([info.name], self.queue.backlog(info.name))
+            oldest.add_metric([info.name], self.queue.oldest_waiting(info.name))
             live.add_metric([info.name], info.live_workers)
         workers = GaugeMetricFamily(PREFIX + "workers", "live workers, all models")
         workers.add_metric([], len(self.directory.workers()))
@@ -114,23 +112,6 @@ def answered(client, keys):
         if name == "requests":
             totals[labels.get("model", "-")] += int(value)
     return dict(totals)
-
-
-def oldest_waiting(client, stream):
-    """Seconds the oldest entry no consumer has taken has been waiting (0 if none)."""
-    after = "-"
-    try:
-        for group in client.xinfo_groups(stream):
-            if group["name"].decode() == GROUP:
-                after = "(" + group["last-delivered-id"].decode()
-    except redis.ResponseError:  # no stream yet
-        return 0.0
-    head = client.xrange(stream, min=after, max="+", count=1)
-    if not head:
-        return 0.0
-    seconds, micros = client.time()
-    added_ms = int(head[0][0].split(b"-")[0])
-    return max(0.0, seconds + micros / 1e6 - added_ms / 1000)
 
 
 def _counters(stored):

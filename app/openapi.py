@@ -74,7 +74,7 @@ DOCUMENT = {
         "/healthz": {"get": {"summary": "The process is alive", "tags": ["operations"],
                              "responses": {"200": _json(_ref("Health"), "alive")}}},
         "/readyz": {"get": {
-            "summary": "Redis answers and every served model has a live worker",
+            "summary": "Redis answers and some model has a live worker (all are listed)",
             "tags": ["operations"],
             "responses": {"200": _json(_ref("Readiness"), "ready"),
                           "503": _json({"oneOf": [_ref("Readiness"), _ref("Error")]},

@@ -1,18 +1,21 @@
-"""The Redis queue protocol between the web tier and the workers.
+"""The Redis queue between the web tier and the workers: the one home of its format.
 
-Web:    `submit` adds a request to the model's stream unless the backlog is at its bound
-        or the queue is already slower than allowed (one atomic Lua call), then
-        `wait_result` blocks on the request's result list.
-Worker: `read_new` takes new entries for its consumer (XREADGROUP, blocking with a
-        timeout), `claim_stale` takes entries a dead worker left pending (XAUTOCLAIM),
-        `reclaim_own` takes back what this consumer held before it was restarted,
-        `reply` pushes every answer, acknowledges and deletes the entries (in the
-        pipeline the worker sends once per batch).
+A request names a model and maybe a version; it goes to that model's stream for
+requests that name no version (every worker serving the model reads it and answers with
+the newest version it holds), or to the stream of its version (read only by workers
+holding that version): app/keys.py names them. An entry carries the request id, its time
+budget in ms counted from the entry's id (Redis's clock when it was added, so neither the
+web host's clock nor the worker's matters), top_k (0 = the whole probability vector) and
+uint8 pixels of shape h,w,c. An answer is JSON: {"ok": true, "model", "version",
+"predictions" | "probabilities"} or `error_answer`'s {"ok": false, "status", "error"}.
 
-An entry carries the request id, its absolute deadline, the version asked for ("" =
-newest), top_k (0 = the whole probability vector) and uint8 pixels of shape h,w,c.
-An answer is JSON: {"ok": true, "model", "version", "predictions" | "probabilities"}
-or {"ok": false, "status": <http status>, "error": "<what and why>"}.
+Web:       `submit` adds a request's entries, one per image, in one atomic Lua call, all
+           or none: none when the stream would hold more than max_queue entries or the
+           oldest entry no worker has taken has waited max_wait; `wait_results` blocks
+           on the answers' lists.
+Worker:    `read_new`, `reclaim_own` (what it held before a restart), `claim_stale` (what
+           dead workers held), `hold` (keeps its claim on a long batch fresh), `reply`.
+Operators: `backlog`, `oldest_waiting`, `flush`.
 """
 import json
 import time
@@ -25,35 +28,41 @@ from redis.retry import Retry
 
 from app.keys import GROUP
 
-# Admission, atomically: refuse when the stream holds max_queue entries, or when the
-# oldest entry no worker has taken yet has waited max_wait_ms (then whatever is admitted
-# now would wait at least as long). Ages come from Redis's clock and entry ids, so web
-# hosts' clocks do not matter. KEYS[1] stream; ARGV: max_queue, max_wait_ms, group, fields.
-SUBMIT_SCRIPT = """
-local length = redis.call('XLEN', KEYS[1])
-if length >= tonumber(ARGV[1]) then return {'full', length} end
-if length > 0 then
+# Milliseconds the oldest entry no consumer of the group has taken has waited (0 if none),
+# on Redis's clock and from entry ids.
+OLDEST_WAITING = """
+local function oldest_waiting(stream, group)
   local after = '-'
-  local ok, groups = pcall(redis.call, 'XINFO', 'GROUPS', KEYS[1])
+  local ok, groups = pcall(redis.call, 'XINFO', 'GROUPS', stream)
   if ok then
-    for _, group in ipairs(groups) do
-      local info = {}
-      for i = 1, #group, 2 do info[group[i]] = group[i + 1] end
-      if info['name'] == ARGV[3] then after = '(' .. info['last-delivered-id'] end
+    for _, info in ipairs(groups) do
+      local fields = {}
+      for i = 1, #info, 2 do fields[info[i]] = info[i + 1] end
+      if fields['name'] == group then after = '(' .. fields['last-delivered-id'] end
     end
   end
-  local head = redis.call('XRANGE', KEYS[1], after, '+', 'COUNT', 1)
-  if #head > 0 then
-    local now = redis.call('TIME')
-    local waited = now[1] * 1000 + math.floor(now[2] / 1000)
-                   - tonumber(string.match(head[1][1], '^(%d+)'))
-    if waited >= tonumber(ARGV[2]) then return {'slow', waited} end
-  end
+  local head = redis.call('XRANGE', stream, after, '+', 'COUNT', 1)
+  if #head == 0 then return 0 end
+  local now = redis.call('TIME')
+  return now[1] * 1000 + math.floor(now[2] / 1000) - tonumber(string.match(head[1][1], '^(%d+)'))
 end
-return {'ok', redis.call('XADD', KEYS[1], '*', unpack(ARGV, 4))}
 """
-
-
+# KEYS[1] stream; ARGV: max_queue, max_wait_ms, group, fields per entry, then the entries.
+SUBMIT_SCRIPT = OLDEST_WAITING + """
+local per = tonumber(ARGV[4])
+local count = (#ARGV - 4) / per
+local length = redis.call('XLEN', KEYS[1])
+if length + count > tonumber(ARGV[1]) then return {'full', length} end
+if length > 0 then
+  local waited = oldest_waiting(KEYS[1], ARGV[3])
+  if waited >= tonumber(ARGV[2]) then return {'slow', waited} end
+end
+for i = 0, count - 1 do
+  redis.call('XADD', KEYS[1], '*', unpack(ARGV, 5 + i * per, 4 + (i + 1) * per))
+end
+return {'ok', count}
+"""
+WAITED_SCRIPT = OLDEST_WAITING + "return oldest_waiting(KEYS[1], ARGV[1])"
 # XAUTOCLAIM, which hands a dead worker's requests to a live one, came in Redis 6.2.
 MIN_REDIS_VERSION = (6, 2)
 
@@ -95,19 +104,22 @@ def connect(url, socket_timeout):
         retry=Retry(NoBackoff(), 1), health_check_interval=0)
 
 
-@dataclass
+def error_answer(status, message):
+    return {"ok": False, "status": status, "error": message}
+
+
+@dataclass(frozen=True)
 class Request:
+    """One image to classify, as the web tier queues it."""
     request_id: str
-    deadline: float
-    version: str
+    timeout_ms: int  # its time left at admission
     top_k: int
     shape: tuple
     pixels: bytes
 
     def fields(self):
-        return {"id": self.request_id, "deadline": repr(self.deadline), "version": self.version,
-                "top_k": self.top_k, "shape": ",".join(map(str, self.shape)),
-                "pixels": self.pixels}
+        return {"id": self.request_id, "timeout_ms": self.timeout_ms, "top_k": self.top_k,
+                "shape": ",".join(map(str, self.shape)), "pixels": self.pixels}
 
 
 @dataclass
@@ -115,14 +127,23 @@ class Entry:
     """A request as a worker sees it: where it came from and how often it was delivered.
 
     ``request`` is None when the entry could not be decoded; ``problem`` then says why
-    and ``request_id`` is whatever id could be read ("" if none).
-    """
+    and ``request_id`` is whatever id could be read ("" if none)."""
+    stream: str
     model: str
+    version: int | None  # None: the newest the worker holds
     entry_id: bytes
     request: Request | None
     deliveries: int = 1
     problem: str = ""
     request_id: str = ""
+
+    @property
+    def queued_ms(self):
+        """When it was queued, in ms on Redis's clock."""
+        return int(self.entry_id.split(b"-")[0])
+
+    def expired(self, now_ms):
+        return self.queued_ms + self.request.timeout_ms < now_ms
 
 
 class Queue:
@@ -130,16 +151,18 @@ class Queue:
         self.redis = client
         self.keys = keys
         self._submit = client.register_script(SUBMIT_SCRIPT)
+        self._waited = client.register_script(WAITED_SCRIPT)
 
     # -- web side ------------------------------------------------------------------
 
-    def submit(self, model, request, max_queue, max_wait_s):
-        """Queue ``request``: None, or (reason, why) when refused, reason being "full"
-        (max_queue entries) or "slow" (the oldest waiting one waited max_wait_s)."""
-        args = [max_queue, int(max_wait_s * 1000), GROUP]
-        for name, value in request.fields().items():
-            args += [name, value]
-        verdict, detail = self._submit(keys=[self.keys.stream(model)], args=args)
+    def submit(self, model, version, requests, max_queue, max_wait_s):
+        """Queue ``requests`` (all or none): None, or (reason, why) when refused, reason
+        being "full" (max_queue entries) or "slow" (the oldest waiting waited max_wait_s)."""
+        args = [max_queue, int(max_wait_s * 1000), GROUP, len(requests[0].fields()) * 2]
+        for request in requests:
+            for name, value in request.fields().items():
+                args += [name, value]
+        verdict, detail = self._submit(keys=[self.keys.stream(model, version)], args=args)
         if verdict == b"ok":
             return None
         if verdict == b"full":
@@ -166,52 +189,79 @@ class Queue:
         answers = self.wait_results([request_id], lambda: deadline - time.monotonic())
         return answers[0] if answers else None
 
+    # -- operators and metrics --------------------------------------------------------
+
+    def streams(self, model=None):
+        """The streams that exist: ``model``'s, or every model's."""
+        if model is None:
+            return sorted(k.decode() for k in self.redis.scan_iter(
+                match=self.keys.pattern("stream"), count=500))
+        versioned = self.redis.scan_iter(match=self.keys.stream(model) + ":v*", count=500)
+        return [self.keys.stream(model)] + sorted(k.decode() for k in versioned)
+
     def backlog(self, model):
-        return self.redis.xlen(self.keys.stream(model))
+        """Requests of ``model`` waiting or being worked on."""
+        pipe = self.redis.pipeline(transaction=False)
+        for stream in self.streams(model):
+            pipe.xlen(stream)
+        return sum(pipe.execute())
+
+    def oldest_waiting(self, model):
+        """Seconds the oldest of ``model``'s requests no worker has taken has waited."""
+        return max(self._waited(keys=[stream], args=[GROUP])
+                   for stream in self.streams(model)) / 1000
+
+    def flush(self, answer, result_ttl, dry_run=False):
+        """Answer every queued request with ``answer`` and remove it; {stream: count}."""
+        removed = {}
+        for stream in self.streams():
+            count = 0
+            while not dry_run and (entries := self.redis.xrange(stream, count=500)):
+                pipe = self.redis.pipeline(transaction=False)
+                self.reply(pipe, [(self._entry(stream, entry_id, fields), answer)
+                                  for entry_id, fields in entries], [], result_ttl)
+                pipe.execute()
+                count += len(entries)
+            removed[stream] = self.redis.xlen(stream) if dry_run else count
+        return removed
 
     # -- worker side ----------------------------------------------------------------
 
-    def ensure_group(self, model):
+    def ensure_group(self, stream):
         """Create the consumer group (and stream); entries queued before it are kept."""
         try:
-            self.redis.xgroup_create(self.keys.stream(model), GROUP, id="0", mkstream=True)
+            self.redis.xgroup_create(stream, GROUP, id="0", mkstream=True)
         except redis.ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
 
-    def prune_consumers(self, model, idle_s):
+    def prune_consumers(self, stream, idle_s):
         """Forget consumers (dead workers) with nothing pending and idle for ``idle_s``."""
-        stream = self.keys.stream(model)
         for consumer in self.redis.xinfo_consumers(stream, GROUP):
             if consumer["pending"] == 0 and consumer["idle"] > idle_s * 1000:
                 self.redis.xgroup_delconsumer(stream, GROUP, consumer["name"])
 
-    def read_new(self, models, consumer, count, block_ms):
-        """Up to ``count`` new entries across ``models``, waiting at most ``block_ms``."""
-        streams = {self.keys.stream(model): ">" for model in models}
-        replies = self.redis.xreadgroup(GROUP, consumer, streams, count=count, block=block_ms)
-        entries = []
-        for stream, messages in replies or ():
-            model = self.keys.name_in(stream.decode(), "stream")
-            entries += [self._entry(model, entry_id, fields) for entry_id, fields in messages
-                        if fields]
-        return entries
+    def read_new(self, streams, consumer, count, block_ms):
+        """Up to ``count`` new entries across ``streams``, waiting at most ``block_ms``."""
+        replies = self.redis.xreadgroup(GROUP, consumer, {s: ">" for s in streams},
+                                        count=count, block=block_ms)
+        return [self._entry(stream.decode(), entry_id, fields)
+                for stream, messages in replies or () for entry_id, fields in messages
+                if fields]
 
-    def reclaim_own(self, model, consumer, count):
+    def reclaim_own(self, stream, consumer, count):
         """Entries this consumer took before a restart and never acknowledged."""
-        stream = self.keys.stream(model)
         pending = self.redis.xpending_range(stream, GROUP, "-", "+", count,
                                             consumername=consumer)
         if not pending:
             return []
         counts = {item["message_id"]: item["times_delivered"] + 1 for item in pending}
         claimed = self.redis.xclaim(stream, GROUP, consumer, 0, list(counts))
-        return [self._entry(model, entry_id, fields, counts[entry_id])
+        return [self._entry(stream, entry_id, fields, counts[entry_id])
                 for entry_id, fields in claimed if fields]
 
-    def claim_stale(self, model, consumer, min_idle_s, count):
+    def claim_stale(self, stream, consumer, min_idle_s, count):
         """Entries idle longer than ``min_idle_s`` in any consumer, now ours, with counts."""
-        stream = self.keys.stream(model)
         claimed = self.redis.xautoclaim(stream, GROUP, consumer, int(min_idle_s * 1000),
                                         start_id="0-0", count=count)
         messages = [(entry_id, fields) for entry_id, fields in claimed[1] if fields]
@@ -221,35 +271,46 @@ class Queue:
                                             max=messages[-1][0], count=len(messages) * 4,
                                             consumername=consumer)
         counts = {item["message_id"]: item["times_delivered"] for item in pending}
-        return [self._entry(model, entry_id, fields, counts.get(entry_id, 2))
+        return [self._entry(stream, entry_id, fields, counts.get(entry_id, 2))
                 for entry_id, fields in messages]
+
+    def hold(self, pipe, consumer, entries):
+        """Add to ``pipe``: reset the idle time of ``entries``, which ``consumer`` is still
+        working on, so no other worker claims them; their delivery counts stay."""
+        for stream, ids in self._by_stream(entries).items():
+            pipe.xclaim(stream, GROUP, consumer, 0, ids, justid=True)
 
     def reply(self, pipe, answers, skipped, result_ttl):
         """Add to ``pipe``: push each (entry, answer); acknowledge and delete those and
         the ``skipped``."""
         for entry, answer in answers:
-            key = self.keys.result(entry.request_id)
-            pipe.lpush(key, json.dumps(answer))
-            pipe.expire(key, max(1, int(result_ttl)))
-        by_stream = {}
-        for entry in [entry for entry, _ in answers] + list(skipped):
-            by_stream.setdefault(self.keys.stream(entry.model), []).append(entry.entry_id)
-        for stream, ids in by_stream.items():
+            if entry.request_id:
+                key = self.keys.result(entry.request_id)
+                pipe.lpush(key, json.dumps(answer))
+                pipe.expire(key, max(1, int(result_ttl)))
+        for stream, ids in self._by_stream([e for e, _ in answers] + list(skipped)).items():
             pipe.xack(stream, GROUP, *ids)
             pipe.xdel(stream, *ids)
 
     @staticmethod
-    def _entry(model, entry_id, fields, deliveries=1):
+    def _by_stream(entries):
+        grouped = {}
+        for entry in entries:
+            grouped.setdefault(entry.stream, []).append(entry.entry_id)
+        return grouped
+
+    def _entry(self, stream, entry_id, fields, deliveries=1):
+        model, version = self.keys.stream_of(stream)
         request_id = fields.get(b"id", b"").decode("utf-8", "replace")
         try:
             shape = tuple(int(n) for n in fields[b"shape"].split(b","))
-            request = Request(
-                request_id=request_id, deadline=float(fields[b"deadline"]),
-                version=fields[b"version"].decode(), top_k=int(fields[b"top_k"]),
-                shape=shape, pixels=fields[b"pixels"])
+            request = Request(request_id=request_id, timeout_ms=int(fields[b"timeout_ms"]),
+                              top_k=int(fields[b"top_k"]), shape=shape,
+                              pixels=fields[b"pixels"])
             if len(shape) != 3 or len(request.pixels) != shape[0] * shape[1] * shape[2]:
                 raise ValueError(f"{len(request.pixels)} bytes of pixels for shape {shape}")
-        except (KeyError, ValueError, UnicodeDecodeError) as exc:
-            return Entry(model, entry_id, None, deliveries, f"malformed entry: {exc!r}",
-                         request_id)
-        return Entry(model, entry_id, request, deliveries, request_id=request_id)
+        except (KeyError, ValueError) as exc:
+            return Entry(stream, model, version, entry_id, None, deliveries,
+                         f"malformed entry: {exc!r}"[:300], request_id)
+        return Entry(stream, model, version, entry_id, request, deliveries,
+                     request_id=request_id)

@@ -1,25 +1,40 @@
 """Which models are served, in which versions and input sizes, by which live workers.
 
 Workers write it (`announce` on every heartbeat, `retire` on exit); the web tier reads
-it (`Directory`), so web hosts need no model files, only Redis. A worker counts as live
-for a model while its last heartbeat is younger than ``heartbeat_ttl``.
+it (`Directory`), so web hosts need no model files, only Redis. Each worker announces
+the versions it holds; the web serves, per model, the union of its live workers'
+versions (a worker is live while its last heartbeat is younger than heartbeat_ttl), so
+workers on different versions (one pinned, a rolling deploy) are all served.
 """
 import json
 import threading
 import time
 
-MODEL_TTL = 24 * 3600  # metadata of a model no worker has announced for a day disappears
+MODEL_TTL = 24 * 3600  # what no worker has announced for a day disappears
+ACTIVE_S = 3.0         # a worker heartbeats every second, even mid-batch, while it consumes
+
+# KEYS: the models set, the model's hash, its live set; ARGV: model, worker, what it holds,
+# now, heartbeat_ttl, MODEL_TTL. Workers whose heartbeat aged out leave both.
+ANNOUNCE = """
+redis.call('SADD', KEYS[1], ARGV[1])
+redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
+redis.call('ZADD', KEYS[3], ARGV[4], ARGV[2])
+local gone = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', '(' .. (ARGV[4] - ARGV[5]))
+for _, worker in ipairs(gone) do
+  redis.call('ZREM', KEYS[3], worker)
+  redis.call('HDEL', KEYS[2], worker)
+end
+for _, key in ipairs(KEYS) do redis.call('EXPIRE', key, ARGV[6]) end
+"""
 
 
 def announce(pipe, keys, worker_id, models, status, ttl):
     """Add the heartbeat to ``pipe``: ``models`` maps name ->
     {"versions": {v: {"shape": [h, w, c], ...}}, "latest": v}."""
     now = time.time()
-    for name, meta in models.items():
-        pipe.set(keys.model(name), json.dumps(meta), ex=MODEL_TTL)
-        pipe.zadd(keys.live(name), {worker_id: now})
-        pipe.zremrangebyscore(keys.live(name), "-inf", now - ttl)
-        pipe.expire(keys.live(name), MODEL_TTL)
+    for name, held in models.items():
+        pipe.eval(ANNOUNCE, 3, keys.models(), keys.model(name), keys.live(name), name,
+                  worker_id, json.dumps(held), now, ttl, MODEL_TTL)
     pipe.set(keys.worker(worker_id), json.dumps(status), ex=max(1, int(ttl)))
 
 
@@ -29,68 +44,93 @@ def retire(client, keys, worker_id):
     client.delete(keys.worker(worker_id))
 
 
-ACTIVE_S = 3.0  # a worker heartbeats every second, even mid-batch, while it consumes
-
-
 class ModelInfo:
-    """``live_workers`` heartbeated within heartbeat_ttl (requests wait for them);
-    ``active_workers`` within ACTIVE_S (they are taking requests right now)."""
+    """A model as the web serves it: ``versions`` {v: spec} that its live workers hold
+    (or, while none is live, that its workers last held); ``live_workers`` heartbeated
+    within heartbeat_ttl (requests wait for them), ``active_workers`` within ACTIVE_S
+    (they are taking requests right now)."""
 
-    def __init__(self, name, meta, live_workers, active_workers):
+    def __init__(self, name, versions, live_workers, active_workers):
         self.name = name
-        self.versions = {int(v): spec for v, spec in meta["versions"].items()}
-        self.latest = int(meta["latest"])
+        self.versions = versions
         self.live_workers = live_workers
         self.active_workers = active_workers
+
+    @property
+    def latest(self):
+        return max(self.versions)
 
     def shape(self, version):
         return tuple(self.versions[version]["shape"])
 
+    @classmethod
+    def from_redis(cls, name, announced, heartbeats, now, heartbeat_ttl):
+        """From the model's hash {worker: JSON} and live set [(worker, time)]."""
+        live = {worker for worker, seen in heartbeats if seen >= now - heartbeat_ttl}
+        active = sum(seen >= now - ACTIVE_S for _, seen in heartbeats)
+        held = [json.loads(meta) for worker, meta in announced.items() if worker in live]
+        versions = {}
+        for meta in held or map(json.loads, announced.values()):
+            versions.update((int(v), spec) for v, spec in meta["versions"].items())
+        return cls(name, versions, len(live), active)
+
 
 class Directory:
-    """The web tier's view of the registry, cached per process for ``max_age`` seconds."""
+    """The web tier's view of the registry: the announced models, read from Redis at
+    most every ``max_age`` seconds per process. Names no worker announced are never
+    looked up or kept, however many clients ask for. A model Redis forgets (restarted,
+    flushed) stays known, with no live worker, until a worker announces it again or a day
+    passes: its requests get 503, not "not served"."""
 
     def __init__(self, client, keys, heartbeat_ttl, max_age=1.0):
         self.redis = client
         self.keys = keys
         self.heartbeat_ttl = heartbeat_ttl
         self.max_age = max_age
-        self._cache = {}
-        self._seen = {}  # last metadata of every model this process has seen announced
+        self._models = {}
+        self._seen = {}  # name -> (ModelInfo, monotonic time Redis last had it)
+        self._fetched = float("-inf")
         self._lock = threading.Lock()
 
     def lookup(self, name):
         """ModelInfo for ``name``, or None if no worker has announced it."""
-        with self._lock:
-            cached = self._cache.get(name)
-        if cached and time.monotonic() - cached[0] < self.max_age:
-            return cached[1]
-        info = self.fetch(name)
-        with self._lock:
-            self._cache[name] = (time.monotonic(), info)
-        return info
-
-    def fetch(self, name):
-        now = time.time()
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.get(self.keys.model(name))
-        pipe.zcount(self.keys.live(name), now - self.heartbeat_ttl, "+inf")
-        pipe.zcount(self.keys.live(name), now - ACTIVE_S, "+inf")
-        meta, live, active = pipe.execute()
-        if meta is not None:
-            self._seen[name] = meta
-        elif name in self._seen:  # Redis lost it (restarted, flushed): not served *now*
-            meta, live, active = self._seen[name], 0, 0
-        return None if meta is None else ModelInfo(name, json.loads(meta), live, active)
+        return self._snapshot().get(name)
 
     def models(self):
         """Every announced model, fresh from Redis."""
-        names = sorted(self.keys.name_in(key.decode(), "model")
-                       for key in self.redis.scan_iter(match=self.keys.pattern("model"),
-                                                       count=100))
-        return [info for info in map(self.fetch, names) if info is not None]
+        return sorted(self._snapshot(fresh=True).values(), key=lambda info: info.name)
 
     def workers(self):
         """Status dicts of the live workers."""
         keys = list(self.redis.scan_iter(match=self.keys.pattern("worker"), count=100))
         return [json.loads(raw) for raw in self.redis.mget(keys) if raw] if keys else []
+
+    def _snapshot(self, fresh=False):
+        with self._lock:
+            if not fresh and time.monotonic() - self._fetched < self.max_age:
+                return self._models
+        models = self._fetch()  # outside the lock: a slow Redis must not queue every thread
+        now = time.monotonic()
+        with self._lock:
+            self._seen = {name: seen for name, seen in self._seen.items()
+                          if now - seen[1] < MODEL_TTL}
+            self._seen.update((name, (info, now)) for name, info in models.items())
+            lost = {name: ModelInfo(name, info.versions, 0, 0)
+                    for name, (info, _) in self._seen.items() if name not in models}
+            self._models, self._fetched = {**lost, **models}, now
+            return self._models
+
+    def _fetch(self):
+        names = sorted(name.decode() for name in self.redis.smembers(self.keys.models()))
+        pipe = self.redis.pipeline(transaction=False)
+        for name in names:
+            pipe.hgetall(self.keys.model(name))
+            pipe.zrange(self.keys.live(name), 0, -1, withscores=True)
+        replies, now = pipe.execute(), time.time()
+        models = {}
+        for name, announced, heartbeats in zip(names, replies[::2], replies[1::2]):
+            if announced:
+                models[name] = ModelInfo.from_redis(
+                    name, {w.decode(): meta for w, meta in announced.items()},
+                    [(w.decode(), seen) for w, seen in heartbeats], now, self.heartbeat_ttl)
+        return models

@@ -16,8 +16,14 @@ runtime is often fastest at small batches (the benchmark shows which).
 A version counts once its model.json exists, so writers publish that file last.
 """
 import json
+import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
+
+log = logging.getLogger("beagle.models")
+VERSION = re.compile(r"[0-9]{1,18}")  # ASCII digits: str.isdigit() takes "²" and "١" too
+_ignored = set()  # folders already logged as not a version
 
 PREPROCESSING = ("none", "unit", "tf", "caffe", "torch")
 OUTPUTS = ("probabilities", "logits")
@@ -57,12 +63,22 @@ def names(root):
 
 
 def versions(root, name):
-    """Published versions of ``name``, oldest first."""
+    """Published versions of ``name``, oldest first; folders not named by a version
+    number are ignored (and logged)."""
     folder = Path(root) / name
     if not folder.is_dir():
         return []
-    return sorted(int(p.name) for p in folder.iterdir()
-                  if p.name.isdigit() and (p / "model.json").is_file())
+    found = []
+    for path in folder.iterdir():
+        if not (path / "model.json").is_file():
+            continue
+        if VERSION.fullmatch(path.name):
+            found.append(int(path.name))
+        elif path not in _ignored:
+            _ignored.add(path)
+            log.warning("model %s: ignoring %s: a version folder's name is a number", name,
+                        path)
+    return sorted(found)
 
 
 def load_spec(root, name, version):

@@ -10,18 +10,18 @@
     GET  /v1/models/<name>[/versions/<v>]/metadata     -> {"model_spec", "metadata"}
 
 Pixel arrays hold values 0-255, height x width x channels (or height x width); an array
-of another size is resized like an image. Errors are {"error": "..."}, as TF Serving's.
+of another size is resized like an image. Errors are {"error": "..."}, as TF Serving's,
+and name the instance at fault. One request carries at most a quarter of max_queue
+instances, so no client fills a model's queue alone; they are queued all or none.
 """
-import numpy as np
-from flask import Blueprint, abort, jsonify, request
-from PIL import Image
+from flask import Blueprint, abort, jsonify
 
-from app.api import decode_base64
-from app.inference import beagle, classify, pixels_of, resolve
+from app.bodies import json_body
+from app.imaging import BadImage, array_pixels, decode_base64
+from app.inference import beagle, classify, in_flight_slot, pixels_of, resolve, settings
 
 bp = Blueprint("tfserving", __name__, url_prefix="/v1/models")
 
-MAX_INSTANCES = 256
 INPUT_NAME = "pixels"
 OUTPUT_NAME = "probabilities"
 
@@ -29,7 +29,7 @@ OUTPUT_NAME = "probabilities"
 @bp.post("/<name>:predict")
 @bp.post("/<name>/versions/<int:version>:predict")
 def predict(name, version=None):
-    body = request.get_json(silent=True)
+    body = json_body(settings().max_json_values)
     if not isinstance(body, dict):
         abort(400, "the request body must be a JSON object")
     if body.get("signature_name", "serving_default") != "serving_default":
@@ -41,12 +41,17 @@ def predict(name, version=None):
     batch = _only_input(body["inputs"]) if columnar else body["instances"]
     if not isinstance(batch, list) or not batch:
         abort(400, "expected a non-empty list of instances")
-    if len(batch) > MAX_INSTANCES:
-        abort(400, f"{len(batch)} instances in one request; the limit is {MAX_INSTANCES}")
+    limit = max(1, settings().max_queue // 4)
+    if len(batch) > limit:
+        abort(400, f"{len(batch)} instances in one request; the limit is {limit} "
+                   "(a quarter of max_queue)")
     info, version, shape = resolve(name, version)
-    images = [_pixels(_only_input(value), shape) for value in batch]
-    vectors = [answer["probabilities"]
-               for answer in classify(name, info, version, shape, images, top_k=0)]
+    field = "inputs" if columnar else "instances"
+    with in_flight_slot():  # admitted before the work of decoding
+        images = [_pixels(_only_input(value), shape, f"{field}[{n}]: ")
+                  for n, value in enumerate(batch)]
+        vectors = [answer["probabilities"]
+                   for answer in classify(name, info, version, shape, images, top_k=0)]
     return jsonify({"outputs": vectors, "predictions": vectors} if columnar
                    else {"predictions": vectors})
 
@@ -100,32 +105,19 @@ def _only_input(value):
     return value
 
 
-def _pixels(value, shape):
+def _pixels(value, shape, where):
+    """One instance's pixels: {"b64": image bytes} or a pixel array."""
     if isinstance(value, dict):
         if not isinstance(value.get("b64"), str):
-            abort(400, 'a binary value must be {"b64": "<base64>"}')
-        return pixels_of(decode_base64(value["b64"]), shape)
+            abort(400, f'{where}a binary value must be {{"b64": "<base64>"}}')
+        try:
+            data = decode_base64(value["b64"])
+        except BadImage as exc:
+            abort(exc.status, f'{where}"b64" is {exc.message}')
+        return pixels_of(data, shape, where)
     if not isinstance(value, list):
-        abort(400, 'each instance must be {"b64": "<image bytes>"} or a pixel array')
-    return _array_pixels(value, shape)
-
-
-def _array_pixels(value, shape):
+        abort(400, f'{where}each instance must be {{"b64": "<image bytes>"}} or a pixel array')
     try:
-        array = np.asarray(value, dtype=np.float64)
-    except (ValueError, TypeError):
-        abort(400, "a pixel array must be a regular height x width x channels list of numbers")
-    if array.ndim == 2:
-        array = array[..., None]
-    if array.ndim != 3 or array.shape[2] not in (1, 3) or 0 in array.shape:
-        abort(400, f"a pixel array must be height x width x channels (1 or 3), "
-                   f"not {list(array.shape)}")
-    if not np.isfinite(array).all() or array.min() < 0 or array.max() > 255:
-        abort(400, "pixel values must be numbers from 0 to 255")
-    pixels = np.rint(array).astype(np.uint8)
-    if pixels.shape == tuple(shape):
-        return pixels.tobytes()
-    height, width, channels = shape
-    image = Image.fromarray(pixels[..., 0] if pixels.shape[2] == 1 else pixels)
-    image = image.convert("L" if channels == 1 else "RGB")
-    return image.resize((width, height), Image.Resampling.BILINEAR).tobytes()
+        return array_pixels(value, shape)
+    except BadImage as exc:
+        abort(exc.status, where + exc.message)

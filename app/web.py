@@ -15,6 +15,7 @@ from flask import Flask, current_app, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from app import admin, api, openapi, settings as settings_module, tfserving, ui
+from app.imaging import DecodeBudget, largest_decode
 from app.keys import Keys
 from app.metrics import Tally
 from app.queue import Queue, connect
@@ -48,11 +49,17 @@ def create_app(test_config=None):
 def init_app(app):
     """Register the Redis-backed resources the views use as ``app.extensions["beagle"]``."""
     settings = app.config["BEAGLE"]
+    budget = settings.decode_budget_mb * 1024 * 1024
+    if budget < largest_decode(settings.max_image_pixels):
+        raise ValueError(f"decode_budget_mb={settings.decode_budget_mb} cannot hold one image "
+                         f"of max_image_pixels={settings.max_image_pixels}: give it at least "
+                         f"{-(-largest_decode(settings.max_image_pixels) >> 20)} MB")
     client = connect(settings.redis_url, socket_timeout=settings.request_timeout + 2)
     keys = Keys(settings.key_prefix)
     app.extensions["beagle"] = SimpleNamespace(
         redis=client, keys=keys, queue=Queue(client, keys),
         directory=Directory(client, keys, settings.heartbeat_ttl),
+        decode_budget=DecodeBudget(budget),
         slots=threading.BoundedSemaphore(max(1, settings.web_threads - SPARE_THREADS)),
         api_keys=[k.strip().encode() for k in settings.api_keys.split(",") if k.strip()],
         admin_networks=[ipaddress.ip_network(n.strip()) for n in

@@ -5,6 +5,11 @@ Redis, classify it with one compiled forward pass per model version, reply; fina
 tear down. The first SIGTERM or SIGINT finishes the batch in hand, acknowledges it and
 exits; a second one ends the process at once (its unacknowledged requests stay pending
 and another worker, or this one restarted, claims them).
+
+While a forward pass runs, the main thread keeps heartbeating, and each heartbeat keeps
+the claim on the batch in hand fresh, so no other worker takes it however long the pass
+takes. If Redis fails meanwhile, the pass goes on: its answers are sent once Redis is
+back (or the entries stay pending for another worker), never answered as a failure.
 """
 import logging
 import os
@@ -20,11 +25,12 @@ import redis
 from PIL import Image
 
 from app import registry, settings as settings_module
+from app.imaging import MODES, fit
 from app.keys import Keys
 from app.loaded_models import LoadedModels
 from app.metrics import Tally
+from app.queue import Queue, connect, error_answer, server_version, version_problem
 from app.runtimes import cpu_threads
-from app.queue import Queue, connect, server_version, version_problem
 
 log = logging.getLogger("beagle.worker")
 
@@ -51,9 +57,12 @@ class Worker:
         # and keeps heartbeating.
         self._inference = ThreadPoolExecutor(1, thread_name_prefix="inference")
         self._next = Counter()  # monotonic time each periodic step is next due
-        self._joined = False    # consumer groups exist for every served model
+        self._beat_s = min(1.0, settings.heartbeat_ttl / 3, settings.claim_idle / 3)
+        self._joined = False    # consumer groups exist for every stream it reads
         self._redis_clock_offset = 0.0
         self._reclaim = False   # entries this consumer held before a restart may wait
+        self._holding = []      # entries taken and not yet acknowledged
+        self._unsent = None     # (answers, skipped) that Redis was down to receive
 
     # -- the loop -----------------------------------------------------------------
 
@@ -64,6 +73,8 @@ class Worker:
             while not self._stopping.is_set():
                 try:
                     self.maintain()
+                    if self._unsent:
+                        self.reply(*self._unsent)
                     batch = self.next_batch()
                     if batch:
                         self.reply(*self.classify(batch))
@@ -75,7 +86,7 @@ class Worker:
                         raise
                     log.warning("worker %s: a stream or group is gone (Redis restarted or "
                                 "flushed?); joining again", self.name)
-                    self._joined = False
+                    self._joined, self._unsent, self._holding = False, None, []
         finally:
             self.teardown()
 
@@ -103,9 +114,9 @@ class Worker:
                 log.info("worker %s: now serving %s", self.name, self._describe_models())
         if not self._joined:
             self._check_redis()
-            for name in self.models.names():
-                self.queue.ensure_group(name)
-                self.queue.prune_consumers(name, CONSUMER_IDLE_S)
+            for stream in self._streams():
+                self.queue.ensure_group(stream)
+                self.queue.prune_consumers(stream, CONSUMER_IDLE_S)
             self._joined = self._reclaim = True
             self._next["heartbeat"] = 0
         self._heartbeat()
@@ -113,72 +124,39 @@ class Worker:
     def next_batch(self):
         """Entries left pending by this worker before a restart or by dead workers first,
         else new ones: up to max_batch_size."""
-        recovered = self._recover()
-        if recovered:
-            return recovered
-        names, size = self.models.names(), self.settings.max_batch_size
-        if not names:
+        self._holding = self._recover()
+        if self._holding:
+            return self._holding
+        streams, size = self._streams(), self.settings.max_batch_size
+        if not streams:
             self._stopping.wait(BLOCK_MS / 1000)
             return []
-        batch = self.queue.read_new(names, self.name, size, BLOCK_MS)
+        batch = self.queue.read_new(streams, self.name, size, BLOCK_MS)
         window_ends = time.monotonic() + self.settings.batch_timeout
         while batch and len(batch) < size and (left := window_ends - time.monotonic()) > 0:
-            more = self.queue.read_new(names, self.name, size - len(batch),
+            more = self.queue.read_new(streams, self.name, size - len(batch),
                                        max(1, int(left * 1000)))
             if not more:
                 break
             batch += more
+        self._holding = batch
         return batch
 
     def classify(self, batch):
         """Answers for the batch: [(entry, answer)], plus entries to drop unanswered."""
-        answers, skipped, groups = [], [], {}
-        now = time.time()
-        for entry in batch:
-            request = entry.request
-            if request is None:
-                self.stats["malformed"] += 1
-                self.tally.count("malformed", model=entry.model)
-                log.error("worker %s: dropping entry %s of %s: %s", self.name,
-                          entry.entry_id.decode(), entry.model, entry.problem)
-                if entry.request_id:
-                    answers.append((entry, _error(400, entry.problem)))
-                else:
-                    skipped.append(entry)
-            elif request.deadline < now:
-                self.stats["expired"] += 1
-                self.tally.count("expired", model=entry.model)
-                skipped.append(entry)
-            elif entry.deliveries > self.settings.max_attempts:
-                self.stats["poisoned"] += 1
-                self.tally.count("poisoned", model=entry.model)
-                log.error("worker %s: request %s was delivered %d times; answering with an "
-                          "error", self.name, request.request_id, entry.deliveries)
-                answers.append((entry, _error(500, f"inference failed {entry.deliveries - 1} "
-                                                   f"times on this input; giving up")))
-            else:
-                version = int(request.version) if request.version else None
-                runner = self.models.get(entry.model, version)
-                if runner is None:
-                    answers.append((entry, _error(404, f"model {entry.model} version "
-                                                       f"{request.version} is not served")))
-                else:
-                    groups.setdefault(runner, []).append(entry)
-        for runner, entries in groups.items():
-            size = runner.spec.max_batch_size or self.settings.max_batch_size
-            together = [e for e in entries if e.deliveries == 1]
-            parts = [together[i:i + size] for i in range(0, len(together), size)]
-            # Redelivered entries run alone: one of them may be what killed a worker.
-            parts += [[e] for e in entries if e.deliveries > 1]
-            for part in parts:
-                answers += self._run(runner, part)
+        answers, skipped, runnable = self.sort(batch)
+        for runner, entries in _grouped(runnable).items():
+            for part in self.parts(runner, entries):
+                answers += self.run(runner, part)
         return answers, skipped
 
     def reply(self, answers, skipped):
+        self._unsent = answers, skipped  # kept until Redis has them
         pipe = self.redis.pipeline(transaction=False)
         self.queue.reply(pipe, answers, skipped, self.settings.result_ttl)
         self.tally.flush(pipe, self.keys)
         pipe.execute()
+        self._unsent, self._holding = None, []
         self.stats["answered"] += len(answers)
 
     def teardown(self):
@@ -193,6 +171,72 @@ class Worker:
                  time.time() - self.started, s["batches"], s["requests"],
                  s["requests"] / max(1, s["batches"]), s["answered"], s["failed"],
                  s["expired"], s["poisoned"], s["malformed"])
+
+    # -- the steps of classify --------------------------------------------------------
+
+    def sort(self, batch):
+        """The batch sorted: answers due now [(entry, answer)] (malformed, given up, not
+        served), entries to drop unanswered (expired, malformed without an id), and the
+        entries to run [(entry, runner)]."""
+        answers, skipped, runnable = [], [], []
+        now_ms = self._redis_now() * 1000
+        for entry in batch:
+            if entry.request is None:
+                self._count("malformed", entry)
+                log.error("worker %s: dropping entry %s of %s: %s", self.name,
+                          entry.entry_id.decode(), entry.stream, entry.problem)
+                if entry.request_id:
+                    answers.append((entry, error_answer(400, entry.problem)))
+                else:
+                    skipped.append(entry)
+            elif entry.expired(now_ms):
+                self._count("expired", entry)
+                skipped.append(entry)
+            elif entry.deliveries > self.settings.max_attempts:
+                self._count("poisoned", entry)
+                log.error("worker %s: request %s was delivered %d times; answering with an "
+                          "error", self.name, entry.request_id, entry.deliveries)
+                answers.append((entry, error_answer(
+                    500, f"inference failed {entry.deliveries - 1} times on this input; "
+                         "giving up")))
+            elif (runner := self.models.get(entry.model, entry.version)) is None:
+                answers.append((entry, error_answer(
+                    404, f"model {entry.model} version {entry.version} is not served")))
+            else:
+                runnable.append((entry, runner))
+        return answers, skipped, runnable
+
+    def parts(self, runner, entries):
+        """Forward passes for one runner: new entries together, up to its batch cap;
+        redelivered ones alone, since one of them may be what killed a worker."""
+        size = runner.spec.max_batch_size or self.settings.max_batch_size
+        together = [e for e in entries if e.deliveries == 1]
+        return ([together[i:i + size] for i in range(0, len(together), size)]
+                + [[e] for e in entries if e.deliveries > 1])
+
+    def run(self, runner, entries):
+        """One forward pass: [(entry, answer)]. A failing batch runs again one entry at a
+        time, so only the input at fault gets the error."""
+        spec = runner.spec
+        try:
+            pixels = b"".join(_fit(e.request, spec.shape) for e in entries)
+            batch = np.frombuffer(pixels, np.uint8).reshape(len(entries), *spec.shape)
+            began = time.perf_counter()
+            probabilities = self._await(self._inference.submit(runner, batch))
+            took = time.perf_counter() - began
+        except Exception as exc:
+            if len(entries) > 1:
+                log.warning("worker %s: batch of %d failed (%s); running each alone",
+                            self.name, len(entries), _summary(exc))
+                return [answer for e in entries for answer in self.run(runner, [e])]
+            self.stats["failed"] += 1
+            self.tally.count("failed", model=spec.name)
+            log.error("worker %s: inference failed for request %s: %s", self.name,
+                      entries[0].request_id, _summary(exc))
+            return [(entries[0], error_answer(500, f"inference failed: {_summary(exc)}"))]
+        self._observe(spec, entries, took)
+        return [(e, prediction(spec, row, e.request.top_k))
+                for e, row in zip(entries, probabilities)]
 
     # -- signals --------------------------------------------------------------------
 
@@ -209,54 +253,31 @@ class Worker:
                  self.name, signal.Signals(signum).name)
         self._stopping.set()
 
-    # -- steps' helpers -------------------------------------------------------------
+    # -- helpers --------------------------------------------------------------------
 
-    def _run(self, runner, entries):
-        spec = runner.spec
-        try:
-            pixels = b"".join(_fit(e.request, spec.shape) for e in entries)
-            batch = np.frombuffer(pixels, np.uint8).reshape(len(entries), *spec.shape)
-            began = time.perf_counter()
-            probabilities = self._await(self._inference.submit(runner, batch))
-            took = time.perf_counter() - began
-        except Exception as exc:
-            if len(entries) > 1:
-                log.warning("worker %s: batch of %d failed (%s); running each alone",
-                            self.name, len(entries), _summary(exc))
-                return [answer for e in entries for answer in self._run(runner, [e])]
-            self.stats["failed"] += 1
-            self.tally.count("failed", model=spec.name)
-            log.error("worker %s: inference failed for request %s: %s", self.name,
-                      entries[0].request.request_id, _summary(exc))
-            return [(entries[0], _error(500, f"inference failed: {_summary(exc)}"))]
-        self.stats["batches"] += 1
-        self.stats["requests"] += len(entries)
-        self.tally.observe("batch_size", len(entries), model=spec.name)
-        self.tally.observe("inference_seconds", took, model=spec.name)
-        redis_now = time.time() + self._redis_clock_offset
-        for entry in entries:
-            queued_at = int(entry.entry_id.split(b"-")[0]) / 1000
-            self.tally.observe("queue_wait_seconds", max(0.0, redis_now - took - queued_at),
-                               model=spec.name)
-        log.debug("worker %s: batch of %d for %s v%d in %.1f ms: %s", self.name, len(entries),
-                  spec.name, spec.version, took * 1000,
-                  " ".join(e.request.request_id for e in entries))
-        return [(e, _prediction(spec, row, e.request.top_k))
-                for e, row in zip(entries, probabilities)]
+    def _streams(self):
+        """The streams of the models and versions it holds."""
+        return [self.keys.stream(name, version) for name, versions in
+                self.models.versions().items() for version in (None, *versions)]
 
     def _heartbeat(self):
         now = time.monotonic()
-        if now >= self._next["heartbeat"]:
-            self._next["heartbeat"] = now + min(1.0, self.settings.heartbeat_ttl / 3)
-            pipe = self.redis.pipeline(transaction=False)
-            registry.announce(pipe, self.keys, self.name, self.models.announcement(),
-                              self._status(), self.settings.heartbeat_ttl)
-            self.tally.flush(pipe, self.keys)
-            pipe.time()
-            sent = time.time()
-            seconds, micros = pipe.execute()[-1]
-            # Entry ids carry Redis's clock: measure queue waits on it, not on this host's.
-            self._redis_clock_offset = seconds + micros / 1e6 - (sent + time.time()) / 2
+        if now < self._next["heartbeat"]:
+            return
+        self._next["heartbeat"] = now + self._beat_s
+        pipe = self.redis.pipeline(transaction=False)
+        registry.announce(pipe, self.keys, self.name, self.models.announcement(),
+                          self._status(), self.settings.heartbeat_ttl)
+        self.queue.hold(pipe, self.name, self._holding)
+        self.tally.flush(pipe, self.keys)
+        pipe.time()
+        sent = time.time()
+        seconds, micros = pipe.execute()[-1]
+        # Entry ids carry Redis's clock: deadlines and queue waits are measured on it.
+        self._redis_clock_offset = seconds + micros / 1e6 - (sent + time.time()) / 2
+
+    def _redis_now(self):
+        return time.time() + self._redis_clock_offset
 
     def _check_redis(self):
         """Stop for good, not in a restart loop, on a Redis too old for Beagle's commands."""
@@ -268,19 +289,24 @@ class Worker:
 
     def _await(self, future, heartbeat=True):
         """The future's result; meanwhile the main thread keeps heartbeating, so a long
-        forward pass or model load never looks like a dead worker."""
+        forward pass or model load never looks like a dead worker nor loses its claim."""
         while True:
             try:
-                return future.result(timeout=1.0)
+                return future.result(timeout=self._beat_s)
             except FutureTimeout:
-                if heartbeat:
+                if not heartbeat:
+                    continue
+                try:
                     self._heartbeat()
+                except redis.RedisError as exc:  # the pass goes on; its answers wait
+                    log.warning("worker %s: heartbeat failed (%s: %s) during a forward pass",
+                                self.name, type(exc).__name__, exc)
 
     def _recover(self):
-        size = self.settings.max_batch_size
+        size, streams = self.settings.max_batch_size, self._streams()
         if self._reclaim:
-            own = [e for name in self.models.names()
-                   for e in self.queue.reclaim_own(name, self.name, size)]
+            own = [e for stream in streams
+                   for e in self.queue.reclaim_own(stream, self.name, size)]
             self._reclaim = bool(own)  # again until none is left
             if own:
                 log.warning("worker %s: took back %d requests it held before a restart",
@@ -290,14 +316,32 @@ class Worker:
         if now < self._next["claim"]:
             return []
         self._next["claim"] = now + self.settings.claim_idle / 2
-        claimed = [e for name in self.models.names()
-                   for e in self.queue.claim_stale(name, self.name, self.settings.claim_idle,
+        claimed = [e for stream in streams
+                   for e in self.queue.claim_stale(stream, self.name, self.settings.claim_idle,
                                                    size)]
         if claimed:
             log.warning("worker %s: claimed %d requests left pending by another worker",
                         self.name, len(claimed))
             self._next["claim"] = now  # there may be more
         return claimed
+
+    def _count(self, outcome, entry):
+        self.stats[outcome] += 1
+        self.tally.count(outcome, model=entry.model)
+
+    def _observe(self, spec, entries, took):
+        self.stats["batches"] += 1
+        self.stats["requests"] += len(entries)
+        self.tally.observe("batch_size", len(entries), model=spec.name)
+        self.tally.observe("inference_seconds", took, model=spec.name)
+        redis_now = self._redis_now()
+        for entry in entries:
+            self.tally.observe("queue_wait_seconds",
+                               max(0.0, redis_now - took - entry.queued_ms / 1000),
+                               model=spec.name)
+        log.debug("worker %s: batch of %d for %s v%d in %.1f ms: %s", self.name, len(entries),
+                  spec.name, spec.version, took * 1000,
+                  " ".join(e.request_id for e in entries))
 
     def _status(self):
         return {"id": self.name, "host": socket.gethostname(), "pid": os.getpid(),
@@ -318,18 +362,8 @@ def parse_cpus(text):
     return cpus
 
 
-def _fit(request, shape):
-    """The request's pixels at ``shape``: resized only if the web sized them for another
-    version (during a swap between versions with different input sizes)."""
-    if request.shape == shape:
-        return request.pixels
-    h, w, c = request.shape
-    image = Image.frombytes("L" if c == 1 else "RGB", (w, h), request.pixels)
-    image = image.convert("L" if shape[2] == 1 else "RGB")
-    return image.resize((shape[1], shape[0]), Image.Resampling.BILINEAR).tobytes()
-
-
-def _prediction(spec, probabilities, top_k):
+def prediction(spec, probabilities, top_k):
+    """The answer for one request: the top_k labels, or (top_k 0) every probability."""
     answer = {"ok": True, "model": spec.name, "version": spec.version}
     if top_k == 0:
         answer["probabilities"] = probabilities.tolist()
@@ -341,15 +375,28 @@ def _prediction(spec, probabilities, top_k):
     return answer
 
 
+def _grouped(runnable):
+    """[(entry, runner)] -> {runner: [entry]}, in order."""
+    groups = {}
+    for entry, runner in runnable:
+        groups.setdefault(runner, []).append(entry)
+    return groups
+
+
+def _fit(request, shape):
+    """The request's pixels at ``shape``: resized only if the web sized them for another
+    version (a worker answering with an older version than the newest served)."""
+    if request.shape == shape:
+        return request.pixels
+    h, w, c = request.shape
+    return fit(Image.frombytes(MODES[c], (w, h), request.pixels), shape)
+
+
 def _summary(exc):
     """One line about ``exc``: TensorFlow's messages run over many lines and end with the
     actual reason, so keep the end."""
     text = " ".join(str(exc).split())
     return f"{type(exc).__name__}: {text if len(text) <= 240 else '...' + text[-240:]}"
-
-
-def _error(status, message):
-    return {"ok": False, "status": status, "error": message}
 
 
 def main():

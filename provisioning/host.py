@@ -11,7 +11,6 @@ import hashlib
 import io
 import json
 import re
-import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,11 +18,11 @@ from invoke.exceptions import Exit
 
 from app import config_files, queue, settings as settings_module
 from provisioning import envfile, wheels
-from provisioning.remote import exists, private_dir, put_if_changed, read, run, upload
+from provisioning.remote import exists, private_dir, put_if_changed, read, run
 
 PACKAGES = {"base": ["python3-venv", "curl"], "web": ["apache2", "libapache2-mod-wsgi-py3"],
             "redis": ["redis-server"], "worker": []}
-APACHE_MODULES = ("wsgi", "headers", "alias", "mime")
+APACHE_MODULES = ("wsgi", "headers", "alias", "mime", "reqtimeout")
 SAMPLE = "stress/images/digit_7.png"
 DEBIAN_REDIS = "redis-server"  # Debian's own unit: port 6379, no password
 CUDA_LIBRARIES = ("libcudnn", "libcublas")
@@ -281,8 +280,7 @@ def apache(c, plan, settings, release_changed):
         listen=plan.port != 80, log_name="beagle_", server_name=c.host)
     config = put_if_changed(c, "/etc/apache2/sites-available/beagle.conf", vhost)
     environment = put_if_changed(c, "/etc/systemd/system/apache2.service.d/beagle.conf",
-                                 config_files.render("systemd/apache2-beagle.conf.j2",
-                                                     etc=plan.etc))
+                                 config_files.apache_environment(plan.etc))
     if not exists(c, "/etc/apache2/sites-enabled/beagle.conf"):
         run(c, "a2ensite -q beagle")
         config = True

@@ -9,7 +9,6 @@ within a second.
     python scripts/flush_queue.py [--all] [--dry-run]
 """
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -18,35 +17,21 @@ import redis
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from app import settings as settings_module  # noqa: E402
 from app.keys import Keys  # noqa: E402
+from app.queue import Queue, error_answer  # noqa: E402
 
-FLUSHED = {"ok": False, "status": 503, "error": "flushed from the queue by an operator"}
+FLUSHED = error_answer(503, "flushed from the queue by an operator")
 REGISTRY_KINDS = ("model", "live", "worker")
 
 
 def flush(client, keys, everything=False, dry_run=False, result_ttl=30):
     """What was removed: {"requests": {stream: n}, "results": n, "registry": n}."""
-    removed = {"requests": {}, "registry": 0}
+    removed = {"registry": 0}
     removed["results"] = _delete(client, keys.pattern("result"), dry_run)  # before answering
-    for stream in client.scan_iter(match=keys.pattern("stream"), count=100):
-        count = 0
-        while entries := client.xrange(stream, count=500):
-            count += len(entries)
-            if dry_run:
-                break
-            pipe = client.pipeline(transaction=False)
-            for entry_id, fields in entries:
-                request_id = fields.get(b"id", b"").decode("utf-8", "replace")
-                if request_id:
-                    pipe.lpush(keys.result(request_id), json.dumps(FLUSHED))
-                    pipe.expire(keys.result(request_id), int(result_ttl))
-                pipe.xdel(stream, entry_id)
-            pipe.execute()
-        if dry_run:
-            count = client.xlen(stream)
-        removed["requests"][stream.decode()] = count
+    removed["requests"] = Queue(client, keys).flush(FLUSHED, result_ttl, dry_run)
     if everything:
         removed["registry"] = sum(_delete(client, keys.pattern(kind), dry_run)
-                                  for kind in REGISTRY_KINDS)
+                                  for kind in REGISTRY_KINDS) + _delete(client, keys.models(),
+                                                                         dry_run)
     return removed
 
 

@@ -1,9 +1,12 @@
-"""A corpus of awkward and hostile images, made on the fly with Pillow.
+"""A corpus of awkward and hostile images, made on the fly with Pillow, and of hostile
+JSON bodies for both APIs.
 
-Each case: (name, bytes, expected) where expected is a digit label the image must be
+Each image case: (name, bytes, expected) where expected is a digit label the image must be
 classified as, or the 4xx status intake must answer with.
 """
+import base64
 import io
+import json
 import struct
 import zlib
 
@@ -119,4 +122,65 @@ def cases():
         ("ppm", encode(photo, "PPM"), 415),
         ("ico", encode(photo.resize((64, 64)), "ICO"), 415),
         ("pcx", encode(photo, "PCX"), 415),
+    ]
+
+
+def big_digit(d, fmt, mode):
+    """The digit blown up to 5000x5000 (the pixel limit's 25 MP): a few hundred KB that
+    decode to 25-100 MB."""
+    image = digit(d).resize((5000, 5000), Image.Resampling.NEAREST)
+    if mode == "RGBA":
+        ink = np.asarray(image)
+        image = Image.fromarray(np.dstack([ink, ink, ink, np.full_like(ink, 255)]), "RGBA")
+    elif mode == "I;16":
+        image = Image.fromarray(np.asarray(image, np.uint16) * 257)
+    return encode(image, fmt)
+
+
+def big_cases():
+    """Valid images that are small files but huge once decoded."""
+    return [("5000x5000 rgba png", big_digit(3, "PNG", "RGBA"), "3"),
+            ("5000x5000 16-bit png", big_digit(4, "PNG", "I;16"), "4"),
+            ("5000x5000 gif", big_digit(8, "GIF", "L"), "8")]
+
+
+def b64(data):
+    return base64.b64encode(data).decode()
+
+
+def json_cases():
+    """(name, path, body bytes, expected): hostile JSON for both APIs. expected is a digit
+    label (valid, must classify) or (status, words the error must hold)."""
+    image, predict, tfs = b64(sample(7)), "/predict", "/v1/models/digits:predict"
+
+    def body(text):
+        return text.encode()
+    deep = 5000
+    return [
+        ("version 1e999", predict, body(f'{{"image": "{image}", "version": 1e999}}'),
+         (400, "version")),
+        ("version Infinity", predict, body(f'{{"image": "{image}", "version": Infinity}}'),
+         (400, "version")),
+        ("top_k -Infinity", predict, body(f'{{"image": "{image}", "top_k": -Infinity}}'),
+         (400, "top_k")),
+        ("top_k NaN", predict, body(f'{{"image": "{image}", "top_k": NaN}}'), (400, "top_k")),
+        ("version of 400 digits", predict, body(f'{{"image": "{image}", "version": {"9" * 400}}}'),
+         (400, "version")),
+        ("top_k true", predict, body(f'{{"image": "{image}", "top_k": true}}'), (400, "top_k")),
+        ("top_k 2.5", predict, body(f'{{"image": "{image}", "top_k": 2.5}}'), (400, "top_k")),
+        ("pixel 1e999", tfs, body('{"instances": [[[0], [1e999]]]}'), (400, "instances[0]")),
+        ("pixel NaN", tfs, body('{"instances": [[[0]], [[NaN]]]}'), (400, "instances[1]")),
+        ("pixel of 400 digits", tfs, body(f'{{"instances": [[[{"9" * 400}]]]}}'),
+         (400, "instances[0]")),
+        ("nested arrays, predict", predict, body("[" * deep + "]" * deep), (400, "nested")),
+        ("nested arrays, tf serving", tfs, body('{"instances": ' + "[" * deep + "]" * deep
+                                               + "}"), (400, "nested")),
+        ("nested objects", tfs, body('{"a": ' * deep + "1" + "}" * deep), (400, "nested")),
+        ("mime-wrapped base64", predict, body(json.dumps(
+            {"image": base64.encodebytes(sample(5)).decode()})), "5"),
+        ("unpadded base64", predict, body(json.dumps({"image": b64(sample(6)).rstrip("=")})),
+         "6"),
+        ("unpadded b64 instance", tfs, body(json.dumps(
+            {"instances": [{"b64": b64(sample(2)).rstrip("=")}]})), "2"),
+        ("not base64 at all", predict, body('{"image": "%%%%not base64"}'), (400, "base64")),
     ]

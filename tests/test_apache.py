@@ -29,13 +29,14 @@ def test_the_rendered_configuration_passes_apaches_own_check(settings, public_tm
 def test_the_vhost_has_the_production_settings(settings, public_tmp):
     vhost, _ = render(settings, public_tmp)
     daemon = vhost[vhost.index("WSGIDaemonProcess"):vhost.index("WSGIProcessGroup")]
-    for option in ("processes=1", "threads=64", "python-home=/opt/venv", "python-path=",
+    for option in ("processes=1", "threads=128", "python-home=/opt/venv", "python-path=",
                    "home=", "display-name=%{GROUP}", *PRODUCTION_TIMEOUTS):
         assert option in daemon, option
     assert f"queue-timeout={int(settings.request_timeout)} " in daemon
     for directive in ("WSGIApplicationGroup %{GLOBAL}", "WSGIRestrictEmbedded On",
                       "ServerTokens Prod", "ServerSignature Off", "LimitRequestBody ",
-                      "TraceEnable Off"):
+                      "TraceEnable Off", "RequestReadTimeout header=5-10,MinRate=500 "
+                                         "body=5,MinRate=500"):
         assert directive in vhost, directive
     assert "{{" not in vhost and "{%" not in vhost
 

@@ -2,7 +2,9 @@
 property-based fuzzing of intake. Valid images classify; invalid ones get a JSON 4xx that
 names the problem; nothing gets a 5xx; the worker never restarts."""
 import base64
-import io
+import json
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -10,33 +12,33 @@ import requests
 from hypothesis import HealthCheck, given, settings as hypothesis_settings, strategies as st
 from PIL import Image
 
-from app.imaging import BadImage, to_pixels
+from app.imaging import BadImage, DecodeBudget, to_pixels
 from conftest import predict, sample
-from hostile import cases, digit, encode, exif_rotated_jpeg
+from hostile import b64, big_cases, cases, digit, encode, exif_rotated_jpeg, json_cases
 
-CORPUS = cases()
+CORPUS = cases() + big_cases()
+JSON_CORPUS = json_cases()
 LIMIT = 25_000_000
+BUDGET = DecodeBudget(1 << 30)
 
 
 @pytest.mark.parametrize("name,data,expected", CORPUS, ids=[c[0] for c in CORPUS])
 def test_intake_answers_every_case(name, data, expected):
     if isinstance(expected, str):
-        assert len(to_pixels(data, 32, 32, 1, LIMIT)) == 32 * 32
-        assert len(to_pixels(data, 224, 224, 3, LIMIT)) == 224 * 224 * 3
+        assert len(to_pixels(data, (32, 32, 1), LIMIT, BUDGET)) == 32 * 32
+        assert len(to_pixels(data, (224, 224, 3), LIMIT, BUDGET)) == 224 * 224 * 3
     else:
         with pytest.raises(BadImage) as caught:
-            to_pixels(data, 32, 32, 1, LIMIT)
+            to_pixels(data, (32, 32, 1), LIMIT, BUDGET)
         assert caught.value.status == expected
 
 
 def test_exif_orientation_is_honoured():
-    upright = np.frombuffer(to_pixels(encode(digit(7).convert("RGB"), "JPEG", quality=95),
-                                      32, 32, 1, LIMIT), np.uint8).astype(int)
-    rotated = np.frombuffer(to_pixels(exif_rotated_jpeg(7), 32, 32, 1, LIMIT),
-                            np.uint8).astype(int)
-    stored_as_is = digit(7).transpose(Image.Transpose.ROTATE_90)
-    ignored = np.frombuffer(to_pixels(encode(stored_as_is, "PNG"), 32, 32, 1, LIMIT),
-                            np.uint8).astype(int)
+    def pixels(data):
+        return np.frombuffer(to_pixels(data, (32, 32, 1), LIMIT, BUDGET), np.uint8).astype(int)
+    upright = pixels(encode(digit(7).convert("RGB"), "JPEG", quality=95))
+    rotated = pixels(exif_rotated_jpeg(7))
+    ignored = pixels(encode(digit(7).transpose(Image.Transpose.ROTATE_90), "PNG"))
     assert np.abs(rotated - upright).mean() < 5 < np.abs(ignored - upright).mean()
 
 
@@ -55,6 +57,76 @@ def test_the_whole_corpus_through_the_stack(stack):
     assert [p.pid for p in stack.processes] == pids
     assert all(p.poll() is None for p in stack.processes)
     assert "Traceback" not in stack.apache.error_log.read_text()
+
+
+@pytest.mark.parametrize("name,path,body,expected", JSON_CORPUS, ids=[c[0] for c in JSON_CORPUS])
+def test_hostile_json_through_the_stack(stack, name, path, body, expected):
+    response = requests.post(stack.url + path, data=body, timeout=30,
+                             headers={"Content-Type": "application/json"})
+    assert response.headers["Content-Type"] == "application/json", response.text[:300]
+    answer = response.json()
+    if isinstance(expected, str):
+        assert response.status_code == 200, answer
+        label = (answer["predictions"][0]["label"] if path == "/predict"
+                 else str(int(np.argmax(answer["predictions"][0]))))
+        assert label == expected
+    else:
+        status, words = expected
+        assert response.status_code == status and words in answer["error"], answer
+
+
+def test_a_huge_json_body_is_refused_before_parsing_and_stalls_nobody(stack):
+    """A 2000 x 2000 pixel array as JSON: 4 million numbers, 8 MB."""
+    row = b"[" + b",".join([b"0"] * 2000) + b"]"
+    body = b'{"instances": [[' + b",".join([row] * 2000) + b"]]}"
+    latencies, done = [], threading.Event()
+
+    def probe():
+        with requests.Session() as session:
+            while not done.is_set():
+                began = time.perf_counter()
+                session.get(stack.url + "/healthz", timeout=30)
+                latencies.append(time.perf_counter() - began)
+    prober = threading.Thread(target=probe)
+    prober.start()
+    time.sleep(0.2)
+    began = time.perf_counter()
+    response = requests.post(stack.url + "/v1/models/digits:predict", data=body,
+                             headers={"Content-Type": "application/json"}, timeout=60)
+    took = time.perf_counter() - began
+    time.sleep(0.2)
+    done.set()
+    prober.join()
+    print(f"\n8 MB of JSON numbers: {response.status_code} in {took * 1000:.0f} ms; the "
+          f"slowest /healthz meanwhile took {max(latencies) * 1000:.0f} ms")
+    assert response.status_code == 413 and "values" in response.json()["error"]
+    assert max(latencies) < 0.25
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+    lambda children: st.lists(children, max_size=6)
+    | st.dictionaries(st.text(max_size=8), children, max_size=6), max_leaves=40)
+FIELDS = st.sampled_from(["image", "version", "top_k", "model", "instances", "inputs",
+                          "signature_name", "b64", "pixels"])
+
+
+@hypothesis_settings(max_examples=200, deadline=None,
+                     suppress_health_check=[HealthCheck.too_slow,
+                                            HealthCheck.function_scoped_fixture])
+@given(path=st.sampled_from(["/predict", "/v1/models/digits:predict",
+                             "/v1/models/digits/versions/1:predict"]),
+       body=st.dictionaries(FIELDS, JSON_VALUES, max_size=4) | JSON_VALUES,
+       image=st.booleans(), nest=st.integers(0, 3000))
+def test_fuzzed_json_never_gets_a_server_error(stack, path, body, image, nest):
+    if image and isinstance(body, dict):  # a real image beside the noise, now and then
+        body = {**body, "image": b64(sample(1))} if path == "/predict" else \
+            {**body, "instances": [{"b64": b64(sample(1))}]}
+    text = "[" * nest + json.dumps(body, allow_nan=True) + "]" * nest
+    response = requests.post(stack.url + path, data=text.encode(), timeout=30,
+                             headers={"Content-Type": "application/json"})
+    assert response.status_code < 500 or response.status_code == 503, response.text[:300]
+    assert response.headers["Content-Type"] == "application/json"
 
 
 def test_content_types_are_sniffed_not_trusted(stack):
@@ -96,7 +168,7 @@ VALID = [encode(Image.effect_noise((48, 40), 40).convert(mode), fmt)
 ))
 def test_fuzzed_bytes_never_escape_as_anything_but_bad_image(data):
     try:
-        pixels = to_pixels(data, 24, 24, 3, LIMIT)
+        pixels = to_pixels(data, (24, 24, 3), LIMIT, BUDGET)
     except BadImage as exc:
         assert exc.status in (400, 413, 415) and exc.message
     else:

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from app.imaging import BadImage, to_pixels
+from app.imaging import BadImage, DecodeBudget, to_pixels
 from conftest import sample
 
 LIMIT = 25_000_000
@@ -18,7 +18,7 @@ def encode(image, fmt, **params):
 
 
 def intake(data, width=32, height=32, channels=1, max_pixels=LIMIT):
-    return to_pixels(data, width, height, channels, max_pixels)
+    return to_pixels(data, (height, width, channels), max_pixels, DecodeBudget(1 << 30))
 
 
 def status_of(data, **kwargs):

@@ -11,18 +11,22 @@ from app.queue import Queue, Request
 @pytest.fixture
 def queue(client, settings):
     queue = Queue(client, Keys(settings.key_prefix))
-    queue.ensure_group("m")
-    queue.ensure_group("m")  # idempotent
+    queue.ensure_group(queue.keys.stream("m"))
+    queue.ensure_group(queue.keys.stream("m"))  # idempotent
     return queue
 
 
-def request(deadline_in=10.0):
-    return Request(uuid.uuid4().hex, time.time() + deadline_in, "", 5, (2, 2, 1), b"\x00\x01\x02\x03")
+def request(timeout_s=10.0):
+    return Request(uuid.uuid4().hex, int(timeout_s * 1000), 5, (2, 2, 1), b"\x00\x01\x02\x03")
 
 
-def put(queue, sent, max_queue=10, max_wait_s=60):
-    refused = queue.submit("m", sent, max_queue, max_wait_s)
+def put(queue, *sent, version=None, max_queue=10, max_wait_s=60):
+    refused = queue.submit("m", version, list(sent) or [request()], max_queue, max_wait_s)
     assert refused is None, refused
+
+
+def take(queue, consumer="w1", count=10, block_ms=100, version=None):
+    return queue.read_new([queue.keys.stream("m", version)], consumer, count, block_ms)
 
 
 def reply(queue, answers, skipped):
@@ -32,28 +36,49 @@ def reply(queue, answers, skipped):
 
 
 def test_submit_refuses_beyond_the_backlog_bound(queue):
-    put(queue, request(), max_queue=2)
-    put(queue, request(), max_queue=2)
-    assert queue.submit("m", request(), 2, 60) == ("full", "model 'm' has 2 requests waiting")
+    put(queue, max_queue=2)
+    put(queue, max_queue=2)
+    refused = queue.submit("m", None, [request()], 2, 60)
+    assert refused == ("full", "model 'm' has 2 requests waiting")
     assert queue.backlog("m") == 2
+
+
+def test_a_request_of_several_images_is_queued_whole_or_not_at_all(queue):
+    put(queue, request(), request(), max_queue=3)
+    refused = queue.submit("m", None, [request(), request()], 3, 60)
+    assert refused[0] == "full" and queue.backlog("m") == 2   # not 3: nothing half-queued
+    put(queue, request(), max_queue=3)
+    assert queue.backlog("m") == 3
 
 
 def test_submit_refuses_when_the_oldest_undelivered_request_waited_too_long(queue):
-    put(queue, request())
+    put(queue)
     time.sleep(0.06)
-    reason, why = queue.submit("m", request(), 10, max_wait_s=0.05)
+    reason, why = queue.submit("m", None, [request()], 10, max_wait_s=0.05)
     assert reason == "slow" and "oldest waiting request has waited 0." in why
+    assert 0.05 <= queue.oldest_waiting("m") < 1.0
     # Once a worker has taken it, it no longer counts as waiting.
-    queue.read_new(["m"], "w1", count=1, block_ms=10)
-    put(queue, request(), max_wait_s=0.05)
+    take(queue, count=1, block_ms=10)
+    assert queue.oldest_waiting("m") == 0
+    put(queue, max_wait_s=0.05)
     assert queue.backlog("m") == 2
+
+
+def test_requests_for_a_version_have_a_stream_of_their_own(queue):
+    put(queue, version=2)
+    queue.ensure_group(queue.keys.stream("m", 2))  # as a worker holding 2 does on joining
+    assert take(queue) == []
+    (entry,) = take(queue, version=2)
+    assert (entry.model, entry.version) == ("m", 2)
+    assert queue.streams("m") == [queue.keys.stream("m"), queue.keys.stream("m", 2)]
+    assert queue.backlog("m") == 1
 
 
 def test_round_trip_leaves_nothing_behind(queue, client):
     sent = request()
     put(queue, sent)
-    (entry,) = queue.read_new(["m"], "w1", count=10, block_ms=100)
-    assert entry.request == sent and entry.deliveries == 1
+    (entry,) = take(queue)
+    assert entry.request == sent and entry.deliveries == 1 and entry.version is None
     reply(queue, [(entry, {"ok": True, "n": 1})], [])
     assert queue.wait_result(sent.request_id, 1) == {"ok": True, "n": 1}
     stream = queue.keys.stream("m")
@@ -62,17 +87,25 @@ def test_round_trip_leaves_nothing_behind(queue, client):
     assert client.exists(queue.keys.result(sent.request_id)) == 0
 
 
+def test_a_deadline_is_counted_on_redis_clock_from_the_entry(queue, client):
+    put(queue, request(timeout_s=0.5))
+    (entry,) = take(queue)
+    seconds, micros = client.time()
+    now_ms = seconds * 1000 + micros // 1000
+    assert not entry.expired(now_ms) and entry.expired(now_ms + 600)
+
+
 def test_unread_result_expires(queue, client):
     sent = request()
     put(queue, sent)
-    (entry,) = queue.read_new(["m"], "w1", count=10, block_ms=100)
+    (entry,) = take(queue)
     reply(queue, [(entry, {"ok": True})], [])
     assert 0 < client.ttl(queue.keys.result(sent.request_id)) <= 5
 
 
 def test_read_waits_at_most_block_ms(queue):
     began = time.monotonic()
-    assert queue.read_new(["m"], "w1", count=10, block_ms=200) == []
+    assert take(queue, block_ms=200) == []
     assert 0.15 < time.monotonic() - began < 1.0
 
 
@@ -86,30 +119,45 @@ def test_wait_result_times_out(queue):
 def test_stale_entries_are_claimed_with_their_delivery_count(queue):
     sent = request()
     put(queue, sent)
-    assert len(queue.read_new(["m"], "dead", count=10, block_ms=100)) == 1
-    assert queue.claim_stale("m", "alive", min_idle_s=5, count=10) == []  # not idle enough
+    stream = queue.keys.stream("m")
+    assert len(take(queue, "dead")) == 1
+    assert queue.claim_stale(stream, "alive", min_idle_s=5, count=10) == []  # not idle enough
     time.sleep(0.05)
-    (claimed,) = queue.claim_stale("m", "alive", min_idle_s=0.01, count=10)
+    (claimed,) = queue.claim_stale(stream, "alive", min_idle_s=0.01, count=10)
     assert claimed.request == sent and claimed.deliveries == 2
 
 
+def test_held_entries_stay_with_their_worker(queue, client):
+    put(queue)
+    stream = queue.keys.stream("m")
+    (entry,) = take(queue, "busy")
+    for _ in range(3):
+        time.sleep(0.06)
+        pipe = client.pipeline()
+        queue.hold(pipe, "busy", [entry])
+        pipe.execute()
+    assert queue.claim_stale(stream, "other", min_idle_s=0.1, count=10) == []
+    (pending,) = client.xpending_range(stream, GROUP, "-", "+", 10)
+    assert pending["consumer"] == b"busy" and pending["times_delivered"] == 1
+
+
 def test_skipped_entries_are_acknowledged_without_a_result(queue, client):
-    sent = request(deadline_in=-1)
+    sent = request(timeout_s=0)
     put(queue, sent)
-    (entry,) = queue.read_new(["m"], "w1", count=10, block_ms=100)
+    (entry,) = take(queue)
     reply(queue, [], [entry])
     assert client.xlen(queue.keys.stream("m")) == 0
     assert client.exists(queue.keys.result(sent.request_id)) == 0
 
 
 def test_consumers_of_dead_workers_are_pruned(queue, client):
-    put(queue, request())
-    (entry,) = queue.read_new(["m"], "gone", count=1, block_ms=10)
+    put(queue)
+    (entry,) = take(queue, "gone", count=1, block_ms=10)
     reply(queue, [(entry, {"ok": True})], [])
     stream = queue.keys.stream("m")
     assert [c["pending"] for c in client.xinfo_consumers(stream, GROUP)] == [0]
-    queue.prune_consumers("m", idle_s=3600)
+    queue.prune_consumers(stream, idle_s=3600)
     assert len(client.xinfo_consumers(stream, GROUP)) == 1
     time.sleep(0.02)
-    queue.prune_consumers("m", idle_s=0.01)
+    queue.prune_consumers(stream, idle_s=0.01)
     assert client.xinfo_consumers(stream, GROUP) == []

@@ -13,13 +13,15 @@ import requests
 from PIL import Image
 
 from app.devstack import RedisServer, Stack, WorkerProcess
-from app.imaging import to_pixels
+from app.imaging import DecodeBudget, to_pixels
 from app.keys import GROUP, Keys
 from app.metrics import SECONDS
 from app.queue import Queue, Request
 from conftest import make_settings, predict, public_tempdir, sample
 from models import marker_png, poison_model, slow_model
 from stress import stress_test
+
+BUDGET = DecodeBudget(1 << 30)
 
 
 class Load:
@@ -100,9 +102,9 @@ def test_poison_input_is_answered_removed_and_spares_its_batch(poison_stack, cli
     try:
         ids = []
         for poisoned in (False, False, True, False, False, False):
-            request = Request(uuid.uuid4().hex, time.time() + 10, "", 1, (32, 32, 1),
-                              to_pixels(marker_png(poisoned), 32, 32, 1, 10**6))
-            assert queue.submit("poison", request, 100, 60) is None
+            request = Request(uuid.uuid4().hex, 10_000, 1, (32, 32, 1),
+                              to_pixels(marker_png(poisoned), (32, 32, 1), 10**6, BUDGET))
+            assert queue.submit("poison", None, [request], 100, 60) is None
             ids.append(request.request_id)
     finally:
         stack.workers[0].signal(signal.SIGCONT)
@@ -125,9 +127,9 @@ def test_a_request_that_keeps_killing_workers_is_given_up(redis_server, client, 
     settings = make_settings(redis_server.url, claim_idle=1.0)
     keys = Keys(settings.key_prefix)
     queue, stream = Queue(client, keys), keys.stream("digits")
-    queue.ensure_group("digits")
-    request = Request(uuid.uuid4().hex, time.time() + 30, "", 1, (32, 32, 1), bytes(1024))
-    queue.submit("digits", request, 100, 60)
+    queue.ensure_group(stream)
+    request = Request(uuid.uuid4().hex, 30_000, 1, (32, 32, 1), bytes(1024))
+    queue.submit("digits", None, [request], 100, 60)
     # Three workers took it and died holding it: its delivery count is now 3.
     client.xreadgroup(GROUP, "crashed", {stream: ">"}, count=1)
     entry_id = client.xpending_range(stream, GROUP, "-", "+", 1)[0]["message_id"]
@@ -313,9 +315,9 @@ def test_redis_holds_no_per_request_state_after_10000_requests(start_stack, clie
     found = sorted(k.decode() for k in client.scan_iter(match=keys.pattern(), count=1000))
     worker = stack.workers[0].name
     print(f"\nafter 10,000 requests ({summary['throughput']:.0f} req/s), Beagle's keys: {found}")
-    assert found == sorted([keys.stream("digits"), keys.model("digits"), keys.live("digits"),
-                            keys.worker(worker), keys.metrics("counters"),
-                            keys.metrics("histograms")])
+    assert found == sorted([keys.stream("digits"), keys.stream("digits", 1), keys.model("digits"),
+                            keys.live("digits"), keys.models(), keys.worker(worker),
+                            keys.metrics("counters"), keys.metrics("histograms")])
     # The metrics hashes grow with models and label values, never with requests.
     assert client.hlen(keys.metrics("counters")) <= 4
     assert client.hlen(keys.metrics("histograms")) <= 4 * (len(SECONDS) + 3)

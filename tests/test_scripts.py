@@ -3,7 +3,6 @@ import os
 import re
 import subprocess
 import sys
-import time
 import uuid
 
 import numpy as np
@@ -37,11 +36,10 @@ def test_simple_request_prints_ranked_labels(stack):
 def test_flush_removes_only_beagles_keys_and_answers_the_waiting(settings, client):
     keys = Keys(settings.key_prefix)
     queue = Queue(client, keys)
-    queue.ensure_group("digits")
-    waiting = [Request(uuid.uuid4().hex, time.time() + 30, "", 1, (1, 1, 1), b"\x00")
-               for _ in range(3)]
+    queue.ensure_group(keys.stream("digits"))
+    waiting = [Request(uuid.uuid4().hex, 30_000, 1, (1, 1, 1), b"\x00") for _ in range(3)]
     for request in waiting:
-        queue.submit("digits", request, 10, 60)
+        queue.submit("digits", None, [request], 10, 60)
     client.lpush(keys.result("stale"), "{}")
     client.set("someone-else:key", "keep me")
     client.set(keys.worker("w1"), "{}")

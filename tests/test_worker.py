@@ -25,10 +25,13 @@ def digit_pixels(digit, side=32):
     return image.resize((side, side), Image.Resampling.BILINEAR).tobytes()
 
 
-def entry(digit=3, deadline_in=10.0, version="", top_k=3, deliveries=1, model="digits"):
-    request = Request(uuid.uuid4().hex, time.time() + deadline_in, version, top_k,
-                      (32, 32, 1), digit_pixels(digit))
-    return Entry(model, b"1-0", request, deliveries, request_id=request.request_id)
+def entry(digit=3, timeout_s=10.0, version=None, top_k=3, deliveries=1, model="digits"):
+    """An entry queued now (its id carries the time), for ``version`` (None: newest)."""
+    request = Request(uuid.uuid4().hex, int(timeout_s * 1000), top_k, (32, 32, 1),
+                      digit_pixels(digit))
+    stream = Keys("test").stream(model, version)
+    return Entry(stream, model, version, f"{int(time.time() * 1000)}-0".encode(), request,
+                 deliveries, request_id=request.request_id)
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +64,7 @@ def test_classify_answers_each_sample_with_its_digit(worker):
 
 
 def test_classify_skips_expired_and_refuses_unknown_versions(worker):
-    expired, unknown, good = entry(deadline_in=-1), entry(version="9"), entry(7, top_k=0)
+    expired, unknown, good = entry(timeout_s=-1), entry(version=9), entry(7, top_k=0)
     answers, skipped = worker.classify([expired, unknown, good])
     assert skipped == [expired] and worker.stats["expired"] == 1
     by_entry = {id(e): a for e, a in answers}
@@ -80,21 +83,22 @@ def test_classify_gives_up_after_max_attempts(worker):
 def test_malformed_entry_is_answered_and_dropped(redis_server, settings, client, worker):
     keys = Keys(settings.key_prefix)
     queue = Queue(client, keys)
-    queue.ensure_group("digits")
-    client.xadd(keys.stream("digits"), {"id": "abc", "shape": "not,a,shape"})
-    batch = queue.read_new(["digits"], "w", 10, 100)
+    stream = keys.stream("digits")
+    queue.ensure_group(stream)
+    client.xadd(stream, {"id": "abc", "shape": "not,a,shape"})
+    batch = queue.read_new([stream], "w", 10, 100)
     assert batch[0].request is None and "malformed" in batch[0].problem
     worker.reply(*worker.classify(batch))
     assert queue.wait_result("abc", 1)["status"] == 400
-    assert client.xlen(keys.stream("digits")) == 0
+    assert client.xlen(stream) == 0
 
 
-def submit(queue, model, count, shape, deadline_in=30.0):
+def submit(queue, model, count, shape, timeout_s=30.0):
     ids = []
     for _ in range(count):
-        request = Request(uuid.uuid4().hex, time.time() + deadline_in, "", 1, shape,
+        request = Request(uuid.uuid4().hex, int(timeout_s * 1000), 1, shape,
                           bytes(shape[0] * shape[1] * shape[2]))
-        assert queue.submit(model, request, 100, 60) is None
+        assert queue.submit(model, None, [request], 100, 60) is None
         ids.append(request.request_id)
     return ids
 
@@ -178,3 +182,36 @@ def test_a_redis_too_old_stops_the_worker_for_good_with_a_clear_message(tmp_path
         server.terminate()
     assert ("Redis 5.0.6 is too old: Beagle needs 6.2 or newer (XAUTOCLAIM, which recovers "
             "a dead worker's requests)") in worker.log_path.read_text()
+
+
+def test_entries_whose_numbers_are_not_numbers_are_answered_and_the_worker_goes_on(
+        redis_server, client, tmp_path):
+    settings = make_settings(redis_server.url)
+    keys = Keys(settings.key_prefix)
+    queue, stream = Queue(client, keys), keys.stream("digits")
+    worker = WorkerProcess(settings, "picky", tmp_path / "picky.log").start()
+    try:
+        good = Request(uuid.uuid4().hex, 30_000, 1, (32, 32, 1), digit_pixels(3))
+        for field, value in (("timeout_ms", "x"), ("top_k", "1.5"), ("top_k", "²"),
+                             ("shape", "32,32,١")):
+            bad = {**good.fields(), "id": uuid.uuid4().hex, field: value}
+            client.xadd(stream, bad)
+            answer = queue.wait_result(bad["id"], 10)
+            assert answer["status"] == 400 and "malformed" in answer["error"], answer
+        assert queue.submit("digits", None, [good], 100, 60) is None
+        assert queue.wait_result(good.request_id, 10)["ok"]
+        assert worker.process.poll() is None
+    finally:
+        worker.stop()
+
+
+def test_version_folders_not_named_by_ascii_digits_are_ignored(tmp_path):
+    import shutil
+    from app import repository
+    from app.settings import PROJECT_ROOT
+    for name in ("1", "²", "١٢", "3a"):
+        shutil.copytree(PROJECT_ROOT / "models" / "digits" / "1", tmp_path / "digits" / name)
+    assert repository.versions(tmp_path, "digits") == [1]
+    models = LoadedModels(tmp_path, "")
+    models.refresh()
+    assert models.versions() == {"digits": [1]}

@@ -1,0 +1,49 @@
+"""Request bodies and parameters, as both APIs read them, within bounds: no body may
+stall the process, and nothing a client sends escapes as a 5xx.
+
+`json_body` counts a JSON body's values before parsing it (one comma per value bounds
+them from above, and counting bytes is cheap) and refuses more than ``max_json_values``
+with 413: parsing millions of numbers holds the GIL for seconds, stalling every thread of
+the process. Nesting too deep for the parser is a 400. `int_param` takes an integer
+parameter from a form, a query string or JSON, and names the parameter in every error.
+"""
+import json
+import re
+
+from flask import abort, request
+
+DIGITS = re.compile(r"[0-9]{1,18}")
+SHOWN = 40  # characters of a bad value quoted back
+
+
+def json_body(max_values):
+    """The request's JSON document."""
+    data = request.get_data()
+    values = data.count(b",") + 1
+    if values > max_values:
+        abort(413, f"JSON body holds up to {values} values; the limit is {max_values}")
+    try:
+        return json.loads(data)
+    except RecursionError:
+        abort(400, "JSON body is nested too deeply")
+    except ValueError as exc:  # UnicodeDecodeError included
+        abort(400, f"JSON body is not valid JSON: {str(exc)[:200]}")
+
+
+def int_param(params, name, low, high):
+    """``params[name]`` as an int from ``low`` to ``high``, or None when absent."""
+    value = params.get(name)
+    if value is None or value == "":
+        return None
+    if isinstance(value, str) and DIGITS.fullmatch(value.strip()):
+        value = int(value)
+    elif isinstance(value, bool) or not isinstance(value, int):
+        abort(400, f"{name} must be a whole number from {low} to {high}, not {shown(value)}")
+    if not low <= value <= high:
+        abort(400, f"{name} must be from {low} to {high}, not {shown(value)}")
+    return value
+
+
+def shown(value):
+    text = repr(value) if not isinstance(value, int) else str(value)
+    return text if len(text) <= SHOWN else text[:SHOWN] + "..."

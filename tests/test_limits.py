@@ -1,0 +1,172 @@
+"""What one web process spends on a request is bounded, whatever clients send: memory for
+decoding, work before admission, queue room per request, cache entries per name asked
+for, and the threads a slow client can hold. Real Apache, Redis and workers throughout."""
+import signal
+import socket
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import requests
+
+from app.keys import Keys
+from app.registry import Directory
+from conftest import predict, sample
+from hostile import b64, big_digit
+from test_web import daemon_pids
+
+MB = 1024 * 1024
+
+
+def status_kb(pid, field):
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+
+
+def json_reply(response):
+    assert response.headers["Content-Type"] == "application/json", response.text[:200]
+    return response.json()
+
+
+def test_concurrent_decompression_bombs_stay_within_the_decode_budget(start_stack):
+    budget_mb = 320  # one 25 MP image at a time (it may need 310 MB)
+    stack = start_stack(decode_budget_mb=budget_mb, request_timeout=30.0)
+    (pid,) = daemon_pids(stack.apache.process.pid)
+    assert predict(stack.url, sample(3)).status_code == 200
+    before = status_kb(pid, "VmRSS")
+    bombs = [big_digit(3, "PNG", "RGBA"), big_digit(4, "PNG", "I;16"), big_digit(8, "GIF", "L")]
+    replies, lock = [], threading.Lock()
+
+    def send(data):
+        response = predict(stack.url, data, timeout=60)
+        with lock:
+            replies.append((response.status_code, json_reply(response)))
+    threads = [threading.Thread(target=send, args=(bombs[n % 3],)) for n in range(24)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    peak = status_kb(pid, "VmHWM")
+    statuses = sorted(status for status, _ in replies)
+    print(f"\n24 concurrent 25 MP images ({', '.join(f'{len(b) // 1024} KB' for b in bombs)}), "
+          f"decode budget {budget_mb} MB: statuses {statuses}; web process RSS "
+          f"{before / MB:.0f} MB before, peak {peak / MB:.0f} MB")
+    assert set(statuses) <= {200, 503, 413}
+    assert peak - before <= (budget_mb + 96) * MB
+
+
+def test_a_request_is_admitted_before_its_image_is_decoded(start_stack, client):
+    """Every waiting slot taken: a 25 MP image is refused at once, not after decoding."""
+    stack = start_stack(web_threads=4, request_timeout=5.0)  # 2 waiting slots
+    big = big_digit(3, "PNG", "RGBA")
+    stack.workers[0].signal(signal.SIGSTOP)
+    try:
+        waiting = [threading.Thread(target=predict, args=(stack.url, sample(1)))
+                   for _ in range(2)]
+        for thread in waiting:
+            thread.start()
+        time.sleep(0.5)
+        began = time.monotonic()
+        refused = predict(stack.url, big)
+        took = time.monotonic() - began
+    finally:
+        stack.workers[0].signal(signal.SIGCONT)
+    for thread in waiting:
+        thread.join()
+    print(f"\nslots full: a 25 MP PNG refused in {took * 1000:.0f} ms")
+    assert refused.status_code == 503 and "limit of requests in flight" in refused.json()["error"]
+    assert took < 0.3  # decoding it takes about a second here
+
+
+def test_a_request_whose_deadline_passed_while_decoding_is_not_queued(start_stack, client):
+    stack = start_stack(request_timeout=0.3)
+    stream = Keys(stack.settings.key_prefix).stream("digits")
+    added = client.xinfo_stream(stream)["entries-added"]
+    late = predict(stack.url, big_digit(3, "PNG", "RGBA"))  # decoding takes longer
+    assert late.status_code == 504 and "deadline" in late.json()["error"]
+    assert client.xinfo_stream(stream)["entries-added"] == added
+
+
+def test_one_tf_serving_request_gets_a_quarter_of_the_queue_at_most(start_stack, client):
+    stack = start_stack(max_queue=8, request_timeout=3.0)
+    url = stack.url + "/v1/models/digits:predict"
+    three = {"instances": [{"b64": b64(sample(d))} for d in (1, 2, 3)]}
+    too_many = requests.post(url, json=three)
+    assert too_many.status_code == 400 and "limit is 2" in too_many.json()["error"]
+    # Room for one more entry, a request of two: refused whole, nothing left queued.
+    stream = Keys(stack.settings.key_prefix).stream("digits")
+    stack.workers[0].signal(signal.SIGSTOP)
+    try:
+        waiting = [threading.Thread(target=predict, args=(stack.url, sample(1)))
+                   for _ in range(7)]
+        for thread in waiting:
+            thread.start()
+        time.sleep(0.5)
+        assert client.xlen(stream) == 7
+        two = {"instances": [{"b64": b64(sample(d))} for d in (1, 2)]}
+        refused = requests.post(url, json=two)
+        assert refused.status_code == 503 and client.xlen(stream) == 7
+    finally:
+        stack.workers[0].signal(signal.SIGCONT)
+    for thread in waiting:
+        thread.join()
+
+
+def test_the_registry_keeps_nothing_for_names_nobody_serves(stack, client):
+    directory = Directory(client, Keys(stack.settings.key_prefix), heartbeat_ttl=10)
+    assert directory.lookup("digits") is not None
+    for n in range(100_000):
+        assert directory.lookup(f"no-such-model-{n}-{uuid.uuid4().hex[:6]}") is None
+    remembered = set(directory._models) | set(directory._seen)
+    print(f"\n100,000 unknown model names looked up: the registry remembers {remembered}")
+    assert remembered == {"digits"}
+
+
+def trickle(port, stop, outcomes):
+    """A client that sends its headers, then its body a byte at a time, slowly."""
+    with socket.create_connection(("127.0.0.1", port), timeout=60) as sock:
+        sock.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+                     b"Content-Length: 100000\r\n\r\n")
+        began = time.monotonic()
+        try:
+            while not stop.is_set():
+                sock.sendall(b"\x89")
+                if stop.wait(1.0):
+                    break
+            reply = b""
+        except OSError:
+            reply = b""
+        sock.settimeout(5)
+        try:
+            reply = sock.recv(4096)
+        except OSError:
+            pass
+        outcomes.append((time.monotonic() - began, reply.split(b"\r\n", 1)[0].decode()))
+
+
+def test_slow_bodies_are_cut_and_never_starve_the_web_tier(start_stack):
+    stack = start_stack()
+    stop, outcomes = threading.Event(), []
+    tricklers = [threading.Thread(target=trickle, args=(stack.apache.settings.port, stop,
+                                                        outcomes)) for _ in range(100)]
+    for thread in tricklers:
+        thread.start()
+    time.sleep(1.0)
+    served, began = [], time.monotonic()
+    while time.monotonic() - began < 15:
+        started = time.monotonic()
+        response = predict(stack.url, sample(4), timeout=30)
+        served.append((response.status_code, time.monotonic() - started))
+    stop.set()
+    for thread in tricklers:
+        thread.join()
+    cut = [seconds for seconds, line in outcomes if " 408 " in line]
+    slowest = max(seconds for _, seconds in served)
+    print(f"\n100 trickling clients: a normal client got {len(served)} answers in 15 s "
+          f"({sorted({s for s, _ in served})}, slowest {slowest * 1000:.0f} ms); "
+          f"{len(cut)} trickles cut with 408, after {min(cut, default=0):.0f}-"
+          f"{max(cut, default=0):.0f} s")
+    assert {status for status, _ in served} == {200} and slowest < 2.0
+    assert len(cut) == 100 and max(cut) < 15
