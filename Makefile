@@ -11,7 +11,7 @@ setup:
 run: setup
 	@$(PYTHON) -m app.devstack
 
-test: export BEAGLE_APT_EXTRA = chromium openssh-server debootstrap nftables socat
+test: export BEAGLE_APT_EXTRA = chromium openssh-server debootstrap nftables socat faketime
 test: setup
 	$(PYTHON) -m pytest $(PYTEST_ARGS)
 
