@@ -7,7 +7,7 @@ from flask import Blueprint, Response, abort, jsonify, request
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from app import metrics
-from app.inference import beagle
+from app.inference import beagle, settings
 
 bp = Blueprint("admin", __name__)
 
@@ -15,7 +15,7 @@ bp = Blueprint("admin", __name__)
 @bp.get("/metrics")
 def prometheus():
     address = ipaddress.ip_address(request.remote_addr)
-    if not any(address in network for network in beagle().admin_networks):
+    if not any(address in network for network in settings().admin_networks):
         abort(403, f"/metrics is open to admin_networks only, not to {request.remote_addr}")
     return Response(metrics.render(beagle().queue, beagle().directory),
                     mimetype=CONTENT_TYPE_LATEST)

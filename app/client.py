@@ -30,7 +30,7 @@ def connections(size=1):
 def default_api_key(settings):
     """The key Beagle's tools send: the first of ``api_keys`` (None when keys are off),
     so on a host whose env file turns keys on they need no key on the command line."""
-    return next((k.strip() for k in settings.api_keys.split(",") if k.strip()), None)
+    return settings.api_keys[0] if settings.api_keys else None
 
 
 def auth_headers(api_key):

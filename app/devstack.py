@@ -17,7 +17,6 @@ import threading
 import urllib.error
 import urllib.request
 from pathlib import Path
-from types import SimpleNamespace
 
 import redis
 
@@ -173,7 +172,7 @@ class WorkerProcess:
     """``python -m app.worker`` as a child process, known to Redis by ``name``."""
 
     def __init__(self, settings, name, log_path=None, env=None):
-        self.settings = SimpleNamespace(**{**vars(settings), "worker_name": name})
+        self.settings = settings_module.replace(settings, worker_name=name)
         self.name = name
         self.log_path = log_path
         self.extra_env = env or {}
@@ -286,7 +285,7 @@ def main():
         else:
             own_redis = RedisServer(run_dir / "redis")
             own_redis.start(stop)
-            settings.redis_url = own_redis.url
+            settings = settings_module.replace(settings, redis_url=own_redis.url)
             log.info("devstack: no Redis answered, started one on port %d", own_redis.port)
         if not _port_free(settings.host, settings.port):
             raise SystemExit(f"{settings.host}:{settings.port} is in use; set BEAGLE_PORT")

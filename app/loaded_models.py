@@ -13,21 +13,14 @@ from app.metrics import Tally
 log = logging.getLogger("beagle.models")
 
 
-def parse_selection(text):
-    """"digits, resnet50:2" -> {"digits": set(), "resnet50": {2}} (empty set = newest)."""
-    pins = {}
-    for item in filter(None, (part.strip() for part in text.split(","))):
-        name, _, version = item.partition(":")
-        pins.setdefault(name, set())
-        if version:
-            pins[name].add(int(version))
-    return pins
-
-
 class LoadedModels:
     def __init__(self, root, selection, threads=0, tally=None, load=runtimes.load):
+        """``selection``: the models setting, ((name, version or None), ...); empty:
+        every model in the repository, newest version."""
         self.root = root
-        self.pins = parse_selection(selection)
+        self.pins = {}  # name -> pinned versions (none: the newest)
+        for name, version in selection:
+            self.pins.setdefault(name, set()).update({version} - {None})
         self.threads = threads
         self.tally = tally or Tally()  # counts loads, swaps and failures for /metrics
         self.load = load

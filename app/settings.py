@@ -1,39 +1,95 @@
-"""Every Beagle setting: name, default, one-line help.
+"""Every Beagle setting: name, default, one-line help, and how its text reads.
 
 Web tier, worker, fabfile and stress test all read these definitions. Each setting
 can be overridden with an environment variable ``BEAGLE_<NAME>`` (upper case);
-the README lists every one (tests/test_settings.py checks it).
+the README lists every one (tests/test_settings.py checks it). `load` reads each value
+once, into its type (API keys as a tuple, networks, model pins, a set of cores), and
+returns an immutable `Settings`; `replace` makes a copy with changes.
 """
+import dataclasses
+import ipaddress
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
+from typing import Callable
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _bool(text):
+    if text.lower() in ("1", "true", "yes", "on"):
+        return True
+    if text.lower() in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError("expected true or false")
+
+
+def _items(text):
+    return tuple(item.strip() for item in text.split(",") if item.strip())
+
+
+def _joined(values):
+    return ",".join(map(str, values))
+
+
+def _networks(text):
+    return tuple(ipaddress.ip_network(item) for item in _items(text))
+
+
+def model_pins(text):
+    """"digits, resnet50:2" -> (("digits", None), ("resnet50", 2)): a model's newest
+    version, or the one pinned."""
+    pins = []
+    for item in _items(text):
+        name, _, version = item.partition(":")
+        pins.append((name.strip(), int(version) if version else None))
+    return tuple(pins)
+
+
+def _pins_text(pins):
+    return ",".join(name if version is None else f"{name}:{version}" for name, version in pins)
+
+
+def cpu_set(text):
+    """"0-3,6" -> frozenset({0, 1, 2, 3, 6})."""
+    cpus = set()
+    for item in _items(text):
+        first, _, last = item.partition("-")
+        cpus.update(range(int(first), int(last or first) + 1))
+    return frozenset(cpus)
+
+
+def _cpus_text(cpus):
+    return _joined(sorted(cpus))
 
 
 @dataclass(frozen=True)
 class Setting:
     name: str
-    default: object
+    default: object  # as BEAGLE_<NAME> spells it (and the README shows it)
     help: str
+    read: Callable = None  # text -> value; None: into the default's own type
+    write: Callable = str  # value -> text
 
     @property
     def env_var(self):
         return "BEAGLE_" + self.name.upper()
 
     def parse(self, text):
-        kind = type(self.default)
-        if kind is bool:
-            if text.lower() in ("1", "true", "yes", "on"):
-                return True
-            if text.lower() in ("0", "false", "no", "off", ""):
-                return False
-            raise ValueError(f"{self.env_var}={text!r}: expected true or false")
+        read = self.read or {bool: _bool}.get(type(self.default), type(self.default))
         try:
-            return kind(text)
-        except ValueError:
-            raise ValueError(f"{self.env_var}={text!r}: expected {kind.__name__}") from None
+            return read(text)
+        except ValueError as exc:
+            raise ValueError(f"{self.env_var}={text!r}: {_expected(read, exc)}") from None
+
+    @property
+    def value(self):
+        """The default, read."""
+        return self.parse(str(self.default))
+
+
+def _expected(read, exc):
+    return f"expected {read.__name__}" if read in (int, float, str) else str(exc)
 
 
 SETTINGS = (
@@ -45,7 +101,8 @@ SETTINGS = (
     Setting("model_repository", str(PROJECT_ROOT / "models"),
             "folder holding models/<name>/<version>/ (read by workers only)"),
     Setting("models", "",
-            "models a worker serves, comma-separated, name or name:version to pin; empty = all"),
+            "models a worker serves, comma-separated, name or name:version to pin; empty = all",
+            model_pins, _pins_text),
     Setting("default_model", "digits", "model /predict uses when the request names none"),
     Setting("max_batch_size", 32, "most requests a worker runs in one forward pass"),
     Setting("batch_timeout", 0.0,
@@ -71,7 +128,8 @@ SETTINGS = (
     Setting("worker_threads", 0,
             "CPU threads a worker's runtime uses (0 = one per core it may run on)"),
     Setting("worker_cpus", "",
-            "cores a worker runs on, like 0-1 or 2,3 (empty = all), so workers can split them"),
+            "cores a worker runs on, like 0-1 or 2,3 (empty = all), so workers can split them",
+            cpu_set, _cpus_text),
     Setting("worker_name", "", "consumer name of a worker in the Redis group (default host-pid)"),
     Setting("heartbeat_ttl", 10.0,
             "seconds after its last heartbeat a silent worker stops counting as live"),
@@ -82,38 +140,51 @@ SETTINGS = (
     Setting("result_ttl", 30.0, "seconds an unread result stays in Redis"),
     Setting("repository_poll", 2.0, "seconds between a worker's scans of the model repository"),
     Setting("api_keys", "",
-            "comma-separated keys; when set, /predict and /v1 need 'Authorization: Bearer <key>'"),
+            "comma-separated keys; when set, /predict and /v1 need 'Authorization: Bearer <key>'",
+            _items, _joined),
     Setting("admin_networks", "127.0.0.1/32,::1/128",
-            "client networks allowed to read /metrics (comma-separated CIDRs)"),
+            "client networks allowed to read /metrics (comma-separated CIDRs)", _networks,
+            _joined),
     Setting("log_level", "INFO", "Python logging level for web and worker"),
 )
 
 BY_NAME = {setting.name: setting for setting in SETTINGS}
+Settings = dataclasses.make_dataclass("Settings", [s.name for s in SETTINGS], frozen=True)
 
 
 def load(environ=None, **overrides):
-    """Settings from defaults, then ``BEAGLE_*`` environment variables, then overrides."""
+    """Settings from defaults, then ``BEAGLE_*`` environment variables, then overrides
+    (values, or text to read)."""
     environ = os.environ if environ is None else environ
-    values = {}
-    for setting in SETTINGS:
-        value = setting.default
-        if setting.env_var in environ:
-            value = setting.parse(environ[setting.env_var])
-        values[setting.name] = value
-    unknown = set(overrides) - set(BY_NAME)
-    if unknown:
-        raise KeyError(f"unknown settings: {', '.join(sorted(unknown))}")
-    values.update(overrides)
-    return SimpleNamespace(**values)
+    values = {setting.name: setting.parse(environ.get(setting.env_var, str(setting.default)))
+              for setting in SETTINGS}
+    return Settings(**{**values, **_read(overrides)})
+
+
+def replace(settings, **changes):
+    """A copy of ``settings`` with ``changes`` (values, or text to read)."""
+    return dataclasses.replace(settings, **_read(changes))
 
 
 def as_environ(settings, changed_only=False):
     """The ``BEAGLE_*`` variables that reproduce ``settings`` in a child process (only
     those that differ from the defaults with ``changed_only``)."""
-    return {BY_NAME[name].env_var: str(value) for name, value in vars(settings).items()
-            if not changed_only or value != BY_NAME[name].default}
+    environ = {}
+    for setting in SETTINGS:
+        value = getattr(settings, setting.name)
+        if not changed_only or value != setting.value:
+            environ[setting.env_var] = setting.write(value)
+    return environ
 
 
 def body_limit(settings):
     """Largest request body: one image in base64 (4/3 larger) plus room for the envelope."""
     return settings.max_image_bytes * 4 // 3 + 64 * 1024
+
+
+def _read(values):
+    unknown = set(values) - set(BY_NAME)
+    if unknown:
+        raise KeyError(f"unknown settings: {', '.join(sorted(unknown))}")
+    return {name: BY_NAME[name].parse(value) if isinstance(value, str) else value
+            for name, value in values.items()}

@@ -3,7 +3,6 @@
 Every error, ours or Werkzeug's, leaves as JSON: {"success": false, "error", "request_id"},
 or {"error"} under /v1/ as TensorFlow Serving has it; 503s carry Retry-After. The web tier imports Pillow, NumPy and redis-py, never TensorFlow.
 """
-import ipaddress
 import logging
 import threading
 import time
@@ -61,9 +60,7 @@ def init_app(app):
         directory=Directory(client, keys, settings.heartbeat_ttl),
         decode_budget=DecodeBudget(budget),
         slots=threading.BoundedSemaphore(max(1, settings.web_threads - SPARE_THREADS)),
-        api_keys=[k.strip().encode() for k in settings.api_keys.split(",") if k.strip()],
-        admin_networks=[ipaddress.ip_network(n.strip()) for n in
-                        settings.admin_networks.split(",") if n.strip()])
+        api_keys=[key.encode() for key in settings.api_keys])
 
 
 def json_error(exc):

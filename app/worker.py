@@ -92,7 +92,7 @@ class Worker:
 
     def startup(self):
         if self.settings.worker_cpus:
-            os.sched_setaffinity(0, parse_cpus(self.settings.worker_cpus))
+            os.sched_setaffinity(0, self.settings.worker_cpus)
         log.info("worker %s: on cores %s, %d runtime threads", self.name,
                  ",".join(map(str, sorted(os.sched_getaffinity(0)))),
                  cpu_threads(self.settings.worker_threads))
@@ -351,15 +351,6 @@ class Worker:
     def _describe_models(self):
         return ", ".join(f"{name} v{','.join(map(str, versions))}"
                          for name, versions in self.models.versions().items()) or "nothing"
-
-
-def parse_cpus(text):
-    """"0-3,6" -> {0, 1, 2, 3, 6}."""
-    cpus = set()
-    for part in text.split(","):
-        first, _, last = part.strip().partition("-")
-        cpus.update(range(int(first), int(last or first) + 1))
-    return cpus
 
 
 def prediction(spec, probabilities, top_k):

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from app import settings as settings_module
 from app.keys import Keys
 from app.settings import PROJECT_ROOT
 from conftest import predict, public_tempdir, sample
@@ -159,7 +160,7 @@ def test_two_workers_split_the_cores(repo, start_stack):
     stack = start_stack(model_repository=str(repo), workers=2)
     for n, worker in enumerate(stack.workers):  # restart each pinned to its own core
         worker.stop()
-        worker.settings.worker_cpus = str(n)
+        worker.settings = settings_module.replace(worker.settings, worker_cpus=str(n))
         worker.start()
     for n, worker in enumerate(stack.workers):
         status = Path(f"/proc/{worker.process.pid}/status").read_text()

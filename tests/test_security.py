@@ -11,7 +11,7 @@ import pytest
 import redis
 import requests
 
-from app import config_files
+from app import config_files, settings as settings_module
 from app.devstack import RedisServer
 from app.settings import PROJECT_ROOT
 from conftest import predict, public_tempdir, sample
@@ -142,7 +142,7 @@ def test_wrong_redis_password_is_a_503_that_names_no_secret(start_stack, redis_s
     # Point the web tier at the right Redis with the wrong password: restart only Apache.
     stack.apache.stop()
     wrong = redis_server.url.replace(redis_server.password, "not-the-password")
-    stack.apache.settings.redis_url = wrong
+    stack.apache.settings = settings_module.replace(stack.apache.settings, redis_url=wrong)
     stack.apache.start()
     response = predict(stack.url, sample(1))
     assert response.status_code == 503 and "Redis is unavailable" in response.json()["error"]

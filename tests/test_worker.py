@@ -12,7 +12,8 @@ from PIL import Image
 
 from app.devstack import WorkerProcess, free_port, wait_until
 from app.keys import GROUP, Keys
-from app.loaded_models import LoadedModels, parse_selection
+from app.loaded_models import LoadedModels
+from app.settings import model_pins
 from app.queue import Entry, Queue, Request, server_version
 from app.worker import Worker
 from conftest import make_settings, sample
@@ -37,7 +38,7 @@ def entry(digit=3, timeout_s=10.0, version=None, top_k=3, deliveries=1, model="d
 @pytest.fixture(scope="module")
 def digits_models():
     from app.settings import PROJECT_ROOT
-    models = LoadedModels(PROJECT_ROOT / "models", "digits")
+    models = LoadedModels(PROJECT_ROOT / "models", model_pins("digits"))
     models.refresh()
     return models
 
@@ -48,9 +49,9 @@ def worker(settings, digits_models):
 
 
 def test_selection_parses_names_and_pins():
-    assert parse_selection("digits, resnet50:2,resnet50:3") == {"digits": set(),
-                                                                "resnet50": {2, 3}}
-    assert parse_selection("") == {}
+    models = LoadedModels("/nowhere", model_pins("digits, resnet50:2,resnet50:3"))
+    assert models.pins == {"digits": set(), "resnet50": {2, 3}}
+    assert LoadedModels("/nowhere", model_pins("")).pins == {}
 
 
 def test_classify_answers_each_sample_with_its_digit(worker):
@@ -212,6 +213,6 @@ def test_version_folders_not_named_by_ascii_digits_are_ignored(tmp_path):
     for name in ("1", "²", "١٢", "3a"):
         shutil.copytree(PROJECT_ROOT / "models" / "digits" / "1", tmp_path / "digits" / name)
     assert repository.versions(tmp_path, "digits") == [1]
-    models = LoadedModels(tmp_path, "")
+    models = LoadedModels(tmp_path, ())
     models.refresh()
     assert models.versions() == {"digits": [1]}
