@@ -7,7 +7,7 @@ from flask import Blueprint, Response, abort, jsonify, request
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from app import metrics
-from app.inference import beagle, settings
+from app.resources import beagle, settings
 
 bp = Blueprint("admin", __name__)
 

@@ -6,18 +6,11 @@ which each API renders in its own error shape."""
 import time
 from contextlib import contextmanager
 
-from flask import abort, current_app, g
+from flask import abort, g
 
 from app.imaging import BadImage, Busy, to_pixels
 from app.queue import Request
-
-
-def beagle():
-    return current_app.extensions["beagle"]
-
-
-def settings():
-    return current_app.config["BEAGLE"]
+from app.resources import beagle, settings
 
 
 def resolve(model, version):

@@ -18,7 +18,8 @@ from flask import Blueprint, abort, jsonify
 
 from app.bodies import json_body
 from app.imaging import BadImage, array_pixels, decode_base64
-from app.inference import beagle, classify, in_flight_slot, pixels_of, resolve, settings
+from app.inference import classify, in_flight_slot, pixels_of, resolve
+from app.resources import beagle, settings
 
 bp = Blueprint("tfserving", __name__, url_prefix="/v1/models")
 

@@ -1,7 +1,7 @@
 """GET /: a page to try a model in the browser and watch Beagle's live status."""
 from flask import Blueprint, render_template
 
-from app.inference import settings
+from app.resources import settings
 
 bp = Blueprint("ui", __name__)
 

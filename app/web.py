@@ -1,30 +1,33 @@
 """The Flask app factory. mod_wsgi loads it through wsgi/beagle.wsgi.
 
 Every error, ours or Werkzeug's, leaves as JSON: {"success": false, "error", "request_id"},
-or {"error"} under /v1/ as TensorFlow Serving has it; 503s carry Retry-After. The web tier imports Pillow, NumPy and redis-py, never TensorFlow.
+or {"error"} under /v1/ as TensorFlow Serving has it; 503s carry Retry-After. The web
+tier imports Pillow, NumPy and redis-py, never TensorFlow.
+
+App-wide hooks, in order: `_start_request` gives the request its id and start time;
+`require_api_key` guards both prediction APIs; `_finish_request` sets X-Request-ID and
+counts prediction requests in /metrics. Views leave that last hook two notes in flask.g:
+``metric_model``, the model once it is known to be served (so that no name a client
+makes up becomes a metric label), and ``shed_reason``, why a request was refused with a
+503 before it was queued (full, slow, busy, decoding, no_worker).
 """
+import hmac
 import logging
-import threading
 import time
 import uuid
-from types import SimpleNamespace
 
 import redis
-from flask import Flask, current_app, g, jsonify, request
+from flask import Flask, abort, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from app import admin, api, openapi, settings as settings_module, tfserving, ui
-from app.imaging import DecodeBudget, largest_decode
-from app.keys import Keys
+from app import admin, api, openapi, resources, settings as settings_module, tfserving, ui
 from app.metrics import Tally
-from app.queue import Queue, connect
-from app.registry import Directory
 
 log = logging.getLogger("beagle.web")
 
 RETRY_AFTER_S = 1
 PREDICT_ENDPOINTS = ("api.predict", "tfserving.predict")
-SPARE_THREADS = 2  # per process, kept free to refuse requests fast when the rest wait
+PROTECTED_PATHS = ("/predict", "/v1/")
 
 
 def create_app(test_config=None):
@@ -34,8 +37,9 @@ def create_app(test_config=None):
     app = Flask(__name__)
     app.config["BEAGLE"] = settings
     app.config["MAX_CONTENT_LENGTH"] = settings_module.body_limit(settings)
-    init_app(app)
+    resources.init_app(app)
     app.before_request(_start_request)  # first: every later hook and error has the id
+    app.before_request(require_api_key)
     app.after_request(_finish_request)
     for blueprint in (api.bp, tfserving.bp, admin.bp, ui.bp, openapi.bp):
         app.register_blueprint(blueprint)
@@ -45,22 +49,17 @@ def create_app(test_config=None):
     return app
 
 
-def init_app(app):
-    """Register the Redis-backed resources the views use as ``app.extensions["beagle"]``."""
-    settings = app.config["BEAGLE"]
-    budget = settings.decode_budget_mb * 1024 * 1024
-    if budget < largest_decode(settings.max_image_pixels):
-        raise ValueError(f"decode_budget_mb={settings.decode_budget_mb} cannot hold one image "
-                         f"of max_image_pixels={settings.max_image_pixels}: give it at least "
-                         f"{-(-largest_decode(settings.max_image_pixels) >> 20)} MB")
-    client = connect(settings.redis_url, socket_timeout=settings.request_timeout + 2)
-    keys = Keys(settings.key_prefix)
-    app.extensions["beagle"] = SimpleNamespace(
-        redis=client, keys=keys, queue=Queue(client, keys),
-        directory=Directory(client, keys, settings.heartbeat_ttl),
-        decode_budget=DecodeBudget(budget),
-        slots=threading.BoundedSemaphore(max(1, settings.web_threads - SPARE_THREADS)),
-        api_keys=[key.encode() for key in settings.api_keys])
+def require_api_key():
+    """With api_keys set, /predict and /v1/... need one of them as a Bearer token."""
+    keys = resources.settings().api_keys
+    if not keys or not request.path.startswith(PROTECTED_PATHS):
+        return
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    token = token.strip().encode()
+    # Compare against every key, in constant time, so timing says nothing about any.
+    matches = [hmac.compare_digest(token, key.encode()) for key in keys]
+    if scheme.lower() != "bearer" or not any(matches):
+        abort(401, "this endpoint needs 'Authorization: Bearer <api key>'")
 
 
 def json_error(exc):
@@ -110,10 +109,10 @@ def _count_request(status):
     tally.observe("request_duration_seconds", time.time() - g.started, model=model)
     if g.get("shed_reason"):
         tally.count("shed", model=model, reason=g.shed_reason)
-    resources = current_app.extensions["beagle"]
+    shared = resources.beagle()
     try:
-        pipe = resources.redis.pipeline(transaction=False)
-        tally.flush(pipe, resources.keys)
+        pipe = shared.redis.pipeline(transaction=False)
+        tally.flush(pipe, shared.keys)
         pipe.execute()
     except redis.RedisError:  # while Redis is down the metric is lost, never the answer
         pass

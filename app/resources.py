@@ -1,0 +1,39 @@
+"""What the views share, registered on the app by `init_app`, and the accessors they reach
+it by: `beagle()` (Redis, the queue, the registry's view, the decode budget, the
+in-flight slots) and `settings()`."""
+import threading
+from types import SimpleNamespace
+
+from flask import current_app
+
+from app.imaging import DecodeBudget, largest_decode
+from app.keys import Keys
+from app.queue import Queue, connect
+from app.registry import Directory
+
+SPARE_THREADS = 2  # per process, kept free to refuse requests fast when the rest wait
+
+
+def init_app(app):
+    """Register the resources for ``app.config["BEAGLE"]`` as ``app.extensions["beagle"]``."""
+    settings = app.config["BEAGLE"]
+    budget = settings.decode_budget_mb * 1024 * 1024
+    if budget < largest_decode(settings.max_image_pixels):
+        raise ValueError(f"decode_budget_mb={settings.decode_budget_mb} cannot hold one image "
+                         f"of max_image_pixels={settings.max_image_pixels}: give it at least "
+                         f"{-(-largest_decode(settings.max_image_pixels) >> 20)} MB")
+    client = connect(settings.redis_url, socket_timeout=settings.request_timeout + 2)
+    keys = Keys(settings.key_prefix)
+    app.extensions["beagle"] = SimpleNamespace(
+        redis=client, keys=keys, queue=Queue(client, keys),
+        directory=Directory(client, keys, settings.heartbeat_ttl),
+        decode_budget=DecodeBudget(budget),
+        slots=threading.BoundedSemaphore(max(1, settings.web_threads - SPARE_THREADS)))
+
+
+def beagle():
+    return current_app.extensions["beagle"]
+
+
+def settings():
+    return current_app.config["BEAGLE"]
