@@ -5,7 +5,7 @@ from flask import Blueprint, abort, g, jsonify, request
 
 from app.bodies import int_param, json_body
 from app.imaging import BadImage, decode_base64
-from app.inference import classify, in_flight_slot, pixels_of, resolve
+from app.dispatch import in_flight_slot, pixels_of, resolve, submit_and_wait
 from app.resources import beagle, settings
 
 bp = Blueprint("api", __name__)
@@ -27,7 +27,8 @@ def predict():
     top_k = int_param(params, "top_k", 1, 1000) or settings().top_k
     info, version, shape = resolve(model, version)
     with in_flight_slot():  # admitted before the work of decoding
-        (answer,) = classify(model, info, version, shape, [pixels_of(data, shape)], top_k)
+        (answer,) = submit_and_wait(model, info, version, shape, [pixels_of(data, shape)],
+                                    top_k)
     return jsonify(success=True, predictions=answer["predictions"],
                    model={"name": answer["model"], "version": answer["version"]},
                    request_id=g.request_id)

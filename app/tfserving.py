@@ -18,7 +18,7 @@ from flask import Blueprint, abort, jsonify
 
 from app.bodies import json_body
 from app.imaging import BadImage, array_pixels, decode_base64
-from app.inference import classify, in_flight_slot, pixels_of, resolve
+from app.dispatch import in_flight_slot, pixels_of, resolve, submit_and_wait
 from app.resources import beagle, settings
 
 bp = Blueprint("tfserving", __name__, url_prefix="/v1/models")
@@ -52,7 +52,7 @@ def predict(name, version=None):
         images = [_pixels(_only_input(value), shape, f"{field}[{n}]: ")
                   for n, value in enumerate(batch)]
         vectors = [answer["probabilities"]
-                   for answer in classify(name, info, version, shape, images, top_k=0)]
+                   for answer in submit_and_wait(name, info, version, shape, images, top_k=0)]
     return jsonify({"outputs": vectors, "predictions": vectors} if columnar
                    else {"predictions": vectors})
 

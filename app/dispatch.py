@@ -1,8 +1,9 @@
-"""From decoded requests to answers, for every HTTP API: resolve the model version,
-decode images within the process's budget, queue them all at once, wait for every answer
-by the request's deadline. Views hold an in-flight slot (`in_flight_slot`) from before
-they decode until the answers are in. Failures leave through ``abort(status, why)``,
-which each API renders in its own error shape."""
+"""The web side of a prediction, for every HTTP API: resolve the model version, decode
+images within the process's budget, submit them to the queue all at once and wait for
+every answer by the request's deadline (the workers run the models). Views hold an
+in-flight slot (`in_flight_slot`) from before they decode until the answers are in.
+Failures leave through ``abort(status, why)``, which each API renders in its own error
+shape."""
 import time
 from contextlib import contextmanager
 
@@ -40,8 +41,8 @@ def pixels_of(data, shape, where=""):
         abort(503, str(exc))
 
 
-def classify(model, info, version, shape, images, top_k):
-    """Queue each image's pixels, all or none; the workers' answers, in order.
+def submit_and_wait(model, info, version, shape, images, top_k):
+    """Submit each image's pixels, all or none, and wait: the workers' answers, in order.
     ``top_k`` 0 asks for the whole probability vector."""
     timeout = settings().request_timeout
     deadline = g.started + timeout
