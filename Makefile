@@ -9,7 +9,7 @@ setup:
 	@scripts/bootstrap.sh $(VENV) requirements.txt requirements-dev.txt
 
 run: setup
-	@$(PYTHON) -m app.devstack
+	@$(PYTHON) -m tools.devstack
 
 test: export BEAGLE_APT_EXTRA = chromium openssh-server debootstrap nftables socat faketime
 test: setup
@@ -17,9 +17,9 @@ test: setup
 
 # Retrain the bundled digits model (models/digits/1) and its sample images.
 model: setup
-	$(PYTHON) scripts/train_digits.py
+	$(PYTHON) -m scripts.train_digits
 
 # The benchmark: MobileNetV2 (random weights, offline) on every runtime, raw and served;
 # writes reports/bench/report.md, results.json and bench.png.
 bench: setup
-	$(PYTHON) stress/bench.py $(BENCH_ARGS)
+	$(PYTHON) -m stress.bench $(BENCH_ARGS)

@@ -252,8 +252,8 @@ def logs(c, lines=20, follow=False):
     """The Apache error and access logs and the workers' journal (--follow, --lines N)."""
     plan = Plan.from_config(c.config)
     for conn, _ in targets(c):
-        command = (f"{plan.current}/venv/bin/python {plan.current}/scripts/tail_logs.py "
-                   f"--lines {int(lines)}" + (" --follow" if follow else ""))
+        command = plan.python(f"scripts.tail_logs --lines {int(lines)}"
+                              + (" --follow" if follow else ""))
         run(conn, command, hide=False, pty=bool(follow))
 
 
@@ -262,8 +262,8 @@ def flush_queue(c, everything=False):
     """Answer every queued request with a 503 and remove it (Beagle's keys only)."""
     plan = Plan.from_config(c.config)
     conn = next(conn for conn, roles in targets(c) if "redis" in roles or "web" in roles)
-    run(conn, plan.with_env(f"{plan.current}/venv/bin/python {plan.current}/scripts/"
-                            f"flush_queue.py" + (" --all" if everything else "")), hide=False)
+    run(conn, plan.with_env(plan.python("scripts.flush_queue" + (" --all" if everything
+                                                                   else ""))), hide=False)
 
 
 @task
@@ -274,10 +274,9 @@ def stress(c, requests=500, concurrency=0):
     for conn, roles in targets(c):
         if "web" in roles:
             mode = f"--concurrency {int(concurrency)}" if concurrency else ""
-            run(conn, plan.with_env(
-                f"{plan.current}/venv/bin/python {plan.current}/stress/stress_test.py "
-                f"--url http://127.0.0.1:{plan.port}/predict --requests {int(requests)} "
-                f"{mode}"), hide=False)
+            run(conn, plan.with_env(plan.python(
+                f"stress.stress_test --url http://127.0.0.1:{plan.port}/predict "
+                f"--requests {int(requests)} {mode}")), hide=False)
 
 
 def _packages(conn, plan, roles):

@@ -70,6 +70,10 @@ class Plan:
         """Says whether Debian's redis-server ran before Beagle's first deploy."""
         return f"{self.etc}/debian-redis-server"
 
+    def python(self, module_and_args):
+        """A shell command running the current release's ``python -m <module> <args>``."""
+        return f"cd {self.current} && venv/bin/python -m {module_and_args}"
+
     def with_env(self, command):
         """``command`` run with the env file's variables (it holds no shell syntax)."""
         return f"set -a && . {self.env_file} && set +a && {command}"
@@ -386,8 +390,8 @@ def _keep_running(c, plan, units, changed, rolling=False, restart=False):
 
 
 def _wait_live(c, plan, instance, since):
-    run(c, plan.with_env(f"{plan.current}/venv/bin/python {plan.current}/scripts/wait_worker.py "
-                         f"--name \"$(hostname)-{instance}\" --since {since} --timeout 300"))
+    run(c, plan.with_env(plan.python(f"scripts.wait_worker --name \"$(hostname)-{instance}\" "
+                                     f"--since {since} --timeout 300")))
 
 
 def _cores(n, count, cores):

@@ -2,12 +2,12 @@
 
     # a keras.applications architecture, with ImageNet weights downloaded (needs internet),
     # random weights (same compute: for benchmarks offline), or a weights file carried in
-    python scripts/export_model.py mobilenet_v2 --weights imagenet --runtime litert
-    python scripts/export_model.py mobilenet_v2 --weights none --runtime onnx
-    python scripts/export_model.py resnet50 --weights /media/usb/resnet50_weights.h5
+    python -m scripts.export_model mobilenet_v2 --weights imagenet --runtime litert
+    python -m scripts.export_model mobilenet_v2 --weights none --runtime onnx
+    python -m scripts.export_model resnet50 --weights /media/usb/resnet50_weights.h5
 
     # any Keras model file or SavedModel folder of your own
-    python scripts/export_model.py ./my_model.keras --name parts --labels labels.txt \\
+    python -m scripts.export_model ./my_model.keras --name parts --labels labels.txt \\
         --preprocessing unit --runtime onnx
 
 --runtime tensorflow keeps the Keras model; onnx and litert convert the compiled forward
@@ -21,15 +21,13 @@ repository never sees half a model.
 """
 import argparse
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from app import repository, runtimes  # noqa: E402
-from app.settings import PROJECT_ROOT  # noqa: E402
+from app import repository, runtimes
+from app.settings import PROJECT_ROOT
 
 IMAGENET_LABELS = Path(__file__).resolve().parent / "imagenet_labels.txt"
 TOLERANCE = 1e-3      # largest |difference| in any probability accepted from a conversion

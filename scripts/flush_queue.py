@@ -6,18 +6,16 @@ not deleted, so running workers keep their consumer groups. ``--all`` also clear
 registry (model metadata, live-worker sets, worker status), which live workers rebuild
 within a second.
 
-    python scripts/flush_queue.py [--all] [--dry-run]
+    python -m scripts.flush_queue [--all] [--dry-run]
 """
 import argparse
 import sys
-from pathlib import Path
 
 import redis
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from app import settings as settings_module  # noqa: E402
-from app.keys import Keys  # noqa: E402
-from app.queue import Queue, error_answer  # noqa: E402
+from app import settings as settings_module
+from app.keys import Keys
+from app.queue import Queue, error_answer
 
 FLUSHED = error_answer(503, "flushed from the queue by an operator")
 REGISTRY_KINDS = ("model", "live", "worker")

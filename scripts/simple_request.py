@@ -1,16 +1,14 @@
 """Post one image to Beagle and print its predictions, one per line: ``1. 7: 0.9921``.
 
-    python scripts/simple_request.py [IMAGE] [--url http://127.0.0.1:8080] [--model M]
+    python -m scripts.simple_request [IMAGE] [--url http://127.0.0.1:8080] [--model M]
                                      [--version V] [--top-k K] [--api-key KEY]
 """
 import argparse
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from app import settings as settings_module  # noqa: E402
-from app.client import connections, default_api_key, json_body, post_image  # noqa: E402
-from app.settings import PROJECT_ROOT  # noqa: E402
+from app import settings as settings_module
+from tools.client import connections, default_api_key, json_body, post_image
+from app.settings import PROJECT_ROOT
 
 
 def main(argv=None):

@@ -3,10 +3,10 @@ the error log) and the workers' (journald under systemd, files under `make run`)
 line prefixed with where it came from. --request-id follows one request through all of
 them: the access log, the web tier and the workers name it on every line about it.
 
-    python scripts/tail_logs.py                      # what this host has, last 20 lines
-    python scripts/tail_logs.py --follow
-    python scripts/tail_logs.py --request-id 3f2a... --lines 100000
-    python scripts/tail_logs.py --file /tmp/beagle-run-8080/logs/error.log --file w.log
+    python -m scripts.tail_logs                      # what this host has, last 20 lines
+    python -m scripts.tail_logs --follow
+    python -m scripts.tail_logs --request-id 3f2a... --lines 100000
+    python -m scripts.tail_logs --file /tmp/beagle-run-8080/logs/error.log --file w.log
 """
 import argparse
 import subprocess
@@ -15,8 +15,7 @@ import tempfile
 import threading
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from app import settings as settings_module  # noqa: E402
+from app import settings as settings_module
 
 PRODUCTION = Path("/var/log/apache2")
 SUPERVISOR_LOGS = Path("/var/log/journal")

@@ -6,18 +6,16 @@ model's 32x32 the way the web tier does it (Pillow bilinear), then a small CNN i
 with shifts and inverted colours. It refuses to publish below 95% test accuracy, and
 writes one correctly classified sample PNG per digit to stress/images/.
 
-    python scripts/train_digits.py [--version 1] [--epochs 40]
+    python -m scripts.train_digits [--version 1] [--epochs 40]
 """
 import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from app import repository  # noqa: E402
-from app.settings import PROJECT_ROOT  # noqa: E402
+from app import repository
+from app.settings import PROJECT_ROOT
 
 SIDE = 32          # model input
 SAMPLE_SIDE = 64   # committed sample images

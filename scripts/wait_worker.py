@@ -1,20 +1,18 @@
 """Wait until a worker heartbeats in Redis, having started after a given time: what a
 rolling restart waits for before it restarts the next worker. Reads BEAGLE_* settings.
 
-    python scripts/wait_worker.py --name gpu1-0 --since 1795330000.5 --timeout 300
+    python -m scripts.wait_worker --name gpu1-0 --since 1795330000.5 --timeout 300
 """
 import argparse
 import json
 import sys
 import time
-from pathlib import Path
 
 import redis
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from app import settings as settings_module  # noqa: E402
-from app.keys import Keys  # noqa: E402
-from app.queue import connect  # noqa: E402
+from app import settings as settings_module
+from app.keys import Keys
+from app.queue import connect
 
 
 def main(argv=None):

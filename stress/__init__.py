@@ -1,0 +1,1 @@
+"""The stress test, the benchmark and the Locust file."""

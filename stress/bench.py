@@ -7,9 +7,9 @@ worker runs with max_batch_size set to the runtime's raw-best batch, as an opera
 after reading (a). Writes report.md, results.json and bench.png (throughput and latency
 against concurrency) to --report.
 
-    python stress/bench.py                                 # MobileNetV2, all runtimes
-    python stress/bench.py --model digits --runtimes tensorflow
-    python stress/bench.py --model resnet50 --image my_photo.jpg --concurrency 1,8,32
+    python -m stress.bench                                 # MobileNetV2, all runtimes
+    python -m stress.bench --model digits --runtimes tensorflow
+    python -m stress.bench --model resnet50 --image my_photo.jpg --concurrency 1,8,32
 
 A model that is not in --repository but is a keras.applications architecture is exported
 first, with random weights (same compute, no download), for each runtime.
@@ -20,7 +20,6 @@ import json
 import os
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -29,13 +28,11 @@ import numpy as np
 import redis
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
-from app import repository, runtimes, settings as settings_module  # noqa: E402
-from app.devstack import RedisServer, Stack, free_port  # noqa: E402
-from app.keys import Keys  # noqa: E402
-from app.settings import PROJECT_ROOT  # noqa: E402
-from stress import stress_test  # noqa: E402
+from app import repository, runtimes, settings as settings_module
+from tools.devstack import RedisServer, Stack, free_port
+from app.keys import Keys
+from app.settings import PROJECT_ROOT
+from stress import stress_test
 
 
 def photo():
@@ -137,7 +134,7 @@ def model_for(runtime, args, work):
             raise SystemExit(f"{args.model} in {args.repository} is a {spec.runtime} model; "
                              f"export it for {runtime} or bench --runtimes {spec.runtime}")
         return spec
-    from export_model import ARCHITECTURES, export
+    from scripts.export_model import ARCHITECTURES, export
     if args.model not in ARCHITECTURES:
         raise SystemExit(f"{args.model}: not in {args.repository} nor an architecture "
                          f"({', '.join(ARCHITECTURES)})")

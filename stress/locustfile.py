@@ -17,7 +17,7 @@ from pathlib import Path
 from locust import HttpUser, task
 
 from app import settings as settings_module
-from app.client import auth_headers, default_api_key
+from tools.client import auth_headers, default_api_key
 
 IMAGE = Path(os.environ.get("BEAGLE_LOCUST_IMAGE",
                             Path(__file__).resolve().parent / "images" / "digit_7.png"))

@@ -8,7 +8,7 @@ throughput, and exits 1 if any request failed; --report DIR also writes a Markdo
 with a latency-over-time plot and a latency histogram. Bounded in count (--requests) and
 time (--max-seconds).
 
-    python stress/stress_test.py [--url URL] [--image FILE] [--requests 500]
+    python -m stress.stress_test [--url URL] [--image FILE] [--requests 500]
                                  [--interval 0.05 | --concurrency 32] [--body raw]
                                  [--api-key KEY] [--report DIR] [--json]
 """
@@ -23,11 +23,10 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from app import settings as settings_module  # noqa: E402
-from app import client  # noqa: E402
-from app.client import default_api_key, json_body, post_image  # noqa: E402
-from stress import report as stress_report  # noqa: E402
+from app import settings as settings_module
+from app import client
+from tools.client import default_api_key, json_body, post_image
+from stress import report as stress_report
 
 DEFAULT_IMAGE = Path(__file__).resolve().parent / "images" / "digit_7.png"
 

@@ -28,7 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from app.devstack import free_port
+from tools.devstack import free_port
 
 CACHE = Path("/var/cache/beagle-test-hosts")
 SUITE, MIRROR = "bookworm", "http://deb.debian.org/debian"

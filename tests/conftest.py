@@ -16,7 +16,7 @@ import redis
 import requests
 
 from app import settings as settings_module
-from app.devstack import RedisServer, Stack, free_port
+from tools.devstack import RedisServer, Stack, free_port
 from app.settings import PROJECT_ROOT
 
 SAMPLES = PROJECT_ROOT / "stress" / "images"

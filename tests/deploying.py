@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from app.devstack import free_port
+from tools.devstack import free_port
 from app.settings import PROJECT_ROOT
 
 BIN = Path(sys.executable).parent

@@ -2,7 +2,7 @@
 import subprocess
 
 from app import config_files
-from app.devstack import Apache
+from tools.devstack import Apache
 from app.settings import PROJECT_ROOT
 
 PRODUCTION_TIMEOUTS = ("queue-timeout=", "request-timeout=", "socket-timeout=",

@@ -8,10 +8,11 @@ from app.settings import PROJECT_ROOT
 
 def test_bench_writes_report_table_and_plot(tmp_path):
     done = subprocess.run(
-        [sys.executable, str(PROJECT_ROOT / "stress" / "bench.py"), "--model", "digits",
+        [sys.executable, "-m", "stress.bench", "--model", "digits",
          "--runtimes", "tensorflow", "--batches", "1,4", "--concurrency", "1,4",
          "--requests", "40", "--raw-seconds", "0.5", "--report", str(tmp_path)],
-        capture_output=True, text=True, timeout=600, env={"TF_CPP_MIN_LOG_LEVEL": "3",
+        cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=600,
+        env={"TF_CPP_MIN_LOG_LEVEL": "3",
                                                           "PATH": "/usr/bin:/bin"})
     assert done.returncode == 0, done.stderr[-3000:]
     report = (tmp_path / "report.md").read_text()

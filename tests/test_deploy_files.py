@@ -90,7 +90,6 @@ def test_the_env_file_means_the_same_to_systemd_and_to_a_shell(tmp_path):
     assert shell_reads(text, tmp_path) == AWKWARD
     assert envfile.parse(text) == AWKWARD
     # and to the systemctl stand-in that runs the units on this machine's test hosts
-    sys.path.insert(0, str(PROJECT_ROOT))
     from systemctl2.systemctl3 import read_env_file
     (tmp_path / "stand-in.env").write_text(text)
     assert dict(read_env_file(str(tmp_path / "stand-in.env"))) == AWKWARD

@@ -1,4 +1,4 @@
-"""`make run` (python -m app.devstack) stops on the first SIGTERM or Ctrl-C, whenever it
+"""`make run` (python -m tools.devstack) stops on the first SIGTERM or Ctrl-C, whenever it
 comes: while Redis, the worker or Apache start, or once it serves."""
 import os
 import random
@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from app.devstack import free_port
+from tools.devstack import free_port
 from app.settings import PROJECT_ROOT
 
 
@@ -33,7 +33,7 @@ def test_make_run_stops_on_the_first_signal_at_any_moment(redis_server):
         url = redis_server.url if n % 2 else f"redis://127.0.0.1:{free_port()}/0"
         env = {**os.environ, "BEAGLE_PORT": str(port), "BEAGLE_REDIS_URL": url,
                "TF_CPP_MIN_LOG_LEVEL": "3"}
-        launcher = subprocess.Popen([sys.executable, "-m", "app.devstack"], cwd=PROJECT_ROOT,
+        launcher = subprocess.Popen([sys.executable, "-m", "tools.devstack"], cwd=PROJECT_ROOT,
                                     env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         delay = rng.uniform(0.2, 14.0)  # serving after 6-10 s here
         time.sleep(delay)

@@ -119,10 +119,10 @@ def test_pinned_versions_are_served_side_by_side(repo, start_stack):
 
 def export(source, name, runtime, repo, *extra):
     done = subprocess.run(
-        [sys.executable, str(PROJECT_ROOT / "scripts" / "export_model.py"), str(source),
-         "--name", name, "--runtime", runtime, "--labels", str(BUNDLED / "labels.txt"),
-         "--preprocessing", "unit", "--repository", str(repo), *extra],
-        capture_output=True, text=True, env={"TF_CPP_MIN_LOG_LEVEL": "3", "PATH": "/usr/bin"})
+        [sys.executable, "-m", "scripts.export_model", str(source), "--name", name,
+         "--runtime", runtime, "--labels", str(BUNDLED / "labels.txt"), "--preprocessing",
+         "unit", "--repository", str(repo), *extra], cwd=PROJECT_ROOT, capture_output=True,
+        text=True, env={"TF_CPP_MIN_LOG_LEVEL": "3", "PATH": "/usr/bin"})
     assert done.returncode == 0, done.stderr[-2000:]
     return done.stdout
 

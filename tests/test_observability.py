@@ -136,13 +136,13 @@ def test_openapi_describes_every_endpoint_and_schemathesis_finds_nothing(stack):
 
 
 def test_stress_report_and_progress(stack, tmp_path):
-    command = shlex.join([sys.executable, str(PROJECT_ROOT / "stress/stress_test.py"), "--url",
+    command = shlex.join([sys.executable, "-m", "stress.stress_test", "--url",
                           stack.url + "/predict", "--requests", "200", "--concurrency", "8",
                           "--report", str(tmp_path)])
     # Under a terminal (script gives it one, stty a size), as a person runs it: the
     # progress bar shows.
     done = subprocess.run(["script", "-qec", f"stty rows 24 cols 100; {command}", "/dev/null"],
-                          capture_output=True, text=True, timeout=300)
+                          cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout
     assert "200/200" in done.stdout and "req/s" in done.stdout  # the bar's last state
     assert "200 requests in" in done.stdout and "report:" in done.stdout
@@ -176,9 +176,10 @@ def test_one_request_can_be_followed_through_every_log(start_stack):
     stack.workers[0].stop()
     logs = [str(stack.apache.error_log.with_name(name)) for name in ("access.log", "error.log")]
     done = subprocess.run(
-        [sys.executable, str(PROJECT_ROOT / "scripts/tail_logs.py"), "--lines", "100000",
+        [sys.executable, "-m", "scripts.tail_logs", "--lines", "100000",
          "--request-id", request_id, "--file", logs[0], "--file", logs[1],
-         "--file", str(stack.workers[0].log_path)], capture_output=True, text=True)
+         "--file", str(stack.workers[0].log_path)], cwd=PROJECT_ROOT, capture_output=True,
+        text=True)
     lines = done.stdout.splitlines()
     assert any(line.lstrip().startswith("access |") and "POST /predict" in line
                and " 200 " in line for line in lines), done.stdout

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from app.devstack import free_port
+from tools.devstack import free_port
 from deploying import STEPS, SYSTEMCTL, WHEELHOUSE, SSHHost, checkout, fab, step_lines, \
     write_config
 

@@ -12,7 +12,7 @@ import pytest
 import requests
 from PIL import Image
 
-from app.devstack import RedisServer, Stack, WorkerProcess
+from tools.devstack import RedisServer, Stack, WorkerProcess
 from app.imaging import DecodeBudget, to_pixels
 from app.keys import GROUP, Keys
 from app.metrics import SECONDS

@@ -18,8 +18,9 @@ SCRIPTS = PROJECT_ROOT / "scripts"
 
 def run_script(name, *args, settings=None, timeout=300):
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **(as_environ(settings) if settings else {})}
-    return subprocess.run([sys.executable, str(SCRIPTS / name), *map(str, args)], env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    module = "scripts." + name.removesuffix(".py")
+    return subprocess.run([sys.executable, "-m", module, *map(str, args)], env=env,
+                          cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=timeout)
 
 
 def test_simple_request_prints_ranked_labels(stack):
@@ -89,8 +90,7 @@ def test_export_writes_an_offline_imagenet_model(tmp_path, runtime):
 
 
 def test_export_refuses_a_conversion_that_disagrees():
-    sys.path.insert(0, str(SCRIPTS))
-    from export_model import verify
+    from scripts.export_model import verify
 
     class Reference:
         def __init__(self, outputs):
@@ -120,8 +120,7 @@ def test_export_publishes_a_model_file_of_your_own(tmp_path):
 
 def test_bundled_model_meets_its_accuracy_on_held_out_digits():
     import keras
-    sys.path.insert(0, str(SCRIPTS))
-    from train_digits import load_split
+    from scripts.train_digits import load_split
     digits, images, _, test_idx = load_split()
     model = keras.saving.load_model(PROJECT_ROOT / "models/digits/1/model.keras")
     predicted = model.predict(images[test_idx][..., None] / 255.0, verbose=0).argmax(axis=1)

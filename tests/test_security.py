@@ -12,7 +12,7 @@ import redis
 import requests
 
 from app import config_files, settings as settings_module
-from app.devstack import RedisServer
+from tools.devstack import RedisServer
 from app.settings import PROJECT_ROOT
 from conftest import predict, public_tempdir, sample
 
@@ -98,7 +98,7 @@ def tool(*args, keys=None, timeout=120):
 
 def test_beagles_own_tools_send_a_key_when_keys_are_on(keyed_stack, tmp_path):
     url, keys = keyed_stack.url, ",".join(API_KEYS)
-    stress = ["stress/stress_test.py", "--url", url + "/predict", "--requests", 40,
+    stress = ["-m", "stress.stress_test", "--url", url + "/predict", "--requests", 40,
               "--concurrency", 4, "--json"]
     from_env = tool(*stress, keys=keys)
     assert json.loads(from_env.stdout)["statuses"] == {"200": 40}, from_env.stderr
@@ -107,9 +107,9 @@ def test_beagles_own_tools_send_a_key_when_keys_are_on(keyed_stack, tmp_path):
     without = tool(*stress)
     assert without.returncode == 1 and json.loads(without.stdout)["statuses"] == {"401": 40}
 
-    simple = tool("scripts/simple_request.py", "--url", url, keys=keys)
+    simple = tool("-m", "scripts.simple_request", "--url", url, keys=keys)
     assert simple.returncode == 0 and simple.stdout.startswith("1. 7: "), simple.stderr
-    refused = tool("scripts/simple_request.py", "--url", url)
+    refused = tool("-m", "scripts.simple_request", "--url", url)
     assert refused.returncode == 1 and "error 401" in refused.stderr
 
     locust = tool("-m", "locust", "-f", "stress/locustfile.py", "--host", url, "--headless",

@@ -9,8 +9,8 @@ STRESS = PROJECT_ROOT / "stress" / "stress_test.py"
 
 
 def stress(*args, timeout=300):
-    return subprocess.run([sys.executable, str(STRESS), *map(str, args)], capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run([sys.executable, "-m", "stress.stress_test", *map(str, args)],
+                          cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=timeout)
 
 
 def test_open_loop_like_the_classic_stress_test(stack):

@@ -10,7 +10,7 @@ import pytest
 import redis
 from PIL import Image
 
-from app.devstack import WorkerProcess, free_port, wait_until
+from tools.devstack import WorkerProcess, free_port, wait_until
 from app.keys import GROUP, Keys
 from app.loaded_models import LoadedModels
 from app.settings import model_pins

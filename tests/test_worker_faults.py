@@ -11,7 +11,7 @@ import uuid
 import pytest
 import requests
 
-from app.devstack import WorkerProcess, free_port
+from tools.devstack import WorkerProcess, free_port
 from app.keys import Keys
 from app.queue import Queue, Request
 from app.settings import PROJECT_ROOT

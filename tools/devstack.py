@@ -1,6 +1,6 @@
 """The whole stack on one machine: Redis, workers, Apache + mod_wsgi on loopback.
 
-``python -m app.devstack`` is ``make run``; the tests start the same classes. Every
+``python -m tools.devstack`` is ``make run``; the tests start the same classes. Every
 child runs in its own session, so Ctrl-C reaches only this launcher, which then stops
 what it started (and nothing else) in order: Apache, workers, its own Redis.
 """
@@ -296,8 +296,8 @@ def main():
         sample = PROJECT_ROOT / "stress" / "images" / "digit_7.png"
         print(f"\nBeagle is serving on {stack.url} (open it in a browser to try it)\n\n"
               f"  curl -F image=@{sample} {stack.url}/predict\n\n"
-              f"Logs (Apache's and the worker's): {sys.executable} "
-              f"{PROJECT_ROOT / 'scripts' / 'tail_logs.py'} --follow\n"
+              f"Logs (Apache's and the worker's): cd {PROJECT_ROOT} && {sys.executable} "
+              f"-m scripts.tail_logs --follow\n"
               f"Ctrl-C stops Apache, the worker{' and Redis' if own_redis else ''}.\n",
               flush=True)
         while not stop.wait(1.0):

@@ -1,0 +1,1 @@
+"""Operator tools, run from the checkout as python -m scripts.<name>."""
