@@ -1,4 +1,4 @@
-"""The HTTP API: POST /predict, GET /healthz, GET /readyz (the contract in DESIGN.md)."""
+"""The HTTP API: POST /predict, GET /healthz, GET /readyz (the README's HTTP API)."""
 import re
 
 from flask import Blueprint, abort, g, jsonify, request

@@ -1,4 +1,4 @@
-"""GET /openapi.json: the OpenAPI 3 description of every endpoint (tests/test_openapi.py
+"""GET /openapi.json: the OpenAPI 3 description of every endpoint (tests/test_observability.py
 runs schemathesis against it)."""
 from flask import Blueprint, jsonify
 
