@@ -9,8 +9,8 @@ Fabric config file instead (fab -f cluster.yaml deploy):
       redis_address: 10.0.0.5        # the private address the others reach Redis on
 
 Air-gapped hosts: `beagle.wheels: ~/beagle-wheels` downloads their Python packages on the
-machine running fab and uploads them (provisioning/wheels.py). Other `beagle` settings
-(DEFAULTS below) are set the same way. No secret lives in the repository: the Redis
+machine running fab and uploads them (provisioning/wheels.py). Other `beagle` keys
+(provisioning/plan.py) are set the same way. No secret lives in the repository: the Redis
 password is generated on the first deploy and kept in <etc>/beagle.env (mode 600).
 """
 import ipaddress
@@ -25,7 +25,7 @@ from invoke.exceptions import Exit
 from app import queue, settings as settings_module
 from provisioning import host
 from provisioning.bundle import Bundle
-from provisioning.host import Plan
+from provisioning.plan import Plan
 from provisioning.remote import run
 
 ROLES = ("redis", "worker", "web")  # also the order deploy goes in
@@ -34,11 +34,6 @@ ROLES = ("redis", "worker", "web")  # also the order deploy goes in
 # counts documentation and reserved ranges too.)
 PRIVATE_NETWORKS = tuple(map(ipaddress.ip_network, (
     "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "fc00::/7")))
-DEFAULTS = {"beagle": {
-    "prefix": "/opt/beagle", "etc": "/etc/beagle", "port": 80, "redis_port": 6380,
-    "redis_address": "", "roles": {}, "settings": {}, "systemctl": "systemctl",
-    "cpu_workers": 1, "keep_releases": 5, "stop_timeout": 90, "wheels": "",
-}}
 
 
 def bundle():
@@ -48,12 +43,12 @@ def bundle():
         raise Exit(str(exc)) from None
 
 
-def targets(c):
+def targets(c, plan):
     """[(connection, roles)]: the -H host with every role, or the hosts of beagle.roles,
     Redis hosts first, then workers, then web hosts."""
     if isinstance(c, Connection):
         return [(c, set(ROLES))]
-    roles = c.config.beagle.roles
+    roles = plan.roles
     if not roles:
         raise Exit("name hosts with -H, or roles in a Fabric config file (beagle.roles)")
     order = []
@@ -71,7 +66,8 @@ def say(c, step, changes):
 
 def cluster(c):
     """(plan, [(connection, roles)], Redis password, Redis address, deployed settings)."""
-    plan, hosts = Plan.from_config(c.config), targets(c)
+    plan = Plan.from_config(c.config)
+    hosts = targets(c, plan)
     redis_hosts = [conn for conn, roles in hosts if "redis" in roles]
     if len(redis_hosts) != 1:
         raise Exit(f"exactly one host must have the redis role, not {len(redis_hosts)}")
@@ -146,7 +142,7 @@ def deploy(c):
 def packages(c):
     """Install the Debian packages the host's roles need."""
     plan = Plan.from_config(c.config)
-    for conn, roles in targets(c):
+    for conn, roles in targets(c, plan):
         _packages(conn, plan, roles)
 
 
@@ -156,7 +152,7 @@ def code(c):
 
     The web code is reloaded and the workers are restarted one at a time."""
     plan, release = Plan.from_config(c.config), bundle()
-    for conn, roles in targets(c):
+    for conn, roles in targets(c, plan):
         gpus = host.has_gpu(conn) if "worker" in roles else 0
         moved = _code(conn, plan, release, gpus)
         if moved and "worker" in roles:
@@ -169,7 +165,7 @@ def code(c):
 def venv(c):
     """Build the virtualenv for the checkout's requirements (shared by releases)."""
     plan, release = Plan.from_config(c.config), bundle()
-    for conn, roles in targets(c):
+    for conn, roles in targets(c, plan):
         gpus = host.has_gpu(conn) if "worker" in roles else 0
         say(conn, "venv", host.virtualenv(conn, plan, release.requirements, gpus)[1])
 
@@ -199,7 +195,7 @@ def apache(c):
 def cuda(c):
     """Register the CUDA libraries with the dynamic linker and check the runtimes see a GPU."""
     plan = Plan.from_config(c.config)
-    for conn, roles in targets(c):
+    for conn, roles in targets(c, plan):
         if "worker" in roles:
             _cuda(conn, plan, host.has_gpu(conn))
 
@@ -208,7 +204,7 @@ def cuda(c):
 def rollback(c):
     """Point current back at the previous release; reload the web code, restart workers."""
     plan = Plan.from_config(c.config)
-    hosts = targets(c)
+    hosts = targets(c, plan)
     for conn, roles in hosts:
         path = host.previous_release(conn, plan)
         host.switch(conn, plan, path)
@@ -224,7 +220,7 @@ def rollback(c):
 def status(c):
     """Units, readiness, queue depth, worker heartbeats and the last errors."""
     plan = Plan.from_config(c.config)
-    for conn, roles in targets(c):
+    for conn, roles in targets(c, plan):
         units = ["beagle-redis"] * ("redis" in roles) + ["apache2"] * ("web" in roles)
         units += run(conn, "ls /etc/systemd/system/multi-user.target.wants/ 2>/dev/null | "
                            "grep beagle-worker@ || true").stdout.split()
@@ -251,7 +247,7 @@ def status(c):
 def logs(c, lines=20, follow=False):
     """The Apache error and access logs and the workers' journal (--follow, --lines N)."""
     plan = Plan.from_config(c.config)
-    for conn, _ in targets(c):
+    for conn, _ in targets(c, plan):
         command = plan.python(f"scripts.tail_logs --lines {int(lines)}"
                               + (" --follow" if follow else ""))
         run(conn, command, hide=False, pty=bool(follow))
@@ -261,7 +257,7 @@ def logs(c, lines=20, follow=False):
 def flush_queue(c, everything=False):
     """Answer every queued request with a 503 and remove it (Beagle's keys only)."""
     plan = Plan.from_config(c.config)
-    conn = next(conn for conn, roles in targets(c) if "redis" in roles or "web" in roles)
+    conn = next(conn for conn, roles in targets(c, plan) if "redis" in roles or "web" in roles)
     run(conn, plan.with_env(plan.python("scripts.flush_queue" + (" --all" if everything
                                                                    else ""))), hide=False)
 
@@ -271,7 +267,7 @@ def stress(c, requests=500, concurrency=0):
     """The stress test, run on a web host against its own Apache (with the first API key
     from the env file there when keys are on)."""
     plan = Plan.from_config(c.config)
-    for conn, roles in targets(c):
+    for conn, roles in targets(c, plan):
         if "web" in roles:
             mode = f"--concurrency {int(concurrency)}" if concurrency else ""
             run(conn, plan.with_env(plan.python(
@@ -329,4 +325,4 @@ def _smoke(hosts, plan):
 
 
 ns = Collection.from_module(sys.modules[__name__])
-ns.configure(DEFAULTS)
+ns.configure(Plan.defaults())

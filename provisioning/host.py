@@ -3,7 +3,8 @@
 A host has roles: redis (Beagle's Redis), worker (the model-server workers) and web
 (Apache + mod_wsgi). Releases live in <prefix>/releases/<content hash> with <prefix>/current
 pointing at one; virtualenvs in <prefix>/venvs/<requirements hash>, shared by releases;
-models in <prefix>/models, shared too; settings in <etc>/beagle.env (mode 600).
+models in <prefix>/models, shared too; settings in <etc>/beagle.env (mode 600). Each step
+takes the host's connection and the Plan (provisioning/plan.py).
 Every command runs as root (provisioning/remote.py), whether the login user is root or
 a sudoer.
 """
@@ -11,7 +12,6 @@ import hashlib
 import io
 import json
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from invoke.exceptions import Exit
@@ -26,57 +26,6 @@ APACHE_MODULES = ("wsgi", "headers", "alias", "mime", "reqtimeout")
 SAMPLE = "stress/images/digit_7.png"
 DEBIAN_REDIS = "redis-server"  # Debian's own unit: port 6379, no password
 CUDA_LIBRARIES = ("libcudnn", "libcublas")
-
-
-@dataclass
-class Plan:
-    """What to deploy where: Fabric's `beagle` configuration, with defaults in the fabfile."""
-    prefix: str
-    etc: str
-    port: int
-    redis_port: int
-    redis_address: str
-    systemctl: str
-    cpu_workers: int
-    keep_releases: int
-    stop_timeout: int
-    wheels: str = ""
-    settings: dict = field(default_factory=dict)
-
-    @classmethod
-    def from_config(cls, config):
-        beagle = config.beagle
-        return cls(prefix=beagle.prefix, etc=beagle.etc, port=int(beagle.port),
-                   redis_port=int(beagle.redis_port), redis_address=beagle.redis_address or "",
-                   systemctl=beagle.systemctl, cpu_workers=int(beagle.cpu_workers),
-                   keep_releases=int(beagle.keep_releases),
-                   stop_timeout=int(beagle.stop_timeout), wheels=beagle.wheels or "",
-                   settings=dict(beagle.settings or {}))
-
-    @property
-    def current(self):
-        return f"{self.prefix}/current"
-
-    @property
-    def env_file(self):
-        return f"{self.etc}/beagle.env"
-
-    @property
-    def redis_dir(self):
-        return "/var/lib/beagle-redis"
-
-    @property
-    def debian_redis_note(self):
-        """Says whether Debian's redis-server ran before Beagle's first deploy."""
-        return f"{self.etc}/debian-redis-server"
-
-    def python(self, module_and_args):
-        """A shell command running the current release's ``python -m <module> <args>``."""
-        return f"cd {self.current} && venv/bin/python -m {module_and_args}"
-
-    def with_env(self, command):
-        """``command`` run with the env file's variables (it holds no shell syntax)."""
-        return f"set -a && . {self.env_file} && set +a && {command}"
 
 
 def packages(c, plan, roles):

@@ -1,6 +1,7 @@
 """What fab deploy writes and ships, checked without a host: the release bundle carries
 code and never the operator's configuration or keys; the env file means the same to
 systemd and to a shell; Redis's address is private; the rendered units are sound."""
+import re
 import shlex
 import shutil
 import subprocess
@@ -14,7 +15,8 @@ from old_redis import old_redis_server
 from provisioning import envfile
 from provisioning.bundle import Bundle
 from provisioning.fabfile import redis_address
-from provisioning.host import Plan, gpu_requirements, redis_server_problem
+from provisioning.host import gpu_requirements, redis_server_problem
+from provisioning.plan import Plan
 
 ENV_GENERATOR = "/usr/lib/systemd/user-environment-generators/30-systemd-environment-d-generator"
 AWKWARD = {"BEAGLE_API_KEYS": "k1,k-2_x.y~z", "BEAGLE_HOST": "*",
@@ -103,10 +105,7 @@ def test_values_a_shell_could_expand_are_refused(value):
 
 
 def plan(**values):
-    defaults = dict(prefix="/opt/beagle", etc="/etc/beagle", port=80, redis_port=6380,
-                    redis_address="", systemctl="systemctl", cpu_workers=1, keep_releases=5,
-                    stop_timeout=90)
-    return Plan(**{**defaults, **values})
+    return Plan(**values)
 
 
 def test_redis_binds_loopback_alone_and_a_given_private_address_in_a_cluster():
@@ -120,6 +119,14 @@ def test_redis_binds_loopback_alone_and_a_given_private_address_in_a_cluster():
             redis_address(plan(redis_address=public), 2)
     with pytest.raises(Exit, match="must be an IP address"):
         redis_address(plan(redis_address="redis.example.com"), 2)
+
+
+def test_the_readme_lists_every_key_of_the_deployment_with_its_default():
+    readme = (PROJECT_ROOT / "README.md").read_text()
+    rows = dict(re.findall(r"^\| `(\w+)` \| `([^`]*)` \|", readme.split(
+        "**Settings of the deployment**")[1].split("\n\n")[1], re.M))
+    assert rows == {key: '""' if default == "" else str(default)
+                    for key, default in Plan.defaults()["beagle"].items()}
 
 
 def test_a_gpu_host_gets_the_cuda_builds_of_the_same_pins():

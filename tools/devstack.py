@@ -22,6 +22,7 @@ import redis
 
 from app import config_files, settings as settings_module
 from app.keys import Keys
+from app.queue import redis_url
 from app.settings import PROJECT_ROOT
 
 log = logging.getLogger("beagle.devstack")
@@ -86,7 +87,7 @@ class RedisServer:
 
     @property
     def url(self):
-        return f"redis://:{self.password}@127.0.0.1:{self.port}/0"
+        return redis_url(self.password, "127.0.0.1", self.port)
 
     def start(self, stop=None):
         """Start it (again, on the same port, if it was stopped)."""
