@@ -18,7 +18,6 @@ Worker:    `read_new`, `reclaim_own` (what it held before a restart), `claim_sta
 Operators: `backlog`, `oldest_waiting`, `flush`.
 """
 import json
-import time
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -182,12 +181,6 @@ class Queue:
                 break
             answers[keys[popped[0].decode()]] = json.loads(popped[1])
         return [answers[request_id] for request_id in request_ids if request_id in answers]
-
-    def wait_result(self, request_id, timeout):
-        """The answer for ``request_id``, or None if none arrived within ``timeout`` s."""
-        deadline = time.monotonic() + timeout
-        answers = self.wait_results([request_id], lambda: deadline - time.monotonic())
-        return answers[0] if answers else None
 
     # -- operators and metrics --------------------------------------------------------
 

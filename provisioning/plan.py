@@ -22,6 +22,7 @@ class Plan:
     keep_releases: int = 5
     stop_timeout: int = 90               # seconds a worker may take to finish its batch
     wheels: str = ""                     # a folder here: air-gapped hosts' packages
+    redis_dir = "/var/lib/beagle-redis"  # Beagle's Redis's working folder (not a key)
 
     @classmethod
     def defaults(cls):
@@ -43,10 +44,6 @@ class Plan:
     @property
     def env_file(self):
         return f"{self.etc}/beagle.env"
-
-    @property
-    def redis_dir(self):
-        return "/var/lib/beagle-redis"
 
     @property
     def debian_redis_note(self):

@@ -9,6 +9,7 @@ import secrets
 import shutil
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -99,6 +100,13 @@ def stack(redis_server):
     yield shared
     shared.stop()
     shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def wait_result(queue, request_id, timeout):
+    """The answer for ``request_id``, or None if none arrived within ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    answers = queue.wait_results([request_id], lambda: deadline - time.monotonic())
+    return answers[0] if answers else None
 
 
 def predict(url, data, content_type="multipart", timeout=30, **params):

@@ -83,3 +83,13 @@ def fab(source, config, *args, timeout=900):
 
 def step_lines(output):
     return {m.group(1): m.group(2) for m in re.finditer(r"^\S+: (\w+): (.*)$", output, re.M)}
+
+
+def operate(source, config, *ssh):
+    """status, flush-queue and logs, as an operator runs them, each checked."""
+    status = fab(source, config, *ssh, "status")
+    for line in ("beagle-redis: active", "apache2: active", "beagle-worker@0: active",
+                 '"ready":true', "model digits v1: 1 live workers"):
+        assert line in status
+    assert "removed 0 queued requests" in fab(source, config, *ssh, "flush-queue")
+    assert "beagle_access |" in fab(source, config, *ssh, "logs", "--lines", 3)

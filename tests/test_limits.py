@@ -6,6 +6,7 @@ import socket
 import threading
 import time
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
 
 import requests
@@ -23,6 +24,23 @@ def status_kb(pid, field):
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith(field + ":"):
             return int(line.split()[1]) * 1024
+
+
+@contextmanager
+def waiting_requests(stack, count):
+    """``count`` requests waiting for answers while the worker is stopped."""
+    stack.workers[0].signal(signal.SIGSTOP)
+    waiting = [threading.Thread(target=predict, args=(stack.url, sample(1)))
+               for _ in range(count)]
+    try:
+        for thread in waiting:
+            thread.start()
+        time.sleep(0.5)
+        yield
+    finally:
+        stack.workers[0].signal(signal.SIGCONT)
+        for thread in waiting:
+            thread.join()
 
 
 def json_reply(response):
@@ -61,20 +79,10 @@ def test_a_request_is_admitted_before_its_image_is_decoded(start_stack, client):
     """Every waiting slot taken: a 25 MP image is refused at once, not after decoding."""
     stack = start_stack(web_threads=4, request_timeout=5.0)  # 2 waiting slots
     big = big_digit(3, "PNG", "RGBA")
-    stack.workers[0].signal(signal.SIGSTOP)
-    try:
-        waiting = [threading.Thread(target=predict, args=(stack.url, sample(1)))
-                   for _ in range(2)]
-        for thread in waiting:
-            thread.start()
-        time.sleep(0.5)
+    with waiting_requests(stack, 2):
         began = time.monotonic()
         refused = predict(stack.url, big)
         took = time.monotonic() - began
-    finally:
-        stack.workers[0].signal(signal.SIGCONT)
-    for thread in waiting:
-        thread.join()
     print(f"\nslots full: a 25 MP PNG refused in {took * 1000:.0f} ms")
     assert refused.status_code == 503 and "limit of requests in flight" in refused.json()["error"]
     assert took < 0.3  # decoding it takes about a second here
@@ -97,21 +105,11 @@ def test_one_tf_serving_request_gets_a_quarter_of_the_queue_at_most(start_stack,
     assert too_many.status_code == 400 and "limit is 2" in too_many.json()["error"]
     # Room for one more entry, a request of two: refused whole, nothing left queued.
     stream = Keys(stack.settings.key_prefix).stream("digits")
-    stack.workers[0].signal(signal.SIGSTOP)
-    try:
-        waiting = [threading.Thread(target=predict, args=(stack.url, sample(1)))
-                   for _ in range(7)]
-        for thread in waiting:
-            thread.start()
-        time.sleep(0.5)
+    with waiting_requests(stack, 7):
         assert client.xlen(stream) == 7
         two = {"instances": [{"b64": b64(sample(d))} for d in (1, 2)]}
         refused = requests.post(url, json=two)
         assert refused.status_code == 503 and client.xlen(stream) == 7
-    finally:
-        stack.workers[0].signal(signal.SIGCONT)
-    for thread in waiting:
-        thread.join()
 
 
 def test_the_registry_keeps_nothing_for_names_nobody_serves(stack, client):

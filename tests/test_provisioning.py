@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from tools.devstack import free_port
-from deploying import STEPS, SYSTEMCTL, WHEELHOUSE, SSHHost, checkout, fab, step_lines, \
-    write_config
+from deploying import STEPS, SYSTEMCTL, WHEELHOUSE, SSHHost, checkout, fab, operate, \
+    step_lines, write_config
 
 
 @pytest.fixture
@@ -91,12 +91,7 @@ def test_deploy_stress_redeploy_rollback_over_ssh(tmp_path, client_key, deployme
         assert f"back to {first_release.name}" in rolled and "came back as '7'" in rolled
         assert (Path(deployment["prefix"]) / "current").resolve() == first_release
 
-        status = fab(source, config, *ssh, "status")
-        for line in ("beagle-redis: active", "apache2: active", "beagle-worker@0: active",
-                     '"ready":true', "model digits v1: 1 live workers"):
-            assert line in status
-        assert "removed 0 queued requests" in fab(source, config, *ssh, "flush-queue")
-        assert "beagle_access |" in fab(source, config, *ssh, "logs", "--lines", 3)
+        operate(source, config, *ssh)
     finally:
         host.stop()
 

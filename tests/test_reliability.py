@@ -17,7 +17,7 @@ from app.imaging import DecodeBudget, to_pixels
 from app.keys import GROUP, Keys
 from app.metrics import SECONDS
 from app.queue import Queue, Request
-from conftest import make_settings, predict, public_tempdir, sample
+from conftest import make_settings, predict, public_tempdir, sample, wait_result
 from models import marker_png, poison_model, slow_model
 from stress import stress_test
 
@@ -108,7 +108,7 @@ def test_poison_input_is_answered_removed_and_spares_its_batch(poison_stack, cli
             ids.append(request.request_id)
     finally:
         stack.workers[0].signal(signal.SIGCONT)
-    answers = [queue.wait_result(i, 10) for i in ids]
+    answers = [wait_result(queue, i, 10) for i in ids]
     assert [a["ok"] for a in answers] == [True, True, False, True, True, True]
     assert answers[2]["status"] == 500 and "inference failed" in answers[2]["error"]
     assert client.xlen(Keys(settings.key_prefix).stream("poison")) == 0
@@ -138,7 +138,7 @@ def test_a_request_that_keeps_killing_workers_is_given_up(redis_server, client, 
     time.sleep(1.1)  # idle longer than claim_idle
     worker = WorkerProcess(settings, "survivor", tmp_path / "survivor.log").start()
     try:
-        answer = queue.wait_result(request.request_id, 10)
+        answer = wait_result(queue, request.request_id, 10)
     finally:
         worker.stop()
     assert answer["status"] == 500 and "giving up" in answer["error"]

@@ -12,6 +12,7 @@ from app import repository, runtimes
 from app.keys import GROUP, Keys
 from app.queue import Queue, Request
 from app.settings import PROJECT_ROOT, as_environ
+from conftest import wait_result
 
 SCRIPTS = PROJECT_ROOT / "scripts"
 
@@ -53,7 +54,7 @@ def test_flush_removes_only_beagles_keys_and_answers_the_waiting(settings, clien
     assert f"{keys.stream('digits')}: removed 3 queued requests (each answered 503)" in done.stdout
     assert "removed 1 unread results" in done.stdout
     for request in waiting:
-        assert queue.wait_result(request.request_id, 1)["status"] == 503
+        assert wait_result(queue, request.request_id, 1)["status"] == 503
     assert client.xlen(keys.stream("digits")) == 0
     assert client.xinfo_groups(keys.stream("digits"))[0]["name"] == GROUP.encode()  # kept
     assert client.get("someone-else:key") == b"keep me"

@@ -16,7 +16,7 @@ from app.loaded_models import LoadedModels
 from app.settings import model_pins
 from app.queue import Entry, Queue, Request, server_version
 from app.worker import Worker
-from conftest import make_settings, sample
+from conftest import make_settings, sample, wait_result
 from models import slow_model
 from old_redis import old_redis_server
 
@@ -90,7 +90,7 @@ def test_malformed_entry_is_answered_and_dropped(redis_server, settings, client,
     batch = queue.read_new([stream], "w", 10, 100)
     assert batch[0].request is None and "malformed" in batch[0].problem
     worker.reply(*worker.classify(batch))
-    assert queue.wait_result("abc", 1)["status"] == 400
+    assert wait_result(queue, "abc", 1)["status"] == 400
     assert client.xlen(stream) == 0
 
 
@@ -137,7 +137,7 @@ def test_sigterm_finishes_the_batch_then_exits(slow_worker, client):
     wait_pending(client, stream, 8)
     worker.signal(signal.SIGTERM)
     assert worker.process.wait(30) == 0
-    answers = [queue.wait_result(i, 5) for i in ids]
+    answers = [wait_result(queue, i, 5) for i in ids]
     assert all(a and a["ok"] for a in answers)
     assert client.xlen(stream) == 0 and client.xpending(stream, GROUP)["pending"] == 0
     log_text = worker.log_path.read_text()
@@ -158,7 +158,7 @@ def test_second_sigterm_stops_at_once_and_another_worker_claims(slow_worker, cli
     assert time.monotonic() - began < 0.8  # a batch of 8 takes over a second here
     assert client.xpending(stream, GROUP)["pending"] == 8  # nothing lost: still pending
     start("rescuer")
-    answers = [queue.wait_result(i, 30) for i in ids]
+    answers = [wait_result(queue, i, 30) for i in ids]
     assert all(a and a["ok"] for a in answers)
 
 
@@ -197,10 +197,10 @@ def test_entries_whose_numbers_are_not_numbers_are_answered_and_the_worker_goes_
                              ("shape", "32,32,١")):
             bad = {**good.fields(), "id": uuid.uuid4().hex, field: value}
             client.xadd(stream, bad)
-            answer = queue.wait_result(bad["id"], 10)
+            answer = wait_result(queue, bad["id"], 10)
             assert answer["status"] == 400 and "malformed" in answer["error"], answer
         assert queue.submit("digits", None, [good], 100, 60) is None
-        assert queue.wait_result(good.request_id, 10)["ok"]
+        assert wait_result(queue, good.request_id, 10)["ok"]
         assert worker.process.poll() is None
     finally:
         worker.stop()

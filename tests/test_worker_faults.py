@@ -6,18 +6,17 @@ import shutil
 import socket
 import subprocess
 import time
-import uuid
 
 import pytest
 import requests
 
 from tools.devstack import WorkerProcess, free_port
 from app.keys import Keys
-from app.queue import Queue, Request
+from app.queue import Queue
 from app.settings import PROJECT_ROOT
-from conftest import make_settings, predict, public_tempdir, sample
+from conftest import make_settings, predict, public_tempdir, sample, wait_result
 from models import slow_model
-from test_worker import wait_pending
+from test_worker import submit, wait_pending
 from test_observability import scrape, value
 
 FAKETIME = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1"
@@ -48,16 +47,6 @@ class Proxy:
         self.process.wait()
 
 
-def submit(queue, model, count, shape, timeout_s=60.0):
-    ids = []
-    for _ in range(count):
-        request = Request(uuid.uuid4().hex, int(timeout_s * 1000), 1, shape,
-                          bytes(shape[0] * shape[1] * shape[2]))
-        assert queue.submit(model, None, [request], 100, 60) is None
-        ids.append(request.request_id)
-    return ids
-
-
 def worker_status(client, settings, name):
     return json.loads(client.get(Keys(settings.key_prefix).worker(name)) or "{}")
 
@@ -78,7 +67,7 @@ def test_redis_failing_mid_forward_pass_fails_nothing_and_runs_nothing_twice(
         proxy.stop()
         time.sleep(1.5)   # a heartbeat fails meanwhile
         proxy.start()
-        answers = [queue.wait_result(request_id, 60) for request_id in ids]
+        answers = [wait_result(queue, request_id, 60) for request_id in ids]
     finally:
         worker.stop()
         proxy.stop()
@@ -101,7 +90,7 @@ def test_a_batch_slower_than_claim_idle_keeps_its_claim(tmp_path, redis_server, 
         for worker in workers:
             worker.wait_live()
         ids = submit(queue, "slow", 16, (128, 128, 3))
-        answers = [queue.wait_result(request_id, 120) for request_id in ids]
+        answers = [wait_result(queue, request_id, 120) for request_id in ids]
         time.sleep(2)  # a second answer to any of them would arrive by now
         leftovers = list(client.scan_iter(match=keys.pattern("result")))
         ran = sum(worker_status(client, settings, w.name)["requests"] for w in workers)
