@@ -24,7 +24,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from app import settings as settings_module
-from app import client
+from tools import client
 from tools.client import default_api_key, json_body, post_image
 from stress import report as stress_report
 
