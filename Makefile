@@ -11,7 +11,7 @@ setup:
 run: setup
 	@$(PYTHON) -m tools.devstack
 
-test: export BEAGLE_APT_EXTRA = chromium openssh-server debootstrap nftables socat faketime
+test: export BEAGLE_APT_EXTRA = chromium openssh-server debootstrap nftables socat faketime wrk
 test: setup
 	$(PYTHON) -m pytest $(PYTEST_ARGS)
 
@@ -19,7 +19,13 @@ test: setup
 model: setup
 	$(PYTHON) -m scripts.train_digits
 
-# The benchmark: MobileNetV2 (random weights, offline) on every runtime, raw and served;
-# writes reports/bench/report.md, results.json and bench.png.
+# The benchmark (stress/bench.py): MobileNetV2 (random weights, offline) raw and served,
+# driven by wrk; writes reports/bench/report.md, results.json and bench.png.
+#   make bench PEER=litserve              Beagle and LitServe side by side
+#   make bench MODEL=null PEER=litserve   the stacks alone (a model that computes nothing)
+#   make bench BENCH_ARGS="--concurrency 1,64 --requests 3000"
+MODEL ?= mobilenet_v2
+PEER ?=
+bench: export BEAGLE_APT_EXTRA = wrk
 bench: setup
-	$(PYTHON) -m stress.bench $(BENCH_ARGS)
+	$(PYTHON) -m stress.bench --model $(MODEL) $(if $(PEER),--peer $(PEER)) $(BENCH_ARGS)

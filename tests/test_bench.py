@@ -1,4 +1,5 @@
-"""The benchmark runs end to end and writes its report (small counts: a smoke run)."""
+"""The benchmark runs end to end, Beagle and its peer side by side, and writes its report
+(small counts: a smoke run; the figures themselves are the benchmark's, never a test's)."""
 import json
 import subprocess
 import sys
@@ -6,19 +7,24 @@ import sys
 from app.settings import PROJECT_ROOT
 
 
-def test_bench_writes_report_table_and_plot(tmp_path):
+def test_bench_side_by_side_writes_report_table_and_plot(tmp_path):
     done = subprocess.run(
-        [sys.executable, "-m", "stress.bench", "--model", "digits",
-         "--runtimes", "tensorflow", "--batches", "1,4", "--concurrency", "1,4",
-         "--requests", "40", "--raw-seconds", "0.5", "--report", str(tmp_path)],
-        cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=600,
-        env={"TF_CPP_MIN_LOG_LEVEL": "3",
-                                                          "PATH": "/usr/bin:/bin"})
+        [sys.executable, "-m", "stress.bench", "--model", "null", "--peer", "litserve",
+         "--batches", "1,4", "--concurrency", "1,4", "--requests", "60", "--raw-seconds", "0.3",
+         "--report", str(tmp_path)],
+        cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=900,
+        env={"TF_CPP_MIN_LOG_LEVEL": "3", "PATH": "/usr/bin:/bin"})
     assert done.returncode == 0, done.stderr[-3000:]
     report = (tmp_path / "report.md").read_text()
-    assert "| concurrency | req/s | p50 ms | p99 ms | mean batch | served / raw best |" in report
-    assert "| 4 |" in report and "Raw best" in report and "Resident memory" in report
+    assert "| 4 | beagle |" in report and "| 4 | litserve |" in report
+    assert "Beagle ÷ peer req/s" in report and "CPU milliseconds per request" in report
     results = json.loads((tmp_path / "results.json").read_text())
-    assert [row["summary"]["failed"] for row in results[0]["served"]] == [0, 0]
-    assert [row["concurrency"] for row in results[0]["served"]] == [1, 4]
+    for server in ("beagle", "litserve"):
+        levels = results[0]["served"][server]["levels"]
+        assert [row["concurrency"] for row in levels] == [1, 4]
+        assert all(row["summary"]["failed"] == 0 and row["summary"]["requests"] >= 60
+                   for row in levels), levels
+        assert all(row["cpu_ms"]["client"] > 0 for row in levels)
+    beagle = results[0]["served"]["beagle"]["levels"][-1]["cpu_ms"]
+    assert beagle["mod_wsgi"] > 0 and beagle["redis"] > 0 and beagle["worker loop"] > 0
     assert (tmp_path / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -1,0 +1,104 @@
+"""The benchmark's report: report.md (tables side by side, with ratios and each part's
+CPU per request), results.json (every figure) and bench.png (throughput and p99 latency
+against concurrency, for each runtime and server)."""
+import json
+import os
+import time
+
+BEAGLE_PARTS = ("apache", "mod_wsgi", "redis", "worker loop", "forward pass")
+
+
+def write(folder, results, args, image):
+    folder.mkdir(parents=True, exist_ok=True)
+    text = markdown(results, args, image)
+    (folder / "report.md").write_text(text)
+    (folder / "results.json").write_text(json.dumps(results, indent=1))
+    plot(results, folder / "bench.png")
+    print(text)
+    print(f"wrote {folder / 'report.md'}, {folder / 'results.json'}, {folder / 'bench.png'}")
+
+
+def server_ms(row):
+    """CPU ms per request of the serving stack's processes (the client's excluded)."""
+    return sum(ms for part, ms in row["cpu_ms"].items() if part != "client")
+
+
+def markdown(results, args, image):
+    peer = args.peer
+    lines = [f"# Benchmark: {args.model}", "",
+             f"{time.strftime('%Y-%m-%d')}, {len(os.sched_getaffinity(0))} cores. Load: wrk "
+             f"(C), closed loops of {args.requests} requests per concurrency level, posting a "
+             f"{len(image) // 1024} KB JPEG as multipart field `image`. Max batch "
+             f"{args.max_batch_size} on " + (f"both servers; {peer}'s batch timeout "
+                                              f"{args.peer_batch_timeout:g} s, Beagle's 0."
+                                              if peer else "Beagle."), ""]
+    for result in results:
+        lines += [f"## {result['runtime']}", "", "| batch | raw latency ms | raw images/s |",
+                  "|---:|---:|---:|"]
+        lines += [f"| {b} | {r['latency_ms']:.2f} | {r['images_per_s']:.1f} |"
+                  for b, r in result["raw"].items()]
+        lines += [""] + served_table(result, peer) + [""] + cpu_table(result, peer) + [""]
+        beagle = result["served"]["beagle"]
+        lines += [f"Beagle's worker formed batches of {beagle['mean_batch']:.1f} on average; "
+                  f"resident memory: worker {beagle['memory_mb']['worker']:.0f} MB, web "
+                  + ", ".join(f"{m:.0f} MB" for m in beagle["memory_mb"]["web"])
+                  + (f"; {peer} {result['served'][peer]['memory_mb']['server']:.0f} MB"
+                     if peer else "") + ".", ""]
+    return "\n".join(lines)
+
+
+def served_table(result, peer):
+    lines = ["| concurrency | server | req/s | p50 ms | p99 ms | server CPU ms/req |"
+             + (" Beagle ÷ peer req/s | Beagle ÷ peer p99 |" if peer else ""),
+             "|---:|---|---:|---:|---:|---:|" + ("---:|---:|" if peer else "")]
+    rows = {name: served["levels"] for name, served in result["served"].items()}
+    for n, row in enumerate(rows["beagle"]):
+        for name in rows:
+            s, own = rows[name][n]["summary"], rows[name][n]
+            failed = f" ({s['failed']} failed)" if s["failed"] else ""
+            line = (f"| {row['concurrency']} | {name} | {s['throughput']:.1f}{failed} | "
+                    f"{s['p50_ms']:.1f} | {s['p99_ms']:.1f} | {server_ms(own):.2f} |")
+            if peer:
+                other = rows[peer][n]["summary"]
+                line += (f" {s['throughput'] / other['throughput']:.2f} | "
+                         f"{s['p99_ms'] / other['p99_ms']:.2f} |" if name == "beagle" else " | |")
+            lines.append(line)
+    return lines
+
+
+def cpu_table(result, peer):
+    parts = [*BEAGLE_PARTS, *([peer] if peer else [])]
+    lines = ["CPU milliseconds per request, by part:", "",
+             "| concurrency | server | " + " | ".join(parts) + " | server total | load client |",
+             "|---:|---|" + "---:|" * (len(parts) + 2)]
+    for name, served in result["served"].items():
+        for row in served["levels"]:
+            cells = [f"{row['cpu_ms'][p]:.2f}" if p in row["cpu_ms"] else "" for p in parts]
+            lines.append(f"| {row['concurrency']} | {name} | " + " | ".join(cells)
+                         + f" | {server_ms(row):.2f} | {row['cpu_ms']['client']:.2f} |")
+    return lines
+
+
+def plot(results, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    figure, (throughput, latency) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for result in results:
+        for name, served in result["served"].items():
+            levels = [row["concurrency"] for row in served["levels"]]
+            style = "-" if name == "beagle" else "--"
+            label = f"{result['runtime']}: {name}"
+            line, = throughput.plot(levels, [row["summary"]["throughput"] for row in
+                                             served["levels"]], style, marker="o", label=label)
+            latency.plot(levels, [row["summary"]["p99_ms"] for row in served["levels"]], style,
+                         marker="x", color=line.get_color(), label=f"{label} p99")
+    throughput.set(xscale="log", xlabel="concurrency", ylabel="requests/s",
+                   title="served throughput")
+    latency.set(xscale="log", yscale="log", xlabel="concurrency", ylabel="ms",
+                title="p99 latency")
+    for axes in (throughput, latency):
+        axes.grid(True, which="both", alpha=0.3)
+        axes.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)

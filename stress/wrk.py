@@ -1,0 +1,107 @@
+"""The benchmark's load generator: wrk, written in C, so that the client costs little
+and the same for every server it drives. A Lua script posts the image as multipart field
+``image`` over keep-alive connections (a closed loop: each connection sends its next
+request when the last is answered), each of wrk's threads stops after its share of the
+requests, and wrk prints the run's figures as JSON. Bounded in count and in time.
+"""
+import json
+import os
+import subprocess
+import tempfile
+from pathlib import Path
+
+SCRIPT = r"""
+local ffi = require("ffi")
+ffi.cdef[[
+typedef struct { long tv_sec; long tv_nsec; } bench_timespec;
+int clock_gettime(int clock, bench_timespec *now);
+int getpid(void);
+int kill(int pid, int signal);
+]]
+local function now()
+  local t = ffi.new("bench_timespec")
+  ffi.C.clock_gettime(1, t)  -- CLOCK_MONOTONIC
+  return tonumber(t.tv_sec) + tonumber(t.tv_nsec) / 1e9
+end
+
+local boundary = "beagle-bench-boundary"
+local file = io.open(os.getenv("BENCH_IMAGE"), "rb")
+local image = file:read("*a")
+file:close()
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "multipart/form-data; boundary=" .. boundary
+local key = os.getenv("BENCH_API_KEY")
+if key and key ~= "" then wrk.headers["Authorization"] = "Bearer " .. key end
+wrk.body = "--" .. boundary .. "\r\n"
+  .. 'Content-Disposition: form-data; name="image"; filename="image.jpg"\r\n'
+  .. "Content-Type: image/jpeg\r\n\r\n" .. image .. "\r\n--" .. boundary .. "--\r\n"
+
+-- Globals, not locals: done() reads them from each thread with thread:get.
+local threads = {}
+function setup(thread) table.insert(threads, thread) end
+
+share = tonumber(os.getenv("BENCH_SHARE"))
+answered, failed, started, finished = 0, 0, 0, 0
+function init(args) started = now() end
+
+-- wrk runs for its whole -d even after every thread stopped, so the last thread to
+-- finish its share (a line each in BENCH_DONE) interrupts it, as Ctrl-C would.
+function response(status, headers, body)
+  answered = answered + 1
+  if status ~= 200 then failed = failed + 1 end
+  if answered == share then
+    finished = now()
+    local done = io.open(os.getenv("BENCH_DONE"), "a")
+    done:write("done\n")
+    done:close()
+    local lines = 0
+    for _ in io.lines(os.getenv("BENCH_DONE")) do lines = lines + 1 end
+    if lines >= tonumber(os.getenv("BENCH_THREADS")) then ffi.C.kill(ffi.C.getpid(), 2) end
+    wrk.thread:stop()
+  end
+end
+
+function done(summary, latency, requests)
+  local failed_total, first, last = 0, math.huge, 0
+  for _, thread in ipairs(threads) do
+    failed_total = failed_total + thread:get("failed")
+    first = math.min(first, thread:get("started"))
+    last = math.max(last, thread:get("finished"))
+  end
+  local seconds = summary.duration / 1e6
+  if last > first then seconds = last - first end
+  io.write(string.format('BENCH {"requests": %d, "seconds": %.6f, "failed": %d, '
+    .. '"socket_errors": %d, "p50_ms": %.3f, "p90_ms": %.3f, "p99_ms": %.3f, '
+    .. '"max_ms": %.3f}\n', summary.requests, seconds, failed_total,
+    summary.errors.connect + summary.errors.read + summary.errors.write
+    + summary.errors.timeout, latency:percentile(50) / 1000, latency:percentile(90) / 1000,
+    latency:percentile(99) / 1000, latency.max / 1000))
+end
+"""
+
+
+def run(url, image, requests, concurrency, max_seconds=300, api_key=""):
+    """Post ``image`` ``requests`` times over ``concurrency`` connections; the summary
+    (requests, seconds, throughput, failed, p50/p90/p99/max ms) and wrk's own CPU
+    seconds (client_cpu_s)."""
+    threads = min(concurrency, os.cpu_count() or 1)
+    with tempfile.TemporaryDirectory() as work:
+        script, picture = Path(work) / "post.lua", Path(work) / "image.jpg"
+        script.write_text(SCRIPT)
+        picture.write_bytes(image)
+        env = {**os.environ, "BENCH_IMAGE": str(picture), "BENCH_API_KEY": api_key,
+               "BENCH_SHARE": str(max(1, requests // threads)), "BENCH_THREADS": str(threads),
+               "BENCH_DONE": str(Path(work) / "done")}
+        process = subprocess.Popen(
+            ["wrk", "-t", str(threads), "-c", str(concurrency), "-d", f"{int(max_seconds)}s",
+             "--timeout", "30s", "-s", str(script), url], env=env, stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, text=True)
+        output = process.stdout.read()
+        _, status, usage = os.wait4(process.pid, 0)
+    line = next((line for line in output.splitlines() if line.startswith("BENCH ")), None)
+    if status != 0 or line is None:
+        raise RuntimeError(f"wrk failed ({status}): {output[-2000:]}")
+    summary = json.loads(line[len("BENCH "):])
+    summary["throughput"] = summary["requests"] / summary["seconds"]
+    summary["client_cpu_s"] = usage.ru_utime + usage.ru_stime
+    return summary
