@@ -17,6 +17,7 @@ def prometheus():
     address = ipaddress.ip_address(request.remote_addr)
     if not any(address in network for network in settings().admin_networks):
         abort(403, f"/metrics is open to admin_networks only, not to {request.remote_addr}")
+    metrics.write(beagle().tally, beagle().redis, beagle().keys)  # this process's, now
     return Response(metrics.render(beagle().queue, beagle().directory),
                     mimetype=CONTENT_TYPE_LATEST)
 

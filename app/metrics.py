@@ -1,20 +1,27 @@
 """Prometheus metrics, kept in Redis so they add up across every web process, web host,
 worker and GPU host.
 
-Writers gather updates in a `Tally` and add them to a pipeline they send anyway: the web
-process once per request, the worker in the pipeline that carries a batch's answers.
+Writers gather updates in a `Tally` in the process and write them at most once a second
+(a round trip and a dozen Redis commands per request or per batch cost more CPU than the
+rest of the metrics together): each web process from a thread of its own
+(`flush_every`), the worker in its heartbeat. /metrics thus lags by up to a second, except
+for the web process answering it, which writes its own first.
 `render` turns the stored counters and histograms, plus gauges read at scrape time
 (queue depth, the oldest waiting request's age, live workers), into Prometheus text.
 Every web host reports the same cluster-wide figures: scrape one of them.
 """
 import threading
+import time
 from collections import Counter, defaultdict
+
+import redis
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily,
                                     HistogramMetricFamily)
 
 PREFIX = "beagle_"
+METRICS_FLUSH_S = 1.0  # how often a process writes its metrics to Redis
 SECONDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 BATCH = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
@@ -55,6 +62,10 @@ class Tally:
         with self.lock:
             self.observations[_field(name, labels)].append(value)
 
+    def pending(self):
+        with self.lock:
+            return bool(self.counts or self.observations)
+
     def flush(self, pipe, keys):
         """Add the updates to ``pipe`` and forget them."""
         with self.lock:
@@ -68,6 +79,28 @@ class Tally:
                 pipe.hincrby(keys.metrics("histograms"), f"{field}|le={bound}", n)
             pipe.hincrbyfloat(keys.metrics("histograms"), f"{field}|sum", sum(values))
             pipe.hincrby(keys.metrics("histograms"), f"{field}|count", len(values))
+
+
+def write(tally, client, keys):
+    """Write ``tally``'s updates to Redis now; while Redis is down they are lost (the
+    metrics, never an answer)."""
+    if not tally.pending():
+        return
+    pipe = client.pipeline(transaction=False)
+    tally.flush(pipe, keys)
+    try:
+        pipe.execute()
+    except redis.RedisError:
+        pass
+
+
+def flush_every(seconds, tally, client, keys):
+    """Write ``tally`` every ``seconds`` from a daemon thread, for the process's life."""
+    def loop():
+        while True:
+            time.sleep(seconds)
+            write(tally, client, keys)
+    threading.Thread(target=loop, name="metrics", daemon=True).start()
 
 
 def render(queue, directory):

@@ -1,6 +1,6 @@
 """What the views share, registered on the app by `init_app`, and the accessors they reach
 it by: `beagle()` (Redis, the queue, the registry's view, the decode budget, the
-in-flight slots) and `settings()`."""
+in-flight slots, the process's metrics tally) and `settings()`."""
 import threading
 from types import SimpleNamespace
 
@@ -8,6 +8,7 @@ from flask import current_app
 
 from app.imaging import DecodeBudget, largest_decode
 from app.keys import Keys
+from app.metrics import METRICS_FLUSH_S, Tally, flush_every
 from app.queue import Queue, connect
 from app.registry import Directory
 
@@ -24,7 +25,9 @@ def init_app(app):
                          f"{-(-largest_decode(settings.max_image_pixels) >> 20)} MB")
     client = connect(settings.redis_url, socket_timeout=settings.request_timeout + 2)
     keys = Keys(settings.key_prefix)
-    app.extensions["beagle"] = SimpleNamespace(
+    tally = Tally()
+    flush_every(METRICS_FLUSH_S, tally, client, keys)
+    app.extensions["beagle"] = SimpleNamespace(tally=tally,
         redis=client, keys=keys, queue=Queue(client, keys),
         directory=Directory(client, keys, settings.heartbeat_ttl),
         decode_budget=DecodeBudget(budget),

@@ -21,7 +21,6 @@ from flask import Flask, abort, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from app import admin, api, openapi, resources, settings as settings_module, tfserving, ui
-from app.metrics import Tally
 
 log = logging.getLogger("beagle.web")
 
@@ -104,15 +103,8 @@ def _finish_request(response):
 
 def _count_request(status):
     model = g.get("metric_model", "-")
-    tally = Tally()
+    tally = resources.beagle().tally  # written to Redis once a second (app/metrics.py)
     tally.count("requests", model=model, code=status)
     tally.observe("request_duration_seconds", time.time() - g.started, model=model)
     if g.get("shed_reason"):
         tally.count("shed", model=model, reason=g.shed_reason)
-    shared = resources.beagle()
-    try:
-        pipe = shared.redis.pipeline(transaction=False)
-        tally.flush(pipe, shared.keys)
-        pipe.execute()
-    except redis.RedisError:  # while Redis is down the metric is lost, never the answer
-        pass

@@ -24,11 +24,10 @@ import numpy as np
 import redis
 from PIL import Image
 
-from app import registry, settings as settings_module
+from app import metrics, registry, settings as settings_module
 from app.imaging import MODES, fit
 from app.keys import Keys
 from app.loaded_models import LoadedModels
-from app.metrics import Tally
 from app.queue import Queue, connect, error_answer, server_version, version_problem
 from app.runtimes import cpu_threads
 
@@ -46,7 +45,7 @@ class Worker:
         self.redis = connect(settings.redis_url, socket_timeout=BLOCK_MS / 1000 + 5)
         self.queue = Queue(self.redis, self.keys)
         self.name = settings.worker_name or f"{socket.gethostname()}-{os.getpid()}"
-        self.tally = Tally()
+        self.tally = metrics.Tally()  # written with each heartbeat
         self.models = models or LoadedModels(settings.model_repository, settings.models,
                                              settings.worker_threads, self.tally)
         self.stats = Counter()
@@ -154,13 +153,13 @@ class Worker:
         self._unsent = answers, skipped  # kept until Redis has them
         pipe = self.redis.pipeline(transaction=False)
         self.queue.reply(pipe, answers, skipped, self.settings.result_ttl)
-        self.tally.flush(pipe, self.keys)
         pipe.execute()
         self._unsent, self._holding = None, []
         self.stats["answered"] += len(answers)
 
     def teardown(self):
         self._inference.shutdown(wait=False)
+        metrics.write(self.tally, self.redis, self.keys)  # what the last heartbeat missed
         try:
             registry.retire(self.redis, self.keys, self.name)
         except redis.RedisError as exc:
