@@ -33,15 +33,18 @@ def render(template, **context):
 
 
 def apache_vhost(settings, code_dir, venv, log_dir, listen=True, log_name="",
-                 process_group="beagle", user="www-data", group="www-data", server_name=None):
+                 process_group="beagle", user="www-data", group="www-data", server_name=None,
+                 cores=None):
     """The virtual host. ``user`` is the daemon user; it only applies when Apache starts
-    as root, so it is dropped otherwise."""
+    as root, so it is dropped otherwise. ``cores``: the web host's (default this one's),
+    for web_processes 0."""
     if os.geteuid() != 0:
         user = group = ""
     return render(
         "apache/beagle.conf.j2", listen=listen, host=settings.host, port=settings.port,
         server_name=server_name or settings.host, process_group=process_group,
-        processes=settings.web_processes, threads=settings.web_threads,
+        processes=settings.web_processes or cores or len(os.sched_getaffinity(0)),
+        threads=settings.web_threads,
         user=user, group=group, venv=venv, code_dir=code_dir,
         request_timeout=int(settings.request_timeout + 0.999), request_grace=REQUEST_GRACE_S,
         body_limit=body_limit(settings), error_statuses=ERROR_STATUSES,

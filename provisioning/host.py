@@ -230,7 +230,8 @@ def apache(c, plan, settings, release_changed):
         changes.append(f"enabled modules {', '.join(missing)}")
     vhost = config_files.apache_vhost(
         settings, code_dir=plan.current, venv=f"{plan.current}/venv", log_dir="/var/log/apache2",
-        listen=plan.port != 80, log_name="beagle_", server_name=c.host)
+        listen=plan.port != 80, log_name="beagle_", server_name=c.host,
+        cores=int(run(c, "nproc").stdout))
     config = put_if_changed(c, "/etc/apache2/sites-available/beagle.conf", vhost)
     environment = put_if_changed(c, "/etc/systemd/system/apache2.service.d/beagle.conf",
                                  config_files.apache_environment(plan.etc))

@@ -1,7 +1,8 @@
 """The Apache configuration: one template, rendered and checked by Apache itself."""
+import os
 import subprocess
 
-from app import config_files
+from app import config_files, settings as settings_module
 from tools.devstack import Apache
 from app.settings import PROJECT_ROOT
 
@@ -53,3 +54,12 @@ def test_apache_errors_are_json():
         assert body["success"] is False and body["error"]
     statuses = {int(p.stem) for p in (PROJECT_ROOT / "apache" / "errors").glob("*.json")}
     assert statuses == set(config_files.ERROR_STATUSES)
+
+
+def test_web_processes_0_is_one_per_core_of_the_web_host(settings, public_tmp):
+    per_core = settings_module.replace(settings, web_processes=0)
+    assert "processes=6 " in config_files.apache_vhost(per_core, "/c", "/v", "/l", cores=6)
+    here = len(os.sched_getaffinity(0))
+    assert f"processes={here} " in config_files.apache_vhost(per_core, "/c", "/v", "/l")
+    assert "processes=3 " in config_files.apache_vhost(
+        settings_module.replace(settings, web_processes=3), "/c", "/v", "/l", cores=6)
