@@ -248,10 +248,16 @@ class Queue:
             if consumer["pending"] == 0 and consumer["idle"] > idle_s * 1000:
                 self.redis.xgroup_delconsumer(stream, GROUP, consumer["name"])
 
-    def read_new(self, streams, consumer, count, block_ms):
-        """Up to ``count`` new entries across ``streams``, waiting at most ``block_ms``."""
-        replies = self.redis.xreadgroup(GROUP, consumer, {s: ">" for s in streams},
-                                        count=count, block=block_ms)
+    def read_new(self, streams, consumer, count, block_ms, pipe=None):
+        """Up to ``count`` new entries across ``streams``, waiting at most ``block_ms``
+        (None: not at all). Given a ``pipe``, the read is added to it, and `entries` turns
+        its reply into entries."""
+        replies = (pipe or self.redis).xreadgroup(GROUP, consumer, {s: ">" for s in streams},
+                                                  count=count, block=block_ms)
+        return None if pipe else self.entries(replies)
+
+    def entries(self, replies):
+        """Entries from an XREADGROUP reply."""
         return [self._entry(stream.decode(), entry_id, fields)
                 for stream, messages in replies or () for entry_id, fields in messages
                 if fields]

@@ -1,10 +1,14 @@
 """The model-server worker: ``python -m app.worker``.
 
 Loop (after rq's Worker.work): heartbeat and housekeeping, take the next batch from
-Redis, classify it with one compiled forward pass per model version, reply; finally
-tear down. The first SIGTERM or SIGINT finishes the batch in hand, acknowledges it and
-exits; a second one ends the process at once (its unacknowledged requests stay pending
-and another worker, or this one restarted, claims them).
+Redis, finish the running forward passes, start the next batch's, reply with the
+finished ones' answers; finally tear down. The model thus does not wait for Redis: the
+next batch is read near the end of a pass (at READ_AT of its expected duration, from the
+last passes), and the last one's answers are written while the next pass runs; on a GPU
+the device stays busy while Redis I/O happens. The first SIGTERM or SIGINT
+finishes the batches in hand, acknowledges them and exits; a second one ends the process
+at once (its unacknowledged requests stay pending and another worker, or this one
+restarted, claims them).
 
 While a forward pass runs, the main thread keeps heartbeating, and each heartbeat keeps
 the claim on the batch in hand fresh, so no other worker takes it however long the pass
@@ -36,6 +40,7 @@ log = logging.getLogger("beagle.worker")
 BLOCK_MS = 1000          # longest wait on Redis, so stop requests are seen within a second
 CONSUMER_IDLE_S = 3600   # consumers of dead workers are forgotten after this
 EX_CONFIG = 78           # exit status for "fix the configuration": the unit does not restart it
+READ_AT = 0.9            # of a pass's expected duration: then the next batch is read
 
 
 class Worker:
@@ -62,6 +67,9 @@ class Worker:
         self._reclaim = False   # entries this consumer held before a restart may wait
         self._holding = []      # entries taken and not yet acknowledged
         self._unsent = None     # (answers, skipped) that Redis was down to receive
+        self._pass = None       # the running forward passes: a future of compute()
+        self._pass_began = 0.0  # monotonic time the running passes began
+        self._pass_s = 0.0      # how long passes take, a moving average
 
     # -- the loop -----------------------------------------------------------------
 
@@ -69,14 +77,17 @@ class Worker:
         self.install_signal_handlers()
         try:
             self.startup()
-            while not self._stopping.is_set():
+            while not self._stopping.is_set() or self._pass:
                 try:
                     self.maintain()
                     if self._unsent:
                         self.reply(*self._unsent)
                     batch = self.next_batch()
-                    if batch:
-                        self.reply(*self.classify(batch))
+                    finished = self.finish_pass()
+                    if batch is None:  # the pass ended before its read: one round trip
+                        finished, batch = [], self.reply(finished, [], then_read=True)
+                    answers, skipped = self.start_pass(batch)
+                    self.reply(finished + answers, skipped)
                 except (redis.ConnectionError, redis.TimeoutError) as exc:
                     log.error("worker %s: Redis unreachable (%s); retrying in 1s", self.name, exc)
                     self._stopping.wait(1.0)
@@ -122,40 +133,67 @@ class Worker:
 
     def next_batch(self):
         """Entries left pending by this worker before a restart or by dead workers first,
-        else new ones: up to max_batch_size."""
-        self._holding = self._recover()
-        if self._holding:
-            return self._holding
-        streams, size = self._streams(), self.settings.max_batch_size
-        if not streams:
-            self._stopping.wait(BLOCK_MS / 1000)
+        else new ones: up to max_batch_size. While a pass runs, only what is queued now:
+        what is queued near its end, or None if it ended first (a short pass: its answers
+        and the read then share a round trip); none once a stop was asked."""
+        if self._stopping.is_set():
             return []
-        batch = self.queue.read_new(streams, self.name, size, BLOCK_MS)
-        window_ends = time.monotonic() + self.settings.batch_timeout
-        while batch and len(batch) < size and (left := window_ends - time.monotonic()) > 0:
-            more = self.queue.read_new(streams, self.name, size - len(batch),
-                                       max(1, int(left * 1000)))
-            if not more:
-                break
-            batch += more
-        self._holding = batch
+        if self._pass is None:
+            batch = self._recover() or self._read(wait=True)
+        else:  # recovering now would take back what the running pass holds
+            self._await(self._pass, until=self._pass_began + READ_AT * self._pass_s)
+            if self._pass.done():
+                return None
+            batch = self._read(wait=False)
+        self._holding += batch
         return batch
 
-    def classify(self, batch):
-        """Answers for the batch: [(entry, answer)], plus entries to drop unanswered."""
+    def finish_pass(self):
+        """The running passes' answers, once they end: [(entry, answer)]."""
+        if self._pass is None:
+            return []
+        results = self._await(self._pass)
+        took = time.monotonic() - self._pass_began
+        self._pass, self._pass_s = None, took if not self._pass_s else (self._pass_s + took) / 2
+        return [answer for result in results for answer in self.answers(*result)]
+
+    def start_pass(self, batch):
+        """Sort the batch and start its forward passes on the inference thread: the
+        answers due at once (malformed, given up, not served) and the entries to drop
+        unanswered (expired)."""
         answers, skipped, runnable = self.sort(batch)
-        for runner, entries in _grouped(runnable).items():
-            for part in self.parts(runner, entries):
-                answers += self.run(runner, part)
+        passes = [(runner, part) for runner, entries in _grouped(runnable).items()
+                  for part in self.parts(runner, entries)]
+        if passes:
+            self._pass = self._inference.submit(compute, passes, self.name)
+            self._pass_began = time.monotonic()
         return answers, skipped
 
-    def reply(self, answers, skipped):
+    def reply(self, answers, skipped, then_read=False):
+        """Send the answers, acknowledge and delete their entries and the skipped ones, in
+        one pipeline; ``then_read``: with a read of what is queued, whose entries it
+        returns."""
+        if not answers and not skipped and not then_read:
+            return []
         self._unsent = answers, skipped  # kept until Redis has them
         pipe = self.redis.pipeline(transaction=False)
         self.queue.reply(pipe, answers, skipped, self.settings.result_ttl)
-        pipe.execute()
-        self._unsent, self._holding = None, []
+        streams = self._streams() if then_read else []
+        if streams:
+            self.queue.read_new(streams, self.name, self.settings.max_batch_size, None, pipe)
+        replies = pipe.execute()
+        done = {id(entry) for entry, _ in answers} | {id(entry) for entry in skipped}
+        self._unsent, self._holding = None, [e for e in self._holding if id(e) not in done]
         self.stats["answered"] += len(answers)
+        batch = self.queue.entries(replies[-1]) if streams else []
+        self._holding += batch
+        return batch
+
+    def classify(self, batch):
+        """The batch's answers and the entries to drop, without the overlap: one turn of
+        the loop for one batch."""
+        answers, skipped = self.start_pass(batch)
+        return answers + self.finish_pass(), skipped
 
     def teardown(self):
         self._inference.shutdown(wait=False)
@@ -171,7 +209,7 @@ class Worker:
                  s["requests"] / max(1, s["batches"]), s["answered"], s["failed"],
                  s["expired"], s["poisoned"], s["malformed"])
 
-    # -- the steps of classify --------------------------------------------------------
+    # -- the steps of a pass --------------------------------------------------------
 
     def sort(self, batch):
         """The batch sorted: answers due now [(entry, answer)] (malformed, given up, not
@@ -213,29 +251,17 @@ class Worker:
         return ([together[i:i + size] for i in range(0, len(together), size)]
                 + [[e] for e in entries if e.deliveries > 1])
 
-    def run(self, runner, entries):
-        """One forward pass: [(entry, answer)]. A failing batch runs again one entry at a
-        time, so only the input at fault gets the error."""
+    def answers(self, runner, entries, outcome, took):
+        """[(entry, answer)] for one pass of compute(): its predictions, or the error."""
         spec = runner.spec
-        try:
-            pixels = b"".join(_fit(e.request, spec.shape) for e in entries)
-            batch = np.frombuffer(pixels, np.uint8).reshape(len(entries), *spec.shape)
-            began = time.perf_counter()
-            probabilities = self._await(self._inference.submit(runner, batch))
-            took = time.perf_counter() - began
-        except Exception as exc:
-            if len(entries) > 1:
-                log.warning("worker %s: batch of %d failed (%s); running each alone",
-                            self.name, len(entries), _summary(exc))
-                return [answer for e in entries for answer in self.run(runner, [e])]
+        if isinstance(outcome, Exception):
             self.stats["failed"] += 1
             self.tally.count("failed", model=spec.name)
             log.error("worker %s: inference failed for request %s: %s", self.name,
-                      entries[0].request_id, _summary(exc))
-            return [(entries[0], error_answer(500, f"inference failed: {_summary(exc)}"))]
+                      entries[0].request_id, _summary(outcome))
+            return [(entries[0], error_answer(500, f"inference failed: {_summary(outcome)}"))]
         self._observe(spec, entries, took)
-        return [(e, prediction(spec, row, e.request.top_k))
-                for e, row in zip(entries, probabilities)]
+        return [(e, prediction(spec, row, e.request.top_k)) for e, row in zip(entries, outcome)]
 
     # -- signals --------------------------------------------------------------------
 
@@ -286,12 +312,16 @@ class Worker:
                       "restart", self.name, problem, EX_CONFIG)
             raise SystemExit(EX_CONFIG)
 
-    def _await(self, future, heartbeat=True):
-        """The future's result; meanwhile the main thread keeps heartbeating, so a long
-        forward pass or model load never looks like a dead worker nor loses its claim."""
+    def _await(self, future, heartbeat=True, until=None):
+        """The future's result (None if ``until``, a monotonic time, comes first);
+        meanwhile the main thread keeps heartbeating, so a long forward pass or model load
+        never looks like a dead worker nor loses its claim."""
         while True:
+            left = self._beat_s if until is None else min(self._beat_s, until - time.monotonic())
+            if left <= 0:
+                return None
             try:
-                return future.result(timeout=self._beat_s)
+                return future.result(timeout=left)
             except FutureTimeout:
                 if not heartbeat:
                     continue
@@ -300,6 +330,25 @@ class Worker:
                 except redis.RedisError as exc:  # the pass goes on; its answers wait
                     log.warning("worker %s: heartbeat failed (%s: %s) during a forward pass",
                                 self.name, type(exc).__name__, exc)
+
+    def _read(self, wait):
+        """New entries: when ``wait``, up to BLOCK_MS for the first and batch_timeout for
+        more; else only what is queued."""
+        streams, size = self._streams(), self.settings.max_batch_size
+        if not streams:
+            if wait:
+                self._stopping.wait(BLOCK_MS / 1000)
+            return []
+        batch = self.queue.read_new(streams, self.name, size, BLOCK_MS if wait else None)
+        window_ends = time.monotonic() + self.settings.batch_timeout
+        while (wait and batch and len(batch) < size
+               and (left := window_ends - time.monotonic()) > 0):
+            more = self.queue.read_new(streams, self.name, size - len(batch),
+                                       max(1, int(left * 1000)))
+            if not more:
+                break
+            batch += more
+        return batch
 
     def _recover(self):
         size, streams = self.settings.max_batch_size, self._streams()
@@ -363,6 +412,27 @@ def prediction(spec, probabilities, top_k):
         {"label": spec.labels[i] if i < len(spec.labels) else str(i),
          "probability": round(float(probabilities[i]), 6)} for i in best]
     return answer
+
+
+def compute(passes, worker_name):
+    """Run each (runner, entries) forward pass, on the inference thread: [(runner,
+    entries, probabilities or the exception, seconds)]. A failing pass runs again one
+    entry at a time, so only the input at fault gets the error."""
+    results = []
+    for runner, entries in passes:
+        began = time.perf_counter()
+        try:
+            pixels = b"".join(_fit(e.request, runner.spec.shape) for e in entries)
+            batch = np.frombuffer(pixels, np.uint8).reshape(len(entries), *runner.spec.shape)
+            results.append((runner, entries, runner(batch), time.perf_counter() - began))
+        except Exception as exc:
+            if len(entries) == 1:
+                results.append((runner, entries, exc, 0.0))
+                continue
+            log.warning("worker %s: batch of %d failed (%s); running each alone",
+                        worker_name, len(entries), _summary(exc))
+            results += compute([(runner, [e]) for e in entries], worker_name)
+    return results
 
 
 def _grouped(runnable):

@@ -145,6 +145,19 @@ def test_sigterm_finishes_the_batch_then_exits(slow_worker, client):
     assert "stopped after" in log_text and "8 requests" in log_text
 
 
+def test_the_next_batch_is_read_while_a_pass_runs(slow_worker, client):
+    """Three batches queued: while the first runs (a second here), the worker already holds
+    the second, and it answers all three."""
+    start, queue, stream = slow_worker
+    ids = submit(queue, "slow", 24, (128, 128, 3))
+    start("eager")
+    wait_pending(client, stream, 16, timeout=30)
+    assert not any(client.exists(queue.keys.result(i)) for i in ids)  # the first still runs
+    answers = [wait_result(queue, i, 60) for i in ids]
+    assert all(a and a["ok"] for a in answers)
+    assert client.xlen(stream) == 0
+
+
 def test_second_sigterm_stops_at_once_and_another_worker_claims(slow_worker, client):
     start, queue, stream = slow_worker
     ids = submit(queue, "slow", 8, (128, 128, 3))
