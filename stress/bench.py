@@ -66,17 +66,22 @@ def raw_benchmark(spec, batch_sizes, seconds):
     return results
 
 
-def levels(url, image, args, parts):
-    """The closed loops at each concurrency: [{concurrency, summary, cpu_ms}], cpu_ms
-    being {part: CPU ms per request} with the load generator's as "client"."""
-    wrk.run(url, image, 60, 4)  # warm everything up
+def levels(url, image, args, parts, batches=None):
+    """The closed loops at each concurrency: [{concurrency, summary, cpu_ms, mean_batch}],
+    cpu_ms being {part: CPU ms per request} with the load generator's as "client";
+    ``batches()``, if given, (forward passes, requests) so far."""
+    wrk.run(url, image, 60, 4, api_key=args.api_key)  # warm everything up
     rows = []
     for level in args.concurrency_levels:
-        before = parts()
-        summary = wrk.run(url, image, args.requests, level, args.seconds)
+        before, passes = parts(), batches and batches()
+        summary = wrk.run(url, image, args.requests, level, args.seconds, args.api_key)
         used = cpu.per_request_ms(before, parts(), summary["requests"])
         used["client"] = summary.pop("client_cpu_s") * 1000 / max(1, summary["requests"])
         rows.append({"concurrency": level, "summary": summary, "cpu_ms": used})
+        if batches:
+            time.sleep(1.2)  # the workers' next heartbeats carry their counts
+            ran, served = (after - was for after, was in zip(batches(), passes))
+            rows[-1]["mean_batch"] = served / max(1, ran)
         print(f"  c={level}: {summary['throughput']:.1f} req/s, p99 {summary['p99_ms']:.0f} ms, "
               f"server CPU {sum(v for k, v in used.items() if k != 'client'):.2f} ms/req",
               flush=True)
@@ -89,20 +94,22 @@ def serve_beagle(spec, args, image, work):
         {}, redis_url=own_redis.url, port=free_port(), key_prefix=f"bench-{spec.runtime}",
         model_repository=str(spec.path.parent.parent), models=f"{spec.name}:{spec.version}",
         default_model=spec.name, max_batch_size=args.max_batch_size,
-        **dict(item.split("=", 1) for item in args.set))
-    stack = Stack(settings, work / f"run-{spec.runtime}").start()
+        worker_threads=args.worker_threads, **dict(item.split("=", 1) for item in args.set))
+    stack = Stack(settings, work / f"run-{spec.runtime}", workers=args.workers).start()
     client = redis.Redis.from_url(settings.redis_url)
-    status_key = Keys(settings.key_prefix).worker(stack.workers[0].name)
+    keys = Keys(settings.key_prefix)
+    workers = [worker.process.pid for worker in stack.workers]
     try:
         def parts():
-            return cpu.beagle_parts(stack.apache.process.pid, [stack.workers[0].process.pid],
-                                    own_redis.process.pid)
-        rows = levels(stack.url + "/predict", image, args, parts)
-        time.sleep(1.5)  # the worker's next heartbeat carries its counts
-        status = json.loads(client.get(status_key) or "{}")
-        return {"levels": rows, "mean_batch": status.get("requests", 0)
-                / max(1, status.get("batches", 0)),
-                "memory_mb": {"worker": cpu.rss_mb(stack.workers[0].process.pid),
+            return cpu.beagle_parts(stack.apache.process.pid, workers, own_redis.process.pid)
+
+        def batches():
+            status = [json.loads(client.get(keys.worker(w.name)) or "{}") for w in stack.workers]
+            return (sum(s.get("batches", 0) for s in status),
+                    sum(s.get("requests", 0) for s in status))
+        rows = levels(stack.url + "/predict", image, args, parts, batches)
+        return {"levels": rows,
+                "memory_mb": {"worker": sum(cpu.rss_mb(pid) for pid in workers),
                               "web": [cpu.rss_mb(pid) for pid in cpu.children(
                                   stack.apache.process.pid) if cpu.is_wsgi_daemon(pid)]}}
     finally:
@@ -111,8 +118,8 @@ def serve_beagle(spec, args, image, work):
 
 
 def serve_peer(spec, args, image, work):
-    server = LitServe(spec, args.max_batch_size, args.peer_batch_timeout,
-                      work / f"litserve-{spec.runtime}.log").start()
+    server = LitServe(spec, args.max_batch_size, args.peer_batch_timeout, args.workers,
+                      args.worker_threads, work / f"litserve-{spec.runtime}.log").start()
     try:
         rows = levels(server.url + "/predict", image, args,
                       lambda: cpu.tree_parts(server.process.pid, "litserve"))
@@ -173,6 +180,11 @@ def main(argv=None):
     parser.add_argument("--seconds", type=float, default=120, help="time cap per level")
     parser.add_argument("--raw-seconds", type=float, default=3, help="per batch size")
     parser.add_argument("--max-batch-size", type=int, default=16, help="for both servers")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="model workers, on both servers (LitServe's workers_per_device)")
+    parser.add_argument("--worker-threads", type=int, default=0,
+                        help="each worker's runtime threads, on both (0: one per core)")
+    parser.add_argument("--api-key", default="", help="sent as a Bearer token")
     parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                         help="a Beagle setting for the served run (repeatable)")
     parser.add_argument("--peer-batch-timeout", type=float, default=0.001,

@@ -29,9 +29,12 @@ def markdown(results, args, image):
              f"{time.strftime('%Y-%m-%d')}, {len(os.sched_getaffinity(0))} cores. Load: wrk "
              f"(C), closed loops of {args.requests} requests per concurrency level, posting a "
              f"{len(image) // 1024} KB JPEG as multipart field `image`. Max batch "
-             f"{args.max_batch_size} on " + (f"both servers; {peer}'s batch timeout "
-                                              f"{args.peer_batch_timeout:g} s, Beagle's 0."
-                                              if peer else "Beagle."), ""]
+             f"{args.max_batch_size}, {args.workers} model worker(s) with "
+             f"{args.worker_threads or 'one per core'} runtime threads each on "
+             + (f"both servers ({peer} runs Beagle's compiled forward pass and image intake, "
+                f"so that only the serving differs); {peer}'s batch timeout "
+                f"{args.peer_batch_timeout:g} s, Beagle's 0." if peer else "Beagle.")
+             + (f" Beagle settings: {', '.join(args.set)}." if args.set else ""), ""]
     for result in results:
         lines += [f"## {result['runtime']}", "", "| batch | raw latency ms | raw images/s |",
                   "|---:|---:|---:|"]
@@ -39,8 +42,8 @@ def markdown(results, args, image):
                   for b, r in result["raw"].items()]
         lines += [""] + served_table(result, peer) + [""] + cpu_table(result, peer) + [""]
         beagle = result["served"]["beagle"]
-        lines += [f"Beagle's worker formed batches of {beagle['mean_batch']:.1f} on average; "
-                  f"resident memory: worker {beagle['memory_mb']['worker']:.0f} MB, web "
+        lines += [f"Resident memory: Beagle's worker{'s' if args.workers > 1 else ''} "
+                  f"{beagle['memory_mb']['worker']:.0f} MB, web "
                   + ", ".join(f"{m:.0f} MB" for m in beagle["memory_mb"]["web"])
                   + (f"; {peer} {result['served'][peer]['memory_mb']['server']:.0f} MB"
                      if peer else "") + ".", ""]
@@ -48,16 +51,17 @@ def markdown(results, args, image):
 
 
 def served_table(result, peer):
-    lines = ["| concurrency | server | req/s | p50 ms | p99 ms | server CPU ms/req |"
+    lines = ["| concurrency | server | req/s | p50 ms | p99 ms | server CPU ms/req | mean batch |"
              + (" Beagle ÷ peer req/s | Beagle ÷ peer p99 |" if peer else ""),
-             "|---:|---|---:|---:|---:|---:|" + ("---:|---:|" if peer else "")]
+             "|---:|---|---:|---:|---:|---:|---:|" + ("---:|---:|" if peer else "")]
     rows = {name: served["levels"] for name, served in result["served"].items()}
     for n, row in enumerate(rows["beagle"]):
         for name in rows:
             s, own = rows[name][n]["summary"], rows[name][n]
             failed = f" ({s['failed']} failed)" if s["failed"] else ""
             line = (f"| {row['concurrency']} | {name} | {s['throughput']:.1f}{failed} | "
-                    f"{s['p50_ms']:.1f} | {s['p99_ms']:.1f} | {server_ms(own):.2f} |")
+                    f"{s['p50_ms']:.1f} | {s['p99_ms']:.1f} | {server_ms(own):.2f} | "
+                    + (f"{own['mean_batch']:.1f} |" if "mean_batch" in own else " |"))
             if peer:
                 other = rows[peer][n]["summary"]
                 line += (f" {s['throughput'] / other['throughput']:.2f} | "

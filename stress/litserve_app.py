@@ -55,11 +55,12 @@ def main(argv=None):
     parser.add_argument("--max-batch-size", type=int, default=16)
     parser.add_argument("--batch-timeout", type=float, default=0.001)
     parser.add_argument("--threads", type=int, default=0, help="the runtime's (0: a core each)")
+    parser.add_argument("--workers", type=int, default=1, help="inference processes")
     args = parser.parse_args(argv)
     spec = repository.load_spec(args.repository, args.model, args.version)
     api = ImageAPI(spec, args.threads, max_batch_size=args.max_batch_size,
                    batch_timeout=args.batch_timeout, api_path="/predict")
-    ls.LitServer(api, accelerator="cpu", workers_per_device=1).run(
+    ls.LitServer(api, accelerator="cpu", workers_per_device=args.workers).run(
         host="127.0.0.1", port=args.port, generate_client_file=False)
 
 

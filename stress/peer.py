@@ -37,9 +37,10 @@ def venv():
 class LitServe:
     """A LitServe server for ``spec`` on a free loopback port."""
 
-    def __init__(self, spec, max_batch_size, batch_timeout, log_path):
+    def __init__(self, spec, max_batch_size, batch_timeout, workers, threads, log_path):
         self.spec, self.log_path = spec, log_path
         self.max_batch_size, self.batch_timeout = max_batch_size, batch_timeout
+        self.workers, self.threads = workers, threads
         self.port, self.process = free_port(), None
 
     @property
@@ -51,7 +52,8 @@ class LitServe:
         command = [str(python), "-m", "stress.litserve_app", str(self.spec.path.parent.parent),
                    self.spec.name, str(self.spec.version), "--port", str(self.port),
                    "--max-batch-size", str(self.max_batch_size), "--batch-timeout",
-                   str(self.batch_timeout)]
+                   str(self.batch_timeout), "--workers", str(self.workers), "--threads",
+                   str(self.threads)]
         with open(self.log_path, "ab") as out:
             self.process = subprocess.Popen(command, cwd=PROJECT_ROOT, stdout=out,
                                             stderr=subprocess.STDOUT, start_new_session=True,
