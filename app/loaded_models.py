@@ -14,14 +14,13 @@ log = logging.getLogger("beagle.models")
 
 
 class LoadedModels:
-    def __init__(self, root, selection, threads=0, tally=None, load=runtimes.load):
+    def __init__(self, root, selection, tally=None, load=runtimes.load):
         """``selection``: the models setting, ((name, version or None), ...); empty:
-        every model in the repository, newest version."""
+        every model in the repository, newest version. ``load(spec)``: a warmed runner."""
         self.root = root
         self.pins = {}  # name -> pinned versions (none: the newest)
         for name, version in selection:
             self.pins.setdefault(name, set()).update({version} - {None})
-        self.threads = threads
         self.tally = tally or Tally()  # counts loads, swaps and failures for /metrics
         self.load = load
         self.runners = {}   # name -> {version: runner}
@@ -92,7 +91,7 @@ class LoadedModels:
             spec = repository.load_spec(self.root, name, version)
             log.info("model %s: loading version %d (%s) from %s", name, version, spec.runtime,
                      spec.model_path)
-            runner = self.load(spec, self.threads)
+            runner = self.load(spec)
         except Exception:
             log.exception("model %s: version %d failed to load; not serving it", name, version)
             self._failed.add((name, version))

@@ -24,9 +24,11 @@ def cpu_threads(requested=0):
     return requested or len(os.sched_getaffinity(0))
 
 
-def load(spec, threads=0):
-    """A warmed-up runner for ``spec``: ``runner(batch) -> float32 [n, classes]``."""
-    runner = RUNNERS[spec.runtime](spec, cpu_threads(threads))
+def load(spec, threads=0, gpu_memory_mb=0):
+    """A warmed-up runner for ``spec``: ``runner(batch) -> float32 [n, classes]``.
+    ``gpu_memory_mb``: the most GPU memory its runtime may take (0: what it needs, taken
+    as it is needed; TensorFlow and ONNX Runtime otherwise take most of the device)."""
+    runner = RUNNERS[spec.runtime](spec, cpu_threads(threads), gpu_memory_mb)
     runner(np.zeros((1, *spec.shape), np.uint8))  # build and trace now, not on a request
     return runner
 
@@ -34,13 +36,19 @@ def load(spec, threads=0):
 class TensorFlowRunner:
     _threads = None  # TensorFlow takes its thread counts once, before its first op
 
-    def __init__(self, spec, threads):
+    def __init__(self, spec, threads, gpu_memory_mb=0):
         import tensorflow as tf
         if TensorFlowRunner._threads is None:
             TensorFlowRunner._threads = threads
             try:
                 tf.config.threading.set_intra_op_parallelism_threads(threads)
                 tf.config.threading.set_inter_op_parallelism_threads(min(threads, 2))
+                for gpu in tf.config.list_physical_devices("GPU"):
+                    if gpu_memory_mb:
+                        tf.config.set_logical_device_configuration(
+                            gpu, [tf.config.LogicalDeviceConfiguration(gpu_memory_mb)])
+                    else:
+                        tf.config.experimental.set_memory_growth(gpu, True)
             except RuntimeError:  # this process already ran TensorFlow ops: pools are fixed
                 pass
         self.spec = spec
@@ -50,15 +58,24 @@ class TensorFlowRunner:
         return self._forward(batch).numpy()
 
 
+def onnx_providers(available, gpu_memory_mb=0):
+    """ONNX Runtime's providers: CUDA first when present, its memory arena grown only by
+    what is asked (not to the next power of two), within ``gpu_memory_mb`` if set."""
+    cuda = {"arena_extend_strategy": "kSameAsRequested"}
+    if gpu_memory_mb:
+        cuda["gpu_mem_limit"] = str(gpu_memory_mb * 1024 * 1024)
+    return ([("CUDAExecutionProvider", cuda)] * ("CUDAExecutionProvider" in available)
+            + ["CPUExecutionProvider"])
+
+
 class OnnxRunner:
-    def __init__(self, spec, threads):
+    def __init__(self, spec, threads, gpu_memory_mb=0):
         import onnxruntime as ort
         self.spec = spec
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
-        providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider")
-                     if p in ort.get_available_providers()]
+        providers = onnx_providers(ort.get_available_providers(), gpu_memory_mb)
         self._session = ort.InferenceSession(str(spec.model_path), options, providers=providers)
         self._input = self._session.get_inputs()[0].name
 
@@ -69,7 +86,7 @@ class OnnxRunner:
 class LiteRTRunner:
     """Not thread-safe; the worker runs every forward pass on one thread."""
 
-    def __init__(self, spec, threads):
+    def __init__(self, spec, threads, gpu_memory_mb=0):  # CPU only: XNNPACK
         from ai_edge_litert.interpreter import Interpreter
         self.spec = spec
         self._interpreter = Interpreter(model_path=str(spec.model_path), num_threads=threads)

@@ -127,6 +127,8 @@ SETTINGS = (
             "threads per mod_wsgi daemon process; all but 2 of each may wait on answers at once"),
     Setting("worker_threads", 0,
             "CPU threads a worker's runtime uses (0 = one per core it may run on)"),
+    Setting("worker_gpu_memory_mb", 0,
+            "GPU memory a worker's runtime may take, MB (0 = only what it needs, grown on use)"),
     Setting("worker_cpus", "",
             "cores a worker runs on, like 0-1 or 2,3 (empty = all), so workers can split them",
             cpu_set, _cpus_text),

@@ -15,6 +15,7 @@ the claim on the batch in hand fresh, so no other worker takes it however long t
 takes. If Redis fails meanwhile, the pass goes on: its answers are sent once Redis is
 back (or the entries stay pending for another worker), never answered as a failure.
 """
+import functools
 import logging
 import os
 import signal
@@ -28,7 +29,7 @@ import numpy as np
 import redis
 from PIL import Image
 
-from app import metrics, registry, settings as settings_module
+from app import metrics, registry, runtimes, settings as settings_module
 from app.imaging import MODES, fit
 from app.keys import Keys
 from app.loaded_models import LoadedModels
@@ -51,8 +52,10 @@ class Worker:
         self.queue = Queue(self.redis, self.keys)
         self.name = settings.worker_name or f"{socket.gethostname()}-{os.getpid()}"
         self.tally = metrics.Tally()  # written with each heartbeat
+        load = functools.partial(runtimes.load, threads=settings.worker_threads,
+                                 gpu_memory_mb=settings.worker_gpu_memory_mb)
         self.models = models or LoadedModels(settings.model_repository, settings.models,
-                                             settings.worker_threads, self.tally)
+                                             self.tally, load)
         self.stats = Counter()
         self.started = time.time()
         self._stopping = threading.Event()

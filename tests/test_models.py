@@ -9,6 +9,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
 import requests
 
@@ -167,3 +168,20 @@ def test_two_workers_split_the_cores(repo, start_stack):
         assert f"Cpus_allowed_list:\t{n}\n" in status
         assert f"on cores {n}, 1 runtime threads" in worker.log_path.read_text()
     assert predict(stack.url, sample(2)).json()["predictions"][0]["label"] == "2"
+
+
+def test_gpu_memory_is_taken_as_needed_or_within_the_setting():
+    """On a GPU, ONNX Runtime grows its arena by what is asked (its default doubles it)
+    within worker_gpu_memory_mb; TensorFlow grows on use or is capped (set at load, before
+    its first op: no GPU here runs it, but loading with the setting must work)."""
+    from app import runtimes
+    assert runtimes.onnx_providers(["CPUExecutionProvider"]) == ["CPUExecutionProvider"]
+    both = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert runtimes.onnx_providers(both) == [
+        ("CUDAExecutionProvider", {"arena_extend_strategy": "kSameAsRequested"}),
+        "CPUExecutionProvider"]
+    assert runtimes.onnx_providers(both, 2048)[0][1]["gpu_mem_limit"] == str(2048 << 20)
+    from app import repository
+    spec = repository.load_spec(PROJECT_ROOT / "models", "digits", 1)
+    runner = runtimes.load(spec, threads=1, gpu_memory_mb=1024)
+    assert runner(np.zeros((2, *spec.shape), np.uint8)).shape == (2, len(spec.labels))
