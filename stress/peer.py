@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import sysconfig
+import time
 from pathlib import Path
 
 from app.settings import PROJECT_ROOT
@@ -62,13 +63,38 @@ class LitServe:
         return self
 
     def stop(self):
-        if self.process and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)  # LitServe's processes, all of them
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
+        """Stop every process of the server, children included: its inference processes
+        outlive the main one by seconds, and would load the next run's cores."""
+        if self.process is None:
+            return
+        group = self.process.pid
+        try:
+            os.killpg(group, signal.SIGTERM)
+            self.process.wait(30)
+        except subprocess.TimeoutExpired:
+            pass
+        except ProcessLookupError:
+            return
+        for _ in range(300):
+            if not _in_group(group):
+                return
+            time.sleep(0.1)
+        try:
+            os.killpg(group, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def _in_group(group):
+    """Whether a process of process group ``group`` is still alive."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == group and fields[0] != "Z":
+            return True
+    return False
 
 
 if __name__ == "__main__":  # make the venv: python -m stress.peer
