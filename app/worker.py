@@ -25,14 +25,12 @@ import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor, TimeoutError as FutureTimeout
 
-import numpy as np
 import redis
-from PIL import Image
 
 from app import metrics, registry, runtimes, settings as settings_module
-from app.imaging import MODES, fit
 from app.keys import Keys
 from app.loaded_models import LoadedModels
+from app.passes import compute, plan, prediction, summary
 from app.queue import Queue, connect, error_answer, server_version, version_problem
 from app.runtimes import cpu_threads
 
@@ -165,8 +163,7 @@ class Worker:
         answers due at once (malformed, given up, not served) and the entries to drop
         unanswered (expired)."""
         answers, skipped, runnable = self.sort(batch)
-        passes = [(runner, part) for runner, entries in _grouped(runnable).items()
-                  for part in self.parts(runner, entries)]
+        passes = plan(runnable, self.settings.max_batch_size)
         if passes:
             self._pass = self._inference.submit(compute, passes, self.name)
             self._pass_began = time.monotonic()
@@ -246,14 +243,6 @@ class Worker:
                 runnable.append((entry, runner))
         return answers, skipped, runnable
 
-    def parts(self, runner, entries):
-        """Forward passes for one runner: new entries together, up to its batch cap;
-        redelivered ones alone, since one of them may be what killed a worker."""
-        size = runner.spec.max_batch_size or self.settings.max_batch_size
-        together = [e for e in entries if e.deliveries == 1]
-        return ([together[i:i + size] for i in range(0, len(together), size)]
-                + [[e] for e in entries if e.deliveries > 1])
-
     def answers(self, runner, entries, outcome, took):
         """[(entry, answer)] for one pass of compute(): its predictions, or the error."""
         spec = runner.spec
@@ -261,8 +250,8 @@ class Worker:
             self.stats["failed"] += 1
             self.tally.count("failed", model=spec.name)
             log.error("worker %s: inference failed for request %s: %s", self.name,
-                      entries[0].request_id, _summary(outcome))
-            return [(entries[0], error_answer(500, f"inference failed: {_summary(outcome)}"))]
+                      entries[0].request_id, summary(outcome))
+            return [(entries[0], error_answer(500, f"inference failed: {summary(outcome)}"))]
         self._observe(spec, entries, took)
         return [(e, prediction(spec, row, e.request.top_k)) for e, row in zip(entries, outcome)]
 
@@ -402,64 +391,6 @@ class Worker:
     def _describe_models(self):
         return ", ".join(f"{name} v{','.join(map(str, versions))}"
                          for name, versions in self.models.versions().items()) or "nothing"
-
-
-def prediction(spec, probabilities, top_k):
-    """The answer for one request: the top_k labels, or (top_k 0) every probability."""
-    answer = {"ok": True, "model": spec.name, "version": spec.version}
-    if top_k == 0:
-        answer["probabilities"] = probabilities.tolist()
-        return answer
-    best = np.argsort(probabilities)[::-1][:top_k]
-    answer["predictions"] = [
-        {"label": spec.labels[i] if i < len(spec.labels) else str(i),
-         "probability": round(float(probabilities[i]), 6)} for i in best]
-    return answer
-
-
-def compute(passes, worker_name):
-    """Run each (runner, entries) forward pass, on the inference thread: [(runner,
-    entries, probabilities or the exception, seconds)]. A failing pass runs again one
-    entry at a time, so only the input at fault gets the error."""
-    results = []
-    for runner, entries in passes:
-        began = time.perf_counter()
-        try:
-            pixels = b"".join(_fit(e.request, runner.spec.shape) for e in entries)
-            batch = np.frombuffer(pixels, np.uint8).reshape(len(entries), *runner.spec.shape)
-            results.append((runner, entries, runner(batch), time.perf_counter() - began))
-        except Exception as exc:
-            if len(entries) == 1:
-                results.append((runner, entries, exc, 0.0))
-                continue
-            log.warning("worker %s: batch of %d failed (%s); running each alone",
-                        worker_name, len(entries), _summary(exc))
-            results += compute([(runner, [e]) for e in entries], worker_name)
-    return results
-
-
-def _grouped(runnable):
-    """[(entry, runner)] -> {runner: [entry]}, in order."""
-    groups = {}
-    for entry, runner in runnable:
-        groups.setdefault(runner, []).append(entry)
-    return groups
-
-
-def _fit(request, shape):
-    """The request's pixels at ``shape``: resized only if the web sized them for another
-    version (a worker answering with an older version than the newest served)."""
-    if request.shape == shape:
-        return request.pixels
-    h, w, c = request.shape
-    return fit(Image.frombytes(MODES[c], (w, h), request.pixels), shape)
-
-
-def _summary(exc):
-    """One line about ``exc``: TensorFlow's messages run over many lines and end with the
-    actual reason, so keep the end."""
-    text = " ".join(str(exc).split())
-    return f"{type(exc).__name__}: {text if len(text) <= 240 else '...' + text[-240:]}"
 
 
 def main():

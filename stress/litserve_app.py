@@ -14,7 +14,7 @@ import numpy as np
 
 from app import repository, runtimes
 from app.imaging import DecodeBudget, to_pixels
-from app.worker import prediction
+from app.passes import prediction
 
 MAX_PIXELS = 25_000_000
 

@@ -1,0 +1,78 @@
+"""A batch's forward passes, as the worker runs them: `plan` splits the runnable entries
+into passes, `compute` runs them on the worker's inference thread, and `prediction` is
+the answer for one request (the queue's answer format, app/queue.py)."""
+import logging
+import time
+
+import numpy as np
+from PIL import Image
+
+from app.imaging import MODES, fit
+
+log = logging.getLogger("beagle.worker")
+
+
+def prediction(spec, probabilities, top_k):
+    """The answer for one request: the top_k labels, or (top_k 0) every probability."""
+    answer = {"ok": True, "model": spec.name, "version": spec.version}
+    if top_k == 0:
+        answer["probabilities"] = probabilities.tolist()
+        return answer
+    best = np.argsort(probabilities)[::-1][:top_k]
+    answer["predictions"] = [
+        {"label": spec.labels[i] if i < len(spec.labels) else str(i),
+         "probability": round(float(probabilities[i]), 6)} for i in best]
+    return answer
+
+
+def compute(passes, worker_name):
+    """Run each (runner, entries) forward pass, on the inference thread: [(runner,
+    entries, probabilities or the exception, seconds)]. A failing pass runs again one
+    entry at a time, so only the input at fault gets the error."""
+    results = []
+    for runner, entries in passes:
+        began = time.perf_counter()
+        try:
+            pixels = b"".join(_fit(e.request, runner.spec.shape) for e in entries)
+            batch = np.frombuffer(pixels, np.uint8).reshape(len(entries), *runner.spec.shape)
+            results.append((runner, entries, runner(batch), time.perf_counter() - began))
+        except Exception as exc:
+            if len(entries) == 1:
+                results.append((runner, entries, exc, 0.0))
+                continue
+            log.warning("worker %s: batch of %d failed (%s); running each alone",
+                        worker_name, len(entries), summary(exc))
+            results += compute([(runner, [e]) for e in entries], worker_name)
+    return results
+
+
+def plan(runnable, max_batch_size):
+    """[(entry, runner)] -> [(runner, entries)], one a forward pass: new entries of a
+    runner together, up to its model's batch cap (else ``max_batch_size``), in order;
+    redelivered ones alone, since one of them may be what killed a worker."""
+    groups = {}
+    for entry, runner in runnable:
+        groups.setdefault(runner, []).append(entry)
+    passes = []
+    for runner, entries in groups.items():
+        size = runner.spec.max_batch_size or max_batch_size
+        together = [e for e in entries if e.deliveries == 1]
+        passes += [(runner, together[i:i + size]) for i in range(0, len(together), size)]
+        passes += [(runner, [e]) for e in entries if e.deliveries > 1]
+    return passes
+
+
+def _fit(request, shape):
+    """The request's pixels at ``shape``: resized only if the web sized them for another
+    version (a worker answering with an older version than the newest served)."""
+    if request.shape == shape:
+        return request.pixels
+    h, w, c = request.shape
+    return fit(Image.frombytes(MODES[c], (w, h), request.pixels), shape)
+
+
+def summary(exc):
+    """One line about ``exc``: TensorFlow's messages run over many lines and end with the
+    actual reason, so keep the end."""
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text if len(text) <= 240 else '...' + text[-240:]}"
