@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from app.imaging import BadImage, DecodeBudget, to_pixels
+from app.imaging import DRAFT_SLACK, MODES, BadImage, DecodeBudget, fit, to_pixels
 from conftest import sample
 
 LIMIT = 25_000_000
@@ -69,3 +69,27 @@ def test_decompression_bomb_is_413():
     bomb = encode(Image.new("1", (20000, 20000)), "PNG", optimize=True)
     assert len(bomb) < 100_000
     assert status_of(bomb) == 413
+
+
+def pillow_pixels(data, shape):
+    """What Pillow alone makes of an upright JPEG: the path before simplejpeg."""
+    height, width, channels = shape
+    image = Image.open(io.BytesIO(data))
+    image.draft(MODES[channels], (int(width * DRAFT_SLACK), int(height * DRAFT_SLACK)))
+    image.load()
+    return fit(image, shape)
+
+
+@pytest.mark.parametrize("side, mode, shape, params", [
+    (224, "RGB", (224, 224, 3), {}),                        # the model's size: no resize
+    (640, "RGB", (224, 224, 3), {}),                        # drafted at 1/2, then resized
+    (1999, "RGB", (224, 224, 3), {"subsampling": 0}),       # 1/8, 4:4:4
+    (300, "RGB", (32, 32, 1), {"progressive": True}),       # colour photo, grey model
+    (300, "L", (32, 32, 1), {}),                            # grey photo, grey model
+])
+def test_jpeg_fast_path_gives_pillows_pixels(side, mode, shape, params):
+    from sklearn.datasets import load_sample_image
+    photo = Image.fromarray(load_sample_image("flower.jpg")).resize((side, side)).convert(mode)
+    data = encode(photo, "JPEG", quality=85, **params)
+    fast = to_pixels(data, shape, LIMIT, DecodeBudget(1 << 30))
+    assert fast == pillow_pixels(data, shape)
