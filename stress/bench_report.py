@@ -1,19 +1,37 @@
 """The benchmark's report: report.md (tables side by side, with ratios and each part's
-CPU per request), results.json (every figure) and bench.png (throughput and p99 latency
-against concurrency, for each runtime and server)."""
+CPU per request), results.json (the run's options and every figure) and bench.png
+(throughput, p99 latency and CPU per request by part, for each runtime and server).
+
+    python -m stress.bench_report reports/bench    # render again from results.json
+"""
 import json
 import os
+import sys
 import time
+from pathlib import Path
+from types import SimpleNamespace
 
 BEAGLE_PARTS = ("apache", "mod_wsgi", "redis", "worker loop", "forward pass")
 
 
 def write(folder, results, args, image):
+    """Write the three files for ``results``, run with ``args`` posting ``image``."""
+    run = {name: getattr(args, name) for name in (
+        "model", "peer", "requests", "max_batch_size", "workers", "worker_threads",
+        "peer_batch_timeout", "set")}
+    run.update(date=time.strftime("%Y-%m-%d"), cores=len(os.sched_getaffinity(0)),
+               image_kb=len(image) // 1024)
     folder.mkdir(parents=True, exist_ok=True)
-    text = markdown(results, args, image)
+    (folder / "results.json").write_text(json.dumps({"run": run, "results": results},
+                                                    indent=1))
+    render(folder)
+
+
+def render(folder):
+    saved = json.loads((folder / "results.json").read_text())
+    text = markdown(saved["results"], SimpleNamespace(**saved["run"]))
     (folder / "report.md").write_text(text)
-    (folder / "results.json").write_text(json.dumps(results, indent=1))
-    plot(results, folder / "bench.png")
+    plot(saved["results"], folder / "bench.png")
     print(text)
     print(f"wrote {folder / 'report.md'}, {folder / 'results.json'}, {folder / 'bench.png'}")
 
@@ -23,12 +41,12 @@ def server_ms(row):
     return sum(ms for part, ms in row["cpu_ms"].items() if part != "client")
 
 
-def markdown(results, args, image):
+def markdown(results, args):
     peer = args.peer
     lines = [f"# Benchmark: {args.model}", "",
-             f"{time.strftime('%Y-%m-%d')}, {len(os.sched_getaffinity(0))} cores. Load: wrk "
+             f"{args.date}, {args.cores} cores. Load: wrk "
              f"(C), closed loops of {args.requests} requests per concurrency level, posting a "
-             f"{len(image) // 1024} KB JPEG as multipart field `image`. Max batch "
+             f"{args.image_kb} KB JPEG as multipart field `image`. Max batch "
              f"{args.max_batch_size}, {args.workers} model worker(s) with "
              f"{args.worker_threads or 'one per core'} runtime threads each on "
              + (f"both servers ({peer} runs Beagle's compiled forward pass and image intake, "
@@ -38,7 +56,7 @@ def markdown(results, args, image):
     for result in results:
         lines += [f"## {result['runtime']}", "", "| batch | raw latency ms | raw images/s |",
                   "|---:|---:|---:|"]
-        lines += [f"| {b} | {r['latency_ms']:.2f} | {r['images_per_s']:.1f} |"
+        lines += [f"| {b} | {r['latency_ms']:.3g} | {r['images_per_s']:.1f} |"
                   for b, r in result["raw"].items()]
         lines += [""] + served_table(result, peer) + [""] + cpu_table(result, peer) + [""]
         beagle = result["served"]["beagle"]
@@ -87,7 +105,7 @@ def plot(results, path):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    figure, (throughput, latency) = plt.subplots(1, 2, figsize=(11, 4.2))
+    figure, (throughput, latency, used) = plt.subplots(1, 3, figsize=(16, 4.4))
     for result in results:
         for name, served in result["served"].items():
             levels = [row["concurrency"] for row in served["levels"]]
@@ -97,6 +115,7 @@ def plot(results, path):
                                              served["levels"]], style, marker="o", label=label)
             latency.plot(levels, [row["summary"]["p99_ms"] for row in served["levels"]], style,
                          marker="x", color=line.get_color(), label=f"{label} p99")
+    cpu_bars(used, results)
     throughput.set(xscale="log", xlabel="concurrency", ylabel="requests/s",
                    title="served throughput")
     latency.set(xscale="log", yscale="log", xlabel="concurrency", ylabel="ms",
@@ -106,3 +125,25 @@ def plot(results, path):
         axes.legend(fontsize=8)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
+
+
+def cpu_bars(axes, results):
+    """CPU ms per request by part at the highest concurrency: a stacked bar a server."""
+    servers = [(result["runtime"], name, served["levels"][-1])
+               for result in results for name, served in result["served"].items()]
+    peers = sorted({name for _, name, _ in servers} - {"beagle"})
+    bottoms = [0.0] * len(servers)
+    for part in [*BEAGLE_PARTS, *peers, "client"]:
+        heights = [row["cpu_ms"].get(part, 0.0) for _, _, row in servers]
+        if any(heights):
+            axes.bar(range(len(servers)), heights, bottom=bottoms,
+                     label="load client" if part == "client" else part)
+            bottoms = [b + h for b, h in zip(bottoms, heights)]
+    axes.set_xticks(range(len(servers)), [f"{runtime}\n{name}\nc={row['concurrency']}"
+                                          for runtime, name, row in servers], fontsize=8)
+    axes.set(ylabel="CPU ms per request", title="CPU per request, by part")
+    axes.legend(fontsize=8)
+
+
+if __name__ == "__main__":
+    render(Path(sys.argv[1]))
