@@ -4,14 +4,14 @@ worker and GPU host.
 Writers gather updates in a `Tally` in the process and write them at most once a second
 (a round trip and a dozen Redis commands per request or per batch cost more CPU than the
 rest of the metrics together): each web process from a thread of its own
-(`flush_every`), the worker in its heartbeat. /metrics thus lags by up to a second, except
+(`flush_every`), woken by its updates, the worker in its heartbeat. /metrics thus lags by up to a second, except
 for the web process answering it, which writes its own first.
 `render` turns the stored counters and histograms, plus gauges read at scrape time
 (queue depth, the oldest waiting request's age, live workers), into Prometheus text.
 Every web host reports the same cluster-wide figures: scrape one of them.
 """
+import atexit
 import threading
-import time
 from collections import Counter, defaultdict
 
 import redis
@@ -53,18 +53,29 @@ class Tally:
         self.counts = Counter()
         self.observations = defaultdict(list)
         self.lock = threading.Lock()
+        self._updated = threading.Condition(self.lock)
 
     def count(self, name, amount=1, **labels):
         with self.lock:
             self.counts[_field(name, labels)] += amount
+            self._updated.notify()
 
     def observe(self, name, value, **labels):
         with self.lock:
             self.observations[_field(name, labels)].append(value)
+            self._updated.notify()
 
     def pending(self):
         with self.lock:
-            return bool(self.counts or self.observations)
+            return self._pending()
+
+    def wait_pending(self):
+        """Block until there are updates to write."""
+        with self.lock:
+            self._updated.wait_for(self._pending)
+
+    def _pending(self):
+        return bool(self.counts or self.observations)
 
     def flush(self, pipe, keys):
         """Add the updates to ``pipe`` and forget them."""
@@ -95,12 +106,22 @@ def write(tally, client, keys):
 
 
 def flush_every(seconds, tally, client, keys):
-    """Write ``tally`` every ``seconds`` from a daemon thread, for the process's life."""
+    """Write ``tally`` from a daemon thread for the process's life: once updates arrive,
+    those of the next ``seconds`` with them (an idle process's thread waits for the next
+    update, it never wakes for nothing); at exit, what is left."""
+    closing = threading.Event()
+
     def loop():
-        while True:
-            time.sleep(seconds)
+        while not closing.is_set():
+            tally.wait_pending()
+            closing.wait(seconds)
             write(tally, client, keys)
+
+    def close():
+        closing.set()
+        write(tally, client, keys)
     threading.Thread(target=loop, name="metrics", daemon=True).start()
+    atexit.register(close)
 
 
 def render(queue, directory):
