@@ -4,7 +4,7 @@ import os
 
 import jinja2
 
-from app.settings import PROJECT_ROOT, body_limit
+from app.settings import PROJECT_ROOT, body_limit, per_core
 
 APACHE_MODULES = ("mpm_event", "authz_core", "alias", "mime", "headers", "reqtimeout", "wsgi")
 ERROR_STATUSES = (400, 403, 404, 405, 408, 413, 500, 502, 503, 504)
@@ -43,7 +43,7 @@ def apache_vhost(settings, code_dir, venv, log_dir, listen=True, log_name="",
     return render(
         "apache/beagle.conf.j2", listen=listen, host=settings.host, port=settings.port,
         server_name=server_name or settings.host, process_group=process_group,
-        processes=settings.web_processes or cores or len(os.sched_getaffinity(0)),
+        processes=settings.web_processes or per_core(cores or 0),
         threads=settings.web_threads,
         user=user, group=group, venv=venv, code_dir=code_dir,
         request_timeout=int(settings.request_timeout + 0.999), request_grace=REQUEST_GRACE_S,

@@ -9,9 +9,9 @@ litert      a LiteRT (TFLite) flatbuffer exported the same way; the XNNPACK CPU 
 The worker hands over raw queue bytes and never calls ``model.predict``. TensorFlow,
 ONNX Runtime and LiteRT are imported here and in the worker only, never by the web tier.
 """
-import os
-
 import numpy as np
+
+from app.settings import per_core
 
 CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
 TORCH_MEAN = (0.485, 0.456, 0.406)
@@ -19,16 +19,11 @@ TORCH_STD = (0.229, 0.224, 0.225)
 FILES = {"tensorflow": "model.keras", "onnx": "model.onnx", "litert": "model.tflite"}
 
 
-def cpu_threads(requested=0):
-    """Threads for a runtime: as requested, else one per core this process may run on."""
-    return requested or len(os.sched_getaffinity(0))
-
-
 def load(spec, threads=0, gpu_memory_mb=0):
     """A warmed-up runner for ``spec``: ``runner(batch) -> float32 [n, classes]``.
     ``gpu_memory_mb``: the most GPU memory its runtime may take (0: what it needs, taken
     as it is needed; TensorFlow and ONNX Runtime otherwise take most of the device)."""
-    runner = RUNNERS[spec.runtime](spec, cpu_threads(threads), gpu_memory_mb)
+    runner = RUNNERS[spec.runtime](spec, per_core(threads), gpu_memory_mb)
     runner(np.zeros((1, *spec.shape), np.uint8))  # build and trace now, not on a request
     return runner
 

@@ -16,6 +16,12 @@ from typing import Callable
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
+def per_core(value):
+    """``value``, or for 0 one per core this process may run on (web_processes,
+    worker_threads)."""
+    return value or len(os.sched_getaffinity(0))
+
+
 def _bool(text):
     if text.lower() in ("1", "true", "yes", "on"):
         return True

@@ -32,7 +32,6 @@ from app.keys import Keys
 from app.loaded_models import LoadedModels
 from app.passes import compute, plan, prediction, summary
 from app.queue import Queue, connect, error_answer, server_version, version_problem
-from app.runtimes import cpu_threads
 
 log = logging.getLogger("beagle.worker")
 
@@ -106,7 +105,7 @@ class Worker:
             os.sched_setaffinity(0, self.settings.worker_cpus)
         log.info("worker %s: on cores %s, %d runtime threads", self.name,
                  ",".join(map(str, sorted(os.sched_getaffinity(0)))),
-                 cpu_threads(self.settings.worker_threads))
+                 settings_module.per_core(self.settings.worker_threads))
         self._await(self._inference.submit(self.models.refresh), heartbeat=False)
         if not self.models.names():
             log.warning("worker %s: no model to serve in %s (models=%r); waiting for one",
