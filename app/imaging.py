@@ -86,12 +86,12 @@ def to_pixels(data, shape, max_pixels, budget):
         raise BadImage(413, f"image is {image.width}x{image.height} = {pixels} pixels; "
                             f"the limit is {max_pixels}")
     height, width, channels = shape
-    upright = True
+    turbo = False  # an upright JPEG in the model's mode, for simplejpeg
     if image.format == "JPEG":
-        upright = _draft(image, MODES[channels], width, height)
+        turbo = _draft(image, MODES[channels], width, height) and image.mode == MODES[channels]
     with budget.reserve(_decoded_bytes(image)):
         try:
-            if image.format == "JPEG" and upright and image.mode == MODES[channels]:
+            if turbo:
                 return _turbo_jpeg(data, image, shape)
             image.load()
             ImageOps.exif_transpose(image, in_place=True)  # without it: a full-size copy

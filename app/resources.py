@@ -27,8 +27,8 @@ def init_app(app):
     keys = Keys(settings.key_prefix)
     tally = Tally()
     flush_every(METRICS_FLUSH_S, tally, client, keys)
-    app.extensions["beagle"] = SimpleNamespace(tally=tally,
-        redis=client, keys=keys, queue=Queue(client, keys),
+    app.extensions["beagle"] = SimpleNamespace(
+        redis=client, keys=keys, queue=Queue(client, keys), tally=tally,
         directory=Directory(client, keys, settings.heartbeat_ttl),
         decode_budget=DecodeBudget(budget),
         slots=threading.BoundedSemaphore(max(1, settings.web_threads - SPARE_THREADS)))

@@ -154,7 +154,8 @@ class Worker:
             return []
         results = self._await(self._pass)
         took = time.monotonic() - self._pass_began
-        self._pass, self._pass_s = None, took if not self._pass_s else (self._pass_s + took) / 2
+        self._pass_s = (self._pass_s + took) / 2 if self._pass_s else took
+        self._pass = None
         return [answer for result in results for answer in self.answers(*result)]
 
     def start_pass(self, batch):
