@@ -17,7 +17,6 @@ Writes report.md, results.json and bench.png to --report (stress/bench_report.py
 """
 import argparse
 import io
-import json
 import shutil
 import statistics
 import tempfile
@@ -25,11 +24,12 @@ import time
 from pathlib import Path
 
 import numpy as np
-import redis
 from PIL import Image
 
 from app import repository, runtimes, settings as settings_module
 from app.keys import Keys
+from app.queue import connect
+from app.registry import Directory
 from app.settings import PROJECT_ROOT
 from scripts.export_model import ARCHITECTURES, export
 from stress import bench_report, cpu, null_model, wrk
@@ -96,17 +96,16 @@ def serve_beagle(spec, args, image, work):
         default_model=spec.name, max_batch_size=args.max_batch_size,
         worker_threads=args.worker_threads, **dict(item.split("=", 1) for item in args.set))
     stack = Stack(settings, work / f"run-{spec.runtime}", workers=args.workers).start()
-    client = redis.Redis.from_url(settings.redis_url)
-    keys = Keys(settings.key_prefix)
+    directory = Directory(connect(settings.redis_url, socket_timeout=5),
+                          Keys(settings.key_prefix), settings.heartbeat_ttl)
     workers = [worker.process.pid for worker in stack.workers]
     try:
         def parts():
             return cpu.beagle_parts(stack.apache.process.pid, workers, own_redis.process.pid)
 
         def batches():
-            status = [json.loads(client.get(keys.worker(w.name)) or "{}") for w in stack.workers]
-            return (sum(s.get("batches", 0) for s in status),
-                    sum(s.get("requests", 0) for s in status))
+            status = directory.workers()
+            return sum(s["batches"] for s in status), sum(s["requests"] for s in status)
         rows = levels(stack.url + "/predict", image, args, parts, batches)
         return {"levels": rows,
                 "memory_mb": {"worker": sum(cpu.rss_mb(pid) for pid in workers),

@@ -20,6 +20,19 @@ def _stat(path):
     return comm, int(fields[1]), (int(fields[11]) + int(fields[12])) / TICKS
 
 
+def group_alive(group):
+    """Whether a process of process group ``group`` is alive (not a zombie)."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        state, _, pgrp = text[text.rindex(")") + 2:].split()[:3]
+        if int(pgrp) == group and state != "Z":
+            return True
+    return False
+
+
 def process_seconds(pid):
     try:
         return _stat(f"/proc/{pid}/stat")[2]

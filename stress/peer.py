@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from app.settings import PROJECT_ROOT
+from stress import cpu
 from tools.devstack import free_port, responds, wait_until
 
 VENV = Path("/var/cache/beagle-bench/litserve-venv")
@@ -76,25 +77,13 @@ class LitServe:
         except ProcessLookupError:
             return
         for _ in range(300):
-            if not _in_group(group):
+            if not cpu.group_alive(group):
                 return
             time.sleep(0.1)
         try:
             os.killpg(group, signal.SIGKILL)
         except ProcessLookupError:
             pass
-
-
-def _in_group(group):
-    """Whether a process of process group ``group`` is still alive."""
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[2]) == group and fields[0] != "Z":
-            return True
-    return False
 
 
 if __name__ == "__main__":  # make the venv: python -m stress.peer
