@@ -1,6 +1,7 @@
 """The worker: its classify step on the real bundled model, and real worker processes
 under SIGTERM (warm stop finishes the batch; a second signal stops at once)."""
 import io
+import random
 import signal
 import subprocess
 import time
@@ -173,6 +174,37 @@ def test_second_sigterm_stops_at_once_and_another_worker_claims(slow_worker, cli
     start("rescuer")
     answers = [wait_result(queue, i, 30) for i in ids]
     assert all(a and a["ok"] for a in answers)
+
+
+@pytest.mark.parametrize("idle", ["redis_unreachable", "no_model"])
+def test_an_idle_worker_stops_on_the_first_signal_at_any_moment(idle, redis_server, tmp_path):
+    """Idle with Redis unreachable (retrying every second) or with no model to serve (waiting
+    for one): a SIGTERM or SIGINT at any moment is a clean stop within a few seconds."""
+    rng = random.Random(idle)
+    url = f"redis://127.0.0.1:{free_port()}/0" if idle == "redis_unreachable" else \
+        redis_server.url
+    settings = make_settings(url, model_repository=str(tmp_path / "empty"))
+    stops = []
+    for n in range(16):
+        worker = WorkerProcess(settings, f"idle-{n}", tmp_path / f"idle-{n}.log")
+        worker.start(wait=False)
+        time.sleep(rng.uniform(0.05, 3.0))
+        signum = signal.SIGINT if n % 2 else signal.SIGTERM
+        began = time.monotonic()
+        worker.signal(signum)
+        try:
+            code = worker.process.wait(8)
+        except subprocess.TimeoutExpired:
+            worker.process.kill()
+            code = None
+        stops.append(round(time.monotonic() - began, 2))
+        log_text = worker.log_path.read_text()
+        if code == -signum and "on cores" not in log_text:
+            continue  # still importing, before its handlers: it ends at once, holding nothing
+        assert code == 0, f"stop {n} ({signum!r}): exit {code}\n{log_text}"
+        assert "stopped after" in log_text
+    print(f"\n{idle}: 16 stops, slowest {max(stops)} s: {stops}")
+    assert max(stops) < 5
 
 
 def test_a_redis_too_old_stops_the_worker_for_good_with_a_clear_message(tmp_path):
