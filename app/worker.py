@@ -20,7 +20,6 @@ import logging
 import os
 import signal
 import socket
-import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor, TimeoutError as FutureTimeout
@@ -32,6 +31,7 @@ from app.keys import Keys
 from app.loaded_models import LoadedModels
 from app.passes import compute, plan, prediction, summary
 from app.queue import Queue, connect, error_answer, server_version, version_problem
+from app.stop_signals import StopSignals
 
 log = logging.getLogger("beagle.worker")
 
@@ -55,7 +55,7 @@ class Worker:
                                              self.tally, load)
         self.stats = Counter()
         self.started = time.time()
-        self._stopping = threading.Event()
+        self._stop = StopSignals(then_default=True, announce=self._announce_stop)
         # Forward passes and model loads run here, so the main thread, waiting on them,
         # stays responsive to signals (no Python handler runs while it is inside TF)
         # and keeps heartbeating.
@@ -77,7 +77,7 @@ class Worker:
         self.install_signal_handlers()
         try:
             self.startup()
-            while not self._stopping.is_set() or self._pass:
+            while not self._stop.is_set() or self._pass:
                 try:
                     self.maintain()
                     if self._unsent:
@@ -90,7 +90,7 @@ class Worker:
                     self.reply(finished + answers, skipped)
                 except (redis.ConnectionError, redis.TimeoutError) as exc:
                     log.error("worker %s: Redis unreachable (%s); retrying in 1s", self.name, exc)
-                    self._stopping.wait(1.0)
+                    self._stop.wait(1.0)
                 except redis.ResponseError as exc:
                     if "NOGROUP" not in str(exc):
                         raise
@@ -136,7 +136,7 @@ class Worker:
         else new ones: up to max_batch_size. While a pass runs, only what is queued now:
         what is queued near its end, or None if it ended first (a short pass: its answers
         and the read then share a round trip); none once a stop was asked."""
-        if self._stopping.is_set():
+        if self._stop.is_set():
             return []
         if self._pass is None:
             batch = self._recover() or self._read(wait=True)
@@ -258,17 +258,14 @@ class Worker:
     # -- signals --------------------------------------------------------------------
 
     def install_signal_handlers(self):
-        signal.signal(signal.SIGTERM, self._on_signal)
-        signal.signal(signal.SIGINT, self._on_signal)
+        """The first SIGTERM or SIGINT is recorded (the loop stops after the batch in hand);
+        a second gets the kernel's default action: the process ends at once, mid-batch,
+        whatever Python is doing, and its requests stay pending for another worker."""
+        self._stop.install()
 
-    def _on_signal(self, signum, frame):
-        # The second signal gets the kernel's default action: the process ends at once,
-        # mid-batch, whatever Python is doing; its requests stay pending for another worker.
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        signal.signal(signal.SIGINT, signal.SIG_DFL)
+    def _announce_stop(self, signum):
         log.info("worker %s: %s, finishing the batch in hand (send again to stop now)",
                  self.name, signal.Signals(signum).name)
-        self._stopping.set()
 
     # -- helpers --------------------------------------------------------------------
 
@@ -329,7 +326,7 @@ class Worker:
         streams, size = self._streams(), self.settings.max_batch_size
         if not streams:
             if wait:
-                self._stopping.wait(BLOCK_MS / 1000)
+                self._stop.wait(BLOCK_MS / 1000)
             return []
         batch = self.queue.read_new(streams, self.name, size, BLOCK_MS if wait else None)
         window_ends = time.monotonic() + self.settings.batch_timeout

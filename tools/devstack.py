@@ -13,7 +13,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -22,6 +21,7 @@ import redis
 
 from app import config_files, settings as settings_module
 from app.keys import Keys
+from app.stop_signals import StopSignals
 from app.queue import redis_url
 from app.settings import PROJECT_ROOT
 
@@ -43,7 +43,8 @@ class Stopped(Exception):
 
 def wait_until(check, process, timeout, what, stop=None):
     """Call ``check`` until it is true, waiting on ``process`` in between (which also
-    notices at once if the process exits); give up at once when ``stop`` is set."""
+    notices at once if the process exits); give up at once when ``stop`` (StopSignals)
+    is set."""
     for _ in range(int(timeout / 0.1)):
         if stop is not None and stop.is_set():
             raise Stopped(f"stopped while {what} was starting")
@@ -255,7 +256,7 @@ class Stack:
         return [self.apache.process] + [w.process for w in self.workers]
 
     def start(self, timeout=180, stop=None):
-        """Workers, then Apache; ``stop`` (an Event) set meanwhile ends it with Stopped."""
+        """Workers, then Apache; ``stop`` (StopSignals) set meanwhile ends it with Stopped."""
         (self.run_dir / "logs").mkdir(parents=True, exist_ok=True)
         self.run_dir.chmod(0o755)
         for worker in self.workers:  # they load their models in parallel
@@ -276,9 +277,7 @@ def main():
     settings = settings_module.load()
     logging.basicConfig(level=settings.log_level, format="%(levelname)s %(name)s: %(message)s")
     run_dir = Path(tempfile.gettempdir()) / f"beagle-run-{settings.port}"
-    stop = threading.Event()  # asked for by a signal, at any moment, start-up included
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: stop.set())
+    stop = StopSignals().install()  # a signal at any moment, start-up included
     own_redis = stack = None
     try:
         if redis_answers(settings.redis_url):
