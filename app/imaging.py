@@ -14,6 +14,7 @@ Decoding is bounded in memory per process: `DecodeBudget` holds the bytes that d
 in flight may use (a 95 KB PNG can decode to 100 MB). A decode waits for room, briefly,
 or fails with `Busy` (503); one that could never fit is a 413.
 """
+
 import base64
 import binascii
 import io
@@ -26,8 +27,14 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 ACCEPTED_FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF")
 EXIF_ORIENTATION = 0x0112
-SIGNATURES = ((b"\x89PNG\r\n\x1a\n", "PNG"), (b"\xff\xd8\xff", "JPEG"), (b"GIF87a", "GIF"),
-              (b"GIF89a", "GIF"), (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"))
+SIGNATURES = (
+    (b"\x89PNG\r\n\x1a\n", "PNG"),
+    (b"\xff\xd8\xff", "JPEG"),
+    (b"GIF87a", "GIF"),
+    (b"GIF89a", "GIF"),
+    (b"II*\x00", "TIFF"),
+    (b"MM\x00*", "TIFF"),
+)
 DRAFT_SLACK = 0.9
 MODES = {1: "L", 3: "RGB"}
 TURBO_COLORSPACES = {"L": "GRAY", "RGB": "RGB"}  # Pillow's JPEG modes simplejpeg decodes
@@ -60,12 +67,17 @@ class DecodeBudget:
     @contextmanager
     def reserve(self, amount):
         if amount > self.limit:
-            raise BadImage(413, f"decoding this image takes about {amount >> 20} MB, more "
-                                f"than this process's decode budget of {self.limit >> 20} MB")
+            raise BadImage(
+                413,
+                f"decoding this image takes about {amount >> 20} MB, more "
+                f"than this process's decode budget of {self.limit >> 20} MB",
+            )
         with self._room:
             if not self._room.wait_for(lambda: self.used + amount <= self.limit, self.wait_s):
-                raise Busy(f"this web process is decoding other large images (budget "
-                           f"{self.limit >> 20} MB); retry shortly")
+                raise Busy(
+                    f"this web process is decoding other large images (budget "
+                    f"{self.limit >> 20} MB); retry shortly"
+                )
             self.used += amount
         try:
             yield
@@ -83,8 +95,10 @@ def to_pixels(data, shape, max_pixels, budget):
     image = _open(data)
     pixels = image.width * image.height
     if pixels > max_pixels:
-        raise BadImage(413, f"image is {image.width}x{image.height} = {pixels} pixels; "
-                            f"the limit is {max_pixels}")
+        raise BadImage(
+            413,
+            f"image is {image.width}x{image.height} = {pixels} pixels; the limit is {max_pixels}",
+        )
     height, width, channels = shape
     turbo = False  # an upright JPEG in the model's mode, for simplejpeg
     if image.format == "JPEG":
@@ -100,8 +114,9 @@ def to_pixels(data, shape, max_pixels, budget):
         except BadImage:
             raise
         except Exception as exc:  # anything Pillow raises on these bytes is their fault
-            raise BadImage(400, f"corrupt or truncated {image.format} image: "
-                                f"{_reason(exc)}") from None
+            raise BadImage(
+                400, f"corrupt or truncated {image.format} image: {_reason(exc)}"
+            ) from None
 
 
 def array_pixels(value, shape):
@@ -110,13 +125,18 @@ def array_pixels(value, shape):
     try:
         array = np.asarray(value, dtype=np.float64)
     except (ValueError, TypeError, OverflowError):
-        raise BadImage(400, "a pixel array must be a regular height x width x channels "
-                            "list of numbers from 0 to 255") from None
+        raise BadImage(
+            400,
+            "a pixel array must be a regular height x width x channels "
+            "list of numbers from 0 to 255",
+        ) from None
     if array.ndim == 2:
         array = array[..., None]
     if array.ndim != 3 or array.shape[2] not in (1, 3) or 0 in array.shape:
-        raise BadImage(400, f"a pixel array must be height x width x channels (1 or 3), "
-                            f"not {list(array.shape)}")
+        raise BadImage(
+            400,
+            f"a pixel array must be height x width x channels (1 or 3), not {list(array.shape)}",
+        )
     if not np.isfinite(array).all() or array.min() < 0 or array.max() > 255:
         raise BadImage(400, "pixel values must be finite numbers from 0 to 255")
     pixels = np.rint(array).astype(np.uint8)
@@ -170,8 +190,9 @@ def _open(data):
     except Exception:
         other = None
     if other:
-        raise BadImage(415, f"{other} images are not supported; send one of "
-                            f"{', '.join(ACCEPTED_FORMATS)}")
+        raise BadImage(
+            415, f"{other} images are not supported; send one of {', '.join(ACCEPTED_FORMATS)}"
+        )
     claimed = next((fmt for magic, fmt in SIGNATURES if data.startswith(magic)), None)
     if claimed or data[8:12] == b"WEBP" and data.startswith(b"RIFF"):
         raise BadImage(400, f"corrupt {claimed or 'WEBP'} image: its header cannot be read")
@@ -192,8 +213,12 @@ def _draft(image, mode, width, height):
 
 def _turbo_jpeg(data, image, shape):
     """The JPEG decoded by simplejpeg at the scale and mode Pillow's draft chose."""
-    pixels = simplejpeg.decode_jpeg(data, colorspace=TURBO_COLORSPACES[image.mode],
-                                    min_height=image.height, min_width=image.width)
+    pixels = simplejpeg.decode_jpeg(
+        data,
+        colorspace=TURBO_COLORSPACES[image.mode],
+        min_height=image.height,
+        min_width=image.width,
+    )
     if pixels.shape[:2] == tuple(shape[:2]):
         return pixels.tobytes()
     return fit(Image.fromarray(pixels[..., 0] if image.mode == "L" else pixels), shape)

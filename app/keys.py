@@ -1,17 +1,17 @@
 """Every Redis key Beagle uses, all under one prefix.
 
-    <p>:stream:<model>        requests for a model that name no version (consumer group
-                              GROUP); every worker serving the model reads it
-    <p>:stream:<model>:v<N>   requests for version N; only workers holding N read it.
-                              Entries are deleted once answered: a stream's length is its
-                              backlog
-    <p>:result:<id>           list holding the one answer for a request; expires (result_ttl)
-    <p>:models                set of the models workers have announced
-    <p>:model:<model>         hash: each worker's announcement (versions, input shapes)
-    <p>:live:<model>          sorted set of worker ids serving the model, scored by last heartbeat
-    <p>:worker:<id>           JSON status of one worker; expires (heartbeat_ttl)
-    <p>:metrics:counters      hash of Prometheus counters, one field per name and labels
-    <p>:metrics:histograms    hash of histogram buckets, sums and counts (app/metrics.py)
+<p>:stream:<model>        requests for a model that name no version (consumer group
+                          GROUP); every worker serving the model reads it
+<p>:stream:<model>:v<N>   requests for version N; only workers holding N read it.
+                          Entries are deleted once answered: a stream's length is its
+                          backlog
+<p>:result:<id>           list holding the one answer for a request; expires (result_ttl)
+<p>:models                set of the models workers have announced
+<p>:model:<model>         hash: each worker's announcement (versions, input shapes)
+<p>:live:<model>          sorted set of worker ids serving the model, scored by last heartbeat
+<p>:worker:<id>           JSON status of one worker; expires (heartbeat_ttl)
+<p>:metrics:counters      hash of Prometheus counters, one field per name and labels
+<p>:metrics:histograms    hash of histogram buckets, sums and counts (app/metrics.py)
 """
 
 GROUP = "workers"

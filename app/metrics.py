@@ -1,24 +1,23 @@
 """Prometheus metrics, kept in Redis so they add up across every web process, web host,
 worker and GPU host.
 
-Writers gather updates in a `Tally` in the process and write them at most once a second
-(a round trip and a dozen Redis commands per request or per batch cost more CPU than the
-rest of the metrics together): each web process from a thread of its own
-(`flush_every`), woken by its updates, the worker in its heartbeat. /metrics thus lags by up to a second, except
-for the web process answering it, which writes its own first.
+Writers gather updates in a `Tally` in the process and write them at most once a second,
+because a round trip per request or per batch would cost more than the metrics are worth:
+each web process from a thread of its own (`flush_every`), woken by its updates, the worker
+in its heartbeat. /metrics thus lags by up to a second, except for the web process
+answering it, which writes its own first.
 `render` turns the stored counters and histograms, plus gauges read at scrape time
 (queue depth, the oldest waiting request's age, live workers), into Prometheus text.
 Every web host reports the same cluster-wide figures: scrape one of them.
 """
+
 import atexit
 import threading
 from collections import Counter, defaultdict
 
 import redis
-
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily,
-                                    HistogramMetricFamily)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
 PREFIX = "beagle_"
 METRICS_FLUSH_S = 1.0  # how often a process writes its metrics to Redis
@@ -27,8 +26,10 @@ BATCH = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 COUNTERS = {  # name: (labels, help)
     "requests": (("model", "code"), "prediction requests answered, by model and HTTP status"),
-    "shed": (("model", "reason"), "requests refused with 503 before they were queued "
-                                  "(full, slow, busy, decoding, no_worker)"),
+    "shed": (
+        ("model", "reason"),
+        "requests refused with 503 before they were queued (full, slow, busy, decoding, no_worker)",
+    ),
     "expired": (("model",), "requests a worker skipped because their deadline had passed"),
     "poisoned": (("model",), "requests given up after max_attempts deliveries"),
     "failed": (("model",), "requests whose forward pass raised"),
@@ -38,8 +39,11 @@ COUNTERS = {  # name: (labels, help)
     "model_load_failures": (("model",), "model versions that failed to load"),
 }
 HISTOGRAMS = {  # name: (labels, buckets, help)
-    "request_duration_seconds": (("model",), SECONDS,
-                                 "time from a request's arrival in the web process to its answer"),
+    "request_duration_seconds": (
+        ("model",),
+        SECONDS,
+        "time from a request's arrival in the web process to its answer",
+    ),
     "queue_wait_seconds": (("model",), SECONDS, "time a request waited in Redis for a worker"),
     "inference_seconds": (("model",), SECONDS, "duration of one forward pass"),
     "batch_size": (("model",), BATCH, "requests in one forward pass"),
@@ -120,6 +124,7 @@ def flush_every(seconds, tally, client, keys):
     def close():
         closing.set()
         write(tally, client, keys)
+
     threading.Thread(target=loop, name="metrics", daemon=True).start()
     atexit.register(close)
 
@@ -142,13 +147,17 @@ class _Collector:
         yield from self._gauges()
 
     def _gauges(self):
-        depth = GaugeMetricFamily(PREFIX + "queue_depth", "requests in Redis not yet answered",
-                                  labels=["model"])
-        oldest = GaugeMetricFamily(PREFIX + "queue_oldest_seconds",
-                                   "age of the oldest request no worker has taken yet",
-                                   labels=["model"])
-        live = GaugeMetricFamily(PREFIX + "live_workers", "workers serving the model",
-                                 labels=["model"])
+        depth = GaugeMetricFamily(
+            PREFIX + "queue_depth", "requests in Redis not yet answered", labels=["model"]
+        )
+        oldest = GaugeMetricFamily(
+            PREFIX + "queue_oldest_seconds",
+            "age of the oldest request no worker has taken yet",
+            labels=["model"],
+        )
+        live = GaugeMetricFamily(
+            PREFIX + "live_workers", "workers serving the model", labels=["model"]
+        )
         for info in self.directory.models():
             depth.add_metric([info.name], self.queue.backlog(info.name))
             oldest.add_metric([info.name], self.queue.oldest_waiting(info.name))
@@ -169,8 +178,10 @@ def answered(client, keys):
 
 
 def _counters(stored):
-    families = {name: CounterMetricFamily(PREFIX + name, help, labels=list(labels))
-                for name, (labels, help) in COUNTERS.items()}
+    families = {
+        name: CounterMetricFamily(PREFIX + name, help, labels=list(labels))
+        for name, (labels, help) in COUNTERS.items()
+    }
     for field, value in stored.items():
         name, labels = _parse(field.decode())
         if name in families:
@@ -191,8 +202,10 @@ def _histograms(stored):
             data["buckets"][part[3:]] += int(value)
         elif part == "sum":
             data["sum"] = float(value)
-    families = {name: HistogramMetricFamily(PREFIX + name, help, labels=list(labels))
-                for name, (labels, _, help) in HISTOGRAMS.items()}
+    families = {
+        name: HistogramMetricFamily(PREFIX + name, help, labels=list(labels))
+        for name, (labels, _, help) in HISTOGRAMS.items()
+    }
     for (name, label_values), data in series.items():
         cumulative, buckets = 0, []
         for bound in [*map(_bound, HISTOGRAMS[name][1]), "+Inf"]:

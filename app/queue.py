@@ -17,6 +17,7 @@ Worker:    `read_new`, `reclaim_own` (what it held before a restart), `claim_sta
            dead workers held), `hold` (keeps its claim on a long batch fresh), `reply`.
 Operators: `backlog`, `oldest_waiting`, `flush`.
 """
+
 import json
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -29,8 +30,8 @@ from app.keys import GROUP
 
 # Milliseconds the oldest entry no consumer of the group has taken has waited (0 if none),
 # on Redis's clock and from entry ids, not counting the newest ``mine`` (the entries being
-# admitted). The group's lag (Redis 7) says when none waits without reading one: XRANGE hands Lua the entry's 150 KB of pixels, which costs ten times
-# the rest of the script.
+# admitted). The group's lag (Redis 7) says when none waits without reading one, so the
+# oldest entry (whose pixels XRANGE would copy into Lua) is read only when one does.
 OLDEST_WAITING = """
 local function oldest_waiting(stream, group, mine)
   local after = '-'
@@ -55,7 +56,9 @@ end
 # 224x224x3) never pass through Lua, which costs Redis ~10x a plain XADD to copy them in.
 # KEYS[1] stream; ARGV: max_queue, max_wait_ms, group, entries just added. Refused: the
 # entries just added (the newest, as nothing runs between them and this) are deleted.
-ADMIT_SCRIPT = OLDEST_WAITING + """
+ADMIT_SCRIPT = (
+    OLDEST_WAITING
+    + """
 local count = tonumber(ARGV[4])
 local length = redis.call('XLEN', KEYS[1]) - count
 local verdict, detail = 'ok', count
@@ -72,6 +75,7 @@ if verdict ~= 'ok' then
 end
 return {verdict, detail}
 """
+)
 WAITED_SCRIPT = OLDEST_WAITING + "return oldest_waiting(KEYS[1], ARGV[1], 0)"
 # XAUTOCLAIM, which hands a dead worker's requests to a live one, came in Redis 6.2.
 MIN_REDIS_VERSION = (6, 2)
@@ -93,8 +97,10 @@ def version_problem(version):
     if found >= MIN_REDIS_VERSION:
         return None
     need = ".".join(map(str, MIN_REDIS_VERSION))
-    return (f"Redis {version} is too old: Beagle needs {need} or newer (XAUTOCLAIM, which "
-            f"recovers a dead worker's requests); install a newer redis-server")
+    return (
+        f"Redis {version} is too old: Beagle needs {need} or newer (XAUTOCLAIM, which "
+        f"recovers a dead worker's requests); install a newer redis-server"
+    )
 
 
 def server_version(url):
@@ -110,8 +116,12 @@ def server_version(url):
 def connect(url, socket_timeout):
     """A client that fails fast when Redis is down: 1 s to connect, one immediate retry."""
     return redis.Redis.from_url(
-        url, socket_connect_timeout=1.0, socket_timeout=socket_timeout,
-        retry=Retry(NoBackoff(), 1), health_check_interval=0)
+        url,
+        socket_connect_timeout=1.0,
+        socket_timeout=socket_timeout,
+        retry=Retry(NoBackoff(), 1),
+        health_check_interval=0,
+    )
 
 
 def error_answer(status, message):
@@ -121,6 +131,7 @@ def error_answer(status, message):
 @dataclass(frozen=True)
 class Request:
     """One image to classify, as the web tier queues it."""
+
     request_id: str
     timeout_ms: int  # its time left at admission
     top_k: int
@@ -128,8 +139,13 @@ class Request:
     pixels: bytes
 
     def fields(self):
-        return {"id": self.request_id, "timeout_ms": self.timeout_ms, "top_k": self.top_k,
-                "shape": ",".join(map(str, self.shape)), "pixels": self.pixels}
+        return {
+            "id": self.request_id,
+            "timeout_ms": self.timeout_ms,
+            "top_k": self.top_k,
+            "shape": ",".join(map(str, self.shape)),
+            "pixels": self.pixels,
+        }
 
 
 @dataclass
@@ -138,6 +154,7 @@ class Entry:
 
     ``request`` is None when the entry could not be decoded; ``problem`` then says why
     and ``request_id`` is whatever id could be read ("" if none)."""
+
     stream: str
     model: str
     version: int | None  # None: the newest the worker holds
@@ -173,8 +190,7 @@ class Queue:
         pipe = self.redis.pipeline(transaction=True)
         for request in requests:
             pipe.xadd(stream, request.fields())
-        pipe.eval(ADMIT_SCRIPT, 1, stream, max_queue, int(max_wait_s * 1000), GROUP,
-                  len(requests))
+        pipe.eval(ADMIT_SCRIPT, 1, stream, max_queue, int(max_wait_s * 1000), GROUP, len(requests))
         verdict, detail = pipe.execute()[-1]
         if verdict == b"ok":
             return None
@@ -201,8 +217,10 @@ class Queue:
     def streams(self, model=None):
         """The streams that exist: ``model``'s, or every model's."""
         if model is None:
-            return sorted(k.decode() for k in self.redis.scan_iter(
-                match=self.keys.pattern("stream"), count=500))
+            return sorted(
+                k.decode()
+                for k in self.redis.scan_iter(match=self.keys.pattern("stream"), count=500)
+            )
         versioned = self.redis.scan_iter(match=self.keys.stream(model) + ":v*", count=500)
         return [self.keys.stream(model)] + sorted(k.decode() for k in versioned)
 
@@ -215,8 +233,9 @@ class Queue:
 
     def oldest_waiting(self, model):
         """Seconds the oldest of ``model``'s requests no worker has taken has waited."""
-        return max(self._waited(keys=[stream], args=[GROUP])
-                   for stream in self.streams(model)) / 1000
+        return (
+            max(self._waited(keys=[stream], args=[GROUP]) for stream in self.streams(model)) / 1000
+        )
 
     def flush(self, answer, result_ttl, dry_run=False):
         """Answer every queued request with ``answer`` and remove it; {stream: count}."""
@@ -225,8 +244,15 @@ class Queue:
             count = 0
             while not dry_run and (entries := self.redis.xrange(stream, count=500)):
                 pipe = self.redis.pipeline(transaction=False)
-                self.reply(pipe, [(self._entry(stream, entry_id, fields), answer)
-                                  for entry_id, fields in entries], [], result_ttl)
+                self.reply(
+                    pipe,
+                    [
+                        (self._entry(stream, entry_id, fields), answer)
+                        for entry_id, fields in entries
+                    ],
+                    [],
+                    result_ttl,
+                )
                 pipe.execute()
                 count += len(entries)
             removed[stream] = self.redis.xlen(stream) if dry_run else count
@@ -252,40 +278,54 @@ class Queue:
         """Up to ``count`` new entries across ``streams``, waiting at most ``block_ms``
         (None: not at all). Given a ``pipe``, the read is added to it, and `entries` turns
         its reply into entries."""
-        replies = (pipe or self.redis).xreadgroup(GROUP, consumer, {s: ">" for s in streams},
-                                                  count=count, block=block_ms)
+        replies = (pipe or self.redis).xreadgroup(
+            GROUP, consumer, {s: ">" for s in streams}, count=count, block=block_ms
+        )
         return None if pipe else self.entries(replies)
 
     def entries(self, replies):
         """Entries from an XREADGROUP reply."""
-        return [self._entry(stream.decode(), entry_id, fields)
-                for stream, messages in replies or () for entry_id, fields in messages
-                if fields]
+        return [
+            self._entry(stream.decode(), entry_id, fields)
+            for stream, messages in replies or ()
+            for entry_id, fields in messages
+            if fields
+        ]
 
     def reclaim_own(self, stream, consumer, count):
         """Entries this consumer took before a restart and never acknowledged."""
-        pending = self.redis.xpending_range(stream, GROUP, "-", "+", count,
-                                            consumername=consumer)
+        pending = self.redis.xpending_range(stream, GROUP, "-", "+", count, consumername=consumer)
         if not pending:
             return []
         counts = {item["message_id"]: item["times_delivered"] + 1 for item in pending}
         claimed = self.redis.xclaim(stream, GROUP, consumer, 0, list(counts))
-        return [self._entry(stream, entry_id, fields, counts[entry_id])
-                for entry_id, fields in claimed if fields]
+        return [
+            self._entry(stream, entry_id, fields, counts[entry_id])
+            for entry_id, fields in claimed
+            if fields
+        ]
 
     def claim_stale(self, stream, consumer, min_idle_s, count):
         """Entries idle longer than ``min_idle_s`` in any consumer, now ours, with counts."""
-        claimed = self.redis.xautoclaim(stream, GROUP, consumer, int(min_idle_s * 1000),
-                                        start_id="0-0", count=count)
+        claimed = self.redis.xautoclaim(
+            stream, GROUP, consumer, int(min_idle_s * 1000), start_id="0-0", count=count
+        )
         messages = [(entry_id, fields) for entry_id, fields in claimed[1] if fields]
         if not messages:
             return []
-        pending = self.redis.xpending_range(stream, GROUP, min=messages[0][0],
-                                            max=messages[-1][0], count=len(messages) * 4,
-                                            consumername=consumer)
+        pending = self.redis.xpending_range(
+            stream,
+            GROUP,
+            min=messages[0][0],
+            max=messages[-1][0],
+            count=len(messages) * 4,
+            consumername=consumer,
+        )
         counts = {item["message_id"]: item["times_delivered"] for item in pending}
-        return [self._entry(stream, entry_id, fields, counts.get(entry_id, 2))
-                for entry_id, fields in messages]
+        return [
+            self._entry(stream, entry_id, fields, counts.get(entry_id, 2))
+            for entry_id, fields in messages
+        ]
 
     def hold(self, pipe, consumer, entries):
         """Add to ``pipe``: reset the idle time of ``entries``, which ``consumer`` is still
@@ -317,13 +357,24 @@ class Queue:
         request_id = fields.get(b"id", b"").decode("utf-8", "replace")
         try:
             shape = tuple(int(n) for n in fields[b"shape"].split(b","))
-            request = Request(request_id=request_id, timeout_ms=int(fields[b"timeout_ms"]),
-                              top_k=int(fields[b"top_k"]), shape=shape,
-                              pixels=fields[b"pixels"])
+            request = Request(
+                request_id=request_id,
+                timeout_ms=int(fields[b"timeout_ms"]),
+                top_k=int(fields[b"top_k"]),
+                shape=shape,
+                pixels=fields[b"pixels"],
+            )
             if len(shape) != 3 or len(request.pixels) != shape[0] * shape[1] * shape[2]:
                 raise ValueError(f"{len(request.pixels)} bytes of pixels for shape {shape}")
         except (KeyError, ValueError) as exc:
-            return Entry(stream, model, version, entry_id, None, deliveries,
-                         f"malformed entry: {exc!r}"[:300], request_id)
-        return Entry(stream, model, version, entry_id, request, deliveries,
-                     request_id=request_id)
+            return Entry(
+                stream,
+                model,
+                version,
+                entry_id,
+                None,
+                deliveries,
+                f"malformed entry: {exc!r}"[:300],
+                request_id,
+            )
+        return Entry(stream, model, version, entry_id, request, deliveries, request_id=request_id)

@@ -6,12 +6,13 @@ the versions it holds; the web serves, per model, the union of its live workers'
 versions (a worker is live while its last heartbeat is younger than heartbeat_ttl), so
 workers on different versions (one pinned, a rolling deploy) are all served.
 """
+
 import json
 import threading
 import time
 
 MODEL_TTL = 24 * 3600  # what no worker has announced for a day disappears
-ACTIVE_S = 3.0         # a worker heartbeats every second, even mid-batch, while it consumes
+ACTIVE_S = 3.0  # a worker heartbeats every second, even mid-batch, while it consumes
 
 # KEYS: the models set, the model's hash, its live set; ARGV: model, worker, what it holds,
 # now, heartbeat_ttl, MODEL_TTL. Workers whose heartbeat aged out leave both.
@@ -33,8 +34,19 @@ def announce(pipe, keys, worker_id, models, status, ttl):
     {"versions": {v: {"shape": [h, w, c], ...}}, "latest": v}."""
     now = time.time()
     for name, held in models.items():
-        pipe.eval(ANNOUNCE, 3, keys.models(), keys.model(name), keys.live(name), name,
-                  worker_id, json.dumps(held), now, ttl, MODEL_TTL)
+        pipe.eval(
+            ANNOUNCE,
+            3,
+            keys.models(),
+            keys.model(name),
+            keys.live(name),
+            name,
+            worker_id,
+            json.dumps(held),
+            now,
+            ttl,
+            MODEL_TTL,
+        )
     pipe.set(keys.worker(worker_id), json.dumps(status), ex=max(1, int(ttl)))
 
 
@@ -112,11 +124,15 @@ class Directory:
         models = self._fetch()  # outside the lock: a slow Redis must not queue every thread
         now = time.monotonic()
         with self._lock:
-            self._seen = {name: seen for name, seen in self._seen.items()
-                          if now - seen[1] < MODEL_TTL}
+            self._seen = {
+                name: seen for name, seen in self._seen.items() if now - seen[1] < MODEL_TTL
+            }
             self._seen.update((name, (info, now)) for name, info in models.items())
-            lost = {name: ModelInfo(name, info.versions, 0, 0)
-                    for name, (info, _) in self._seen.items() if name not in models}
+            lost = {
+                name: ModelInfo(name, info.versions, 0, 0)
+                for name, (info, _) in self._seen.items()
+                if name not in models
+            }
             self._models, self._fetched = {**lost, **models}, now
             return self._models
 
@@ -128,9 +144,13 @@ class Directory:
             pipe.zrange(self.keys.live(name), 0, -1, withscores=True)
         replies, now = pipe.execute(), time.time()
         models = {}
-        for name, announced, heartbeats in zip(names, replies[::2], replies[1::2]):
+        for name, announced, heartbeats in zip(names, replies[::2], replies[1::2], strict=True):
             if announced:
                 models[name] = ModelInfo.from_redis(
-                    name, {w.decode(): meta for w, meta in announced.items()},
-                    [(w.decode(), seen) for w, seen in heartbeats], now, self.heartbeat_ttl)
+                    name,
+                    {w.decode(): meta for w, meta in announced.items()},
+                    [(w.decode(), seen) for w, seen in heartbeats],
+                    now,
+                    self.heartbeat_ttl,
+                )
         return models

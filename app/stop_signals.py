@@ -8,6 +8,7 @@ attribute, and the interpreter's own C handler writes the signal's number to a p
 (``signal.set_wakeup_fd``). The main loop waits on that pipe with `wait`, notices the stop
 at once, and does the logging and stopping itself.
 """
+
 import os
 import select
 import signal
@@ -28,7 +29,7 @@ class StopSignals:
         self.announce = announce
         self.received = None  # the first stop signal's number
         self._announced = False
-        self._wakeup = None   # the pipe's reading end
+        self._wakeup = None  # the pipe's reading end
 
     def install(self):
         """Install the handlers; call from the main thread."""

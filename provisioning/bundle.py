@@ -6,6 +6,7 @@ release). Fabric's config (``fabric.yaml``, which holds ``settings.api_keys``), 
 files and keys are in .gitignore; a file that still looks like a secret or a deployment
 config stops the deploy instead of travelling to every host.
 """
+
 import fnmatch
 import hashlib
 import io
@@ -16,9 +17,23 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-SECRET_NAMES = ("fabric.yaml", "fabric.yml", ".fabric.yaml", ".fabric.yml", "*.env", ".env",
-                ".env.*", "*.pem", "*.key", "*.p12", "*.pfx", "id_rsa*", "id_dsa*",
-                "id_ecdsa*", "id_ed25519*")
+SECRET_NAMES = (
+    "fabric.yaml",
+    "fabric.yml",
+    ".fabric.yaml",
+    ".fabric.yml",
+    "*.env",
+    ".env",
+    ".env.*",
+    "*.pem",
+    "*.key",
+    "*.p12",
+    "*.pfx",
+    "id_rsa*",
+    "id_dsa*",
+    "id_ecdsa*",
+    "id_ed25519*",
+)
 # Whatever their names: a Fabric config for Beagle (YAML with a top-level `beagle:` key),
 # or a private key.
 FABRIC_CONFIG = re.compile(rb"^beagle:", re.M)
@@ -34,15 +49,20 @@ class Bundle:
 
     @classmethod
     def from_checkout(cls, root=ROOT):
-        listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others",
-                                 "--exclude-standard"], cwd=root, capture_output=True,
-                                check=True).stdout.split(b"\0")
+        listed = subprocess.run(
+            ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+            cwd=root,
+            capture_output=True,
+            check=True,
+        ).stdout.split(b"\0")
         files = sorted(p.decode() for p in listed if p and (root / p.decode()).is_file())
         refused = secrets_among(root, files)
         if refused:
-            raise ValueError(f"refusing to bundle {', '.join(refused)}: they look like secrets "
-                             "or deployment configuration (Fabric config, env file, key); move "
-                             "them out of the checkout or add them to .gitignore")
+            raise ValueError(
+                f"refusing to bundle {', '.join(refused)}: they look like secrets "
+                "or deployment configuration (Fabric config, env file, key); move "
+                "them out of the checkout or add them to .gitignore"
+            )
         digest, buffer = hashlib.sha256(), io.BytesIO()
         with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
             for name in files:
@@ -52,17 +72,24 @@ class Bundle:
                 info.size = len(data)
                 info.mode = 0o755 if (root / name).stat().st_mode & 0o100 else 0o644
                 archive.addfile(info, io.BytesIO(data))
-        return cls(digest.hexdigest()[:12], buffer.getvalue(),
-                   (root / "requirements.txt").read_bytes())
+        return cls(
+            digest.hexdigest()[:12], buffer.getvalue(), (root / "requirements.txt").read_bytes()
+        )
 
 
 def secrets_among(root, files):
     """The files, of ``files`` under ``root``, that look like secrets."""
+
     def matches(name, patterns):
         return any(fnmatch.fnmatch(Path(name).name, pattern) for pattern in patterns)
 
     def looks_secret(name):
         data = (root / name).read_bytes()[:65536]
-        return (matches(name, SECRET_NAMES) or PRIVATE_KEY.search(data) is not None
-                or matches(name, YAML) and FABRIC_CONFIG.search(data) is not None)
+        return (
+            matches(name, SECRET_NAMES)
+            or PRIVATE_KEY.search(data) is not None
+            or matches(name, YAML)
+            and FABRIC_CONFIG.search(data) is not None
+        )
+
     return [name for name in files if looks_secret(name)]

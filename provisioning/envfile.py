@@ -7,13 +7,16 @@ still mean one thing to both; values holding a quote of either kind, a backslash
 a backtick, a newline or another control character are refused rather than escaped, so
 nothing in the file is ever expanded or executed.
 """
+
 import re
 
 NAME = re.compile(r"[A-Z_][A-Z0-9_]*")
 UNSAFE = re.compile(r"['\"\\$`\x00-\x1f\x7f]")
 LINE = re.compile(r"([A-Z_][A-Z0-9_]*)='([^']*)'")
-HEADER = ("# Beagle's settings, for Apache (through a systemd drop-in) and the workers.\n"
-          "# Written by fab deploy; see the README for every setting.\n")
+HEADER = (
+    "# Beagle's settings, for Apache (through a systemd drop-in) and the workers.\n"
+    "# Written by fab deploy; see the README for every setting.\n"
+)
 
 
 def render(variables):
@@ -25,8 +28,10 @@ def render(variables):
             raise ValueError(f"{name!r} is not an environment variable name")
         bad = UNSAFE.search(value)
         if bad:
-            raise ValueError(f"{name} holds {bad.group()!r}: quotes, backslashes, '$', "
-                             "backticks and control characters are refused in beagle.env")
+            raise ValueError(
+                f"{name} holds {bad.group()!r}: quotes, backslashes, '$', "
+                "backticks and control characters are refused in beagle.env"
+            )
         lines.append(f"{name}='{value}'\n")
     return HEADER + "".join(lines)
 

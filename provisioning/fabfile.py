@@ -13,6 +13,7 @@ machine running fab and uploads them (provisioning/wheels.py). Other `beagle` ke
 (provisioning/plan.py) are set the same way. No secret lives in the repository: the Redis
 password is generated on the first deploy and kept in <etc>/beagle.env (mode 600).
 """
+
 import ipaddress
 import json
 import secrets
@@ -22,7 +23,7 @@ from fabric import Connection, task
 from invoke import Collection
 from invoke.exceptions import Exit
 
-from app import queue, settings as settings_module
+from app import config, queue
 from provisioning import host
 from provisioning.bundle import Bundle
 from provisioning.plan import Plan
@@ -32,8 +33,12 @@ ROLES = ("redis", "worker", "web")  # also the order deploy goes in
 # Where Redis may listen for other hosts: RFC 1918, the shared space clouds and overlay
 # networks use (RFC 6598), IPv6 unique-local. (ipaddress's is_private is broader: it
 # counts documentation and reserved ranges too.)
-PRIVATE_NETWORKS = tuple(map(ipaddress.ip_network, (
-    "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "fc00::/7")))
+PRIVATE_NETWORKS = tuple(
+    map(
+        ipaddress.ip_network,
+        ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "fc00::/7"),
+    )
+)
 
 
 def bundle():
@@ -56,8 +61,10 @@ def targets(c, plan):
         for name in roles.get(role, []):
             if name not in order:
                 order.append(name)
-    return [(Connection(name, config=c.config), {r for r in ROLES if name in roles.get(r, [])})
-            for name in order]
+    return [
+        (Connection(name, config=c.config), {r for r in ROLES if name in roles.get(r, [])})
+        for name in order
+    ]
 
 
 def say(c, step, changes):
@@ -74,9 +81,14 @@ def cluster(c):
     address = redis_address(plan, len(hosts))
     password = host.redis_password(redis_hosts[0], plan) or secrets.token_urlsafe(24)
     try:
-        deployed = settings_module.load(
-            {}, host="*", port=plan.port, model_repository=f"{plan.prefix}/models",
-            redis_url=queue.redis_url(password, address, plan.redis_port), **plan.settings)
+        deployed = config.load(
+            {},
+            host="*",
+            port=plan.port,
+            model_repository=f"{plan.prefix}/models",
+            redis_url=queue.redis_url(password, address, plan.redis_port),
+            **plan.settings,
+        )
     except (KeyError, ValueError) as exc:
         raise Exit(f"beagle.settings: {exc}") from None
     return plan, hosts, password, address, deployed
@@ -89,18 +101,24 @@ def redis_address(plan, host_count):
         return "127.0.0.1"
     given = plan.redis_address
     if not given:
-        raise Exit("several hosts: set beagle.redis_address to the private address the "
-                   "others reach the Redis host on (Redis binds it)")
+        raise Exit(
+            "several hosts: set beagle.redis_address to the private address the "
+            "others reach the Redis host on (Redis binds it)"
+        )
     try:
         address = ipaddress.ip_address(given)
     except ValueError:
-        raise Exit(f"beagle.redis_address {given!r} must be an IP address on a private "
-                   "network") from None
+        raise Exit(
+            f"beagle.redis_address {given!r} must be an IP address on a private network"
+        ) from None
     if not any(address in network for network in PRIVATE_NETWORKS) and not (
-            address.is_loopback and host_count == 1):
-        raise Exit(f"beagle.redis_address {given} is not a private address the other hosts "
-                   "can reach: Redis must never listen on a public network (use one in "
-                   f"{', '.join(map(str, PRIVATE_NETWORKS))})")
+        address.is_loopback and host_count == 1
+    ):
+        raise Exit(
+            f"beagle.redis_address {given} is not a private address the other hosts "
+            "can reach: Redis must never listen on a public network (use one in "
+            f"{', '.join(map(str, PRIVATE_NETWORKS))})"
+        )
     return given
 
 
@@ -222,8 +240,11 @@ def status(c):
     plan = Plan.from_config(c.config)
     for conn, roles in targets(c, plan):
         units = ["beagle-redis"] * ("redis" in roles) + ["apache2"] * ("web" in roles)
-        units += run(conn, "ls /etc/systemd/system/multi-user.target.wants/ 2>/dev/null | "
-                           "grep beagle-worker@ || true").stdout.split()
+        units += run(
+            conn,
+            "ls /etc/systemd/system/multi-user.target.wants/ 2>/dev/null | "
+            "grep beagle-worker@ || true",
+        ).stdout.split()
         for unit in units:
             unit = unit.removesuffix(".service")
             state = run(conn, f"{plan.systemctl} is-active {unit}", warn=True).stdout.strip()
@@ -233,13 +254,20 @@ def status(c):
             live = json.loads(run(conn, f"curl -s http://127.0.0.1:{plan.port}/status").stdout)
             print(f"{conn.host}: ready: {ready.strip()}")
             for model in live["models"]:
-                print(f"{conn.host}: model {model['name']} v{model['latest']}: "
-                      f"{model['live_workers']} live workers, {model['queue_depth']} queued")
+                print(
+                    f"{conn.host}: model {model['name']} v{model['latest']}: "
+                    f"{model['live_workers']} live workers, {model['queue_depth']} queued"
+                )
             for worker in live["workers"]:
-                print(f"{conn.host}: worker {worker['id']}: {worker['batches']} batches, "
-                      f"{worker['requests']} requests")
-            errors = run(conn, "grep -i error /var/log/apache2/beagle_error.log 2>/dev/null | "
-                               "tail -n 5", warn=True).stdout.strip()
+                print(
+                    f"{conn.host}: worker {worker['id']}: {worker['batches']} batches, "
+                    f"{worker['requests']} requests"
+                )
+            errors = run(
+                conn,
+                "grep -i error /var/log/apache2/beagle_error.log 2>/dev/null | tail -n 5",
+                warn=True,
+            ).stdout.strip()
             print(f"{conn.host}: last errors in the Apache error log:\n{errors or '(none)'}")
 
 
@@ -248,8 +276,9 @@ def logs(c, lines=20, follow=False):
     """The Apache error and access logs and the workers' journal (--follow, --lines N)."""
     plan = Plan.from_config(c.config)
     for conn, _ in targets(c, plan):
-        command = plan.python(f"scripts.tail_logs --lines {int(lines)}"
-                              + (" --follow" if follow else ""))
+        command = plan.python(
+            f"scripts.tail_logs --lines {int(lines)}" + (" --follow" if follow else "")
+        )
         run(conn, command, hide=False, pty=bool(follow))
 
 
@@ -258,8 +287,11 @@ def flush_queue(c, everything=False):
     """Answer every queued request with a 503 and remove it (Beagle's keys only)."""
     plan = Plan.from_config(c.config)
     conn = next(conn for conn, roles in targets(c, plan) if "redis" in roles or "web" in roles)
-    run(conn, plan.with_env(plan.python("scripts.flush_queue" + (" --all" if everything
-                                                                   else ""))), hide=False)
+    run(
+        conn,
+        plan.with_env(plan.python("scripts.flush_queue" + (" --all" if everything else ""))),
+        hide=False,
+    )
 
 
 @task
@@ -270,9 +302,16 @@ def stress(c, requests=500, concurrency=0):
     for conn, roles in targets(c, plan):
         if "web" in roles:
             mode = f"--concurrency {int(concurrency)}" if concurrency else ""
-            run(conn, plan.with_env(plan.python(
-                f"stress.stress_test --url http://127.0.0.1:{plan.port}/predict "
-                f"--requests {int(requests)} {mode}")), hide=False)
+            run(
+                conn,
+                plan.with_env(
+                    plan.python(
+                        f"stress.stress_test --url http://127.0.0.1:{plan.port}/predict "
+                        f"--requests {int(requests)} {mode}"
+                    )
+                ),
+                hide=False,
+            )
 
 
 def _packages(conn, plan, roles):
@@ -306,8 +345,14 @@ def _apache(conn, plan, deployed, reload_code):
 
 def _cuda(conn, plan, gpus):
     if not gpus:
-        say(conn, "cuda", ["skipped: no NVIDIA GPU on this host (nvidia-smi lists none); "
-                           "the workers run on the CPU"])
+        say(
+            conn,
+            "cuda",
+            [
+                "skipped: no NVIDIA GPU on this host (nvidia-smi lists none); "
+                "the workers run on the CPU"
+            ],
+        )
         return
     changes, problem = host.cuda(conn, plan, gpus)
     say(conn, "cuda", changes)
@@ -320,8 +365,10 @@ def _smoke(hosts, plan):
         if "web" in roles:
             label = host.smoke(conn, plan)
             url = f"http://{conn.host}{'' if plan.port == 80 else f':{plan.port}'}"
-            print(f"{conn.host}: smoke: a digit 7 came back as {label!r} through Apache.\n"
-                  f"Beagle is serving on {url}\nStress it: fab -H {conn.host} stress")
+            print(
+                f"{conn.host}: smoke: a digit 7 came back as {label!r} through Apache.\n"
+                f"Beagle is serving on {url}\nStress it: fab -H {conn.host} stress"
+            )
 
 
 ns = Collection.from_module(sys.modules[__name__])

@@ -8,6 +8,7 @@ takes the host's connection and the Plan (provisioning/plan.py).
 Every command runs as root (provisioning/remote.py), whether the login user is root or
 a sudoer.
 """
+
 import hashlib
 import io
 import json
@@ -16,12 +17,16 @@ from pathlib import Path
 
 from invoke.exceptions import Exit
 
-from app import config_files, queue, settings as settings_module
-from provisioning import envfile, wheels
+from app import config, queue
+from provisioning import config_files, envfile, wheels
 from provisioning.remote import exists, private_dir, put_if_changed, read, run
 
-PACKAGES = {"base": ["python3-venv", "curl"], "web": ["apache2", "libapache2-mod-wsgi-py3"],
-            "redis": ["redis-server"], "worker": []}
+PACKAGES = {
+    "base": ["python3-venv", "curl"],
+    "web": ["apache2", "libapache2-mod-wsgi-py3"],
+    "redis": ["redis-server"],
+    "worker": [],
+}
 APACHE_MODULES = ("wsgi", "headers", "alias", "mime", "reqtimeout")
 SAMPLE = "stress/images/digit_7.png"
 DEBIAN_REDIS = "redis-server"  # Debian's own unit: port 6379, no password
@@ -31,12 +36,21 @@ CUDA_LIBRARIES = ("libcudnn", "libcublas")
 def packages(c, plan, roles):
     changes = _note_debian_redis(c, plan) if "redis" in roles else []
     wanted = [p for role in ("base", *sorted(roles)) for p in PACKAGES[role]]
-    missing = [p for p in wanted if not run(
-        c, f"dpkg-query -W -f='${{Status}}' {p} 2>/dev/null | grep -q 'install ok installed'",
-        warn=True).ok]
+    missing = [
+        p
+        for p in wanted
+        if not run(
+            c,
+            f"dpkg-query -W -f='${{Status}}' {p} 2>/dev/null | grep -q 'install ok installed'",
+            warn=True,
+        ).ok
+    ]
     if missing:
-        run(c, "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "
-               f"--no-install-recommends {' '.join(missing)}")
+        run(
+            c,
+            "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "
+            f"--no-install-recommends {' '.join(missing)}",
+        )
         changes.append(f"installed {', '.join(missing)}")
     return changes
 
@@ -48,17 +62,26 @@ def _note_debian_redis(c, plan):
     if exists(c, plan.debian_redis_note):
         return []
     running = _is(c, plan, "active", DEBIAN_REDIS)
-    run(c, f"install -d -m 755 {plan.etc} && echo {'keep' if running else 'stop'} "
-           f"> {plan.debian_redis_note}")
-    return ["Debian's redis-server was running before Beagle's first deploy: left running"
-            ] if running else []
+    run(
+        c,
+        f"install -d -m 755 {plan.etc} && echo {'keep' if running else 'stop'} "
+        f"> {plan.debian_redis_note}",
+    )
+    return (
+        ["Debian's redis-server was running before Beagle's first deploy: left running"]
+        if running
+        else []
+    )
 
 
 def service_user(c):
     if run(c, "id -u beagle", warn=True).ok:
         return []
-    run(c, "useradd --system --home-dir /nonexistent --no-create-home "
-           "--shell /usr/sbin/nologin beagle")
+    run(
+        c,
+        "useradd --system --home-dir /nonexistent --no-create-home "
+        "--shell /usr/sbin/nologin beagle",
+    )
     return ["created user beagle"]
 
 
@@ -74,8 +97,11 @@ def release(c, plan, bundle, gpus):
     partial = f"{path}.partial"
     with private_dir(c) as private:
         c.put(io.BytesIO(bundle.tarball), remote=f"{private}/release.tar.gz")
-        run(c, f"rm -rf {partial} && mkdir -p {partial} && tar -xzf {private}/release.tar.gz "
-               f"--no-same-owner -C {partial} && chmod -R go-w,a+rX {partial}")
+        run(
+            c,
+            f"rm -rf {partial} && mkdir -p {partial} && tar -xzf {private}/release.tar.gz "
+            f"--no-same-owner -C {partial} && chmod -R go-w,a+rX {partial}",
+        )
     changes = [f"release {bundle.id} unpacked"]
     venv, made = virtualenv(c, plan, bundle.requirements, gpus)
     changes += made
@@ -113,8 +139,11 @@ def virtualenv(c, plan, requirements, gpus):
         there = f"{plan.prefix}/wheels/{wheel_key}"
         changes.append(f"uploaded {wheels.upload(c, here, there)} wheels")
         source = f"--no-index --find-links {there}"
-    run(c, f"rm -rf {venv} && /usr/bin/python3 -m venv {venv} && {venv}/bin/pip install "
-           f"--quiet --disable-pip-version-check {source} -r {listing}")
+    run(
+        c,
+        f"rm -rf {venv} && /usr/bin/python3 -m venv {venv} && {venv}/bin/pip install "
+        f"--quiet --disable-pip-version-check {source} -r {listing}",
+    )
     run(c, f"touch {venv}/.beagle-ready && chmod -R go-w,a+rX {venv}")
     return venv, changes + [f"venv {venv} built" + (" with CUDA" if gpus else "")]
 
@@ -122,14 +151,14 @@ def virtualenv(c, plan, requirements, gpus):
 def redis_password(c, plan):
     """The password in this host's env file, or None."""
     text = read(c, plan.env_file)
-    url = envfile.parse(text).get(settings_module.BY_NAME["redis_url"].env_var) if text else None
+    url = envfile.parse(text).get(config.BY_NAME["redis_url"].env_var) if text else None
     return queue.url_password(url) if url else None
 
 
 def env_file(c, plan, deployed):
     """<etc>/beagle.env: the settings ``deployed`` that differ from the defaults."""
     try:
-        text = envfile.render(settings_module.as_environ(deployed, changed_only=True))
+        text = envfile.render(config.as_environ(deployed, changed_only=True))
     except ValueError as exc:
         raise Exit(f"{c.host}: {exc}") from None
     run(c, f"install -d -m 755 {plan.etc}")
@@ -146,12 +175,12 @@ def redis(c, plan, password, bind):
     problem = redis_server_problem(run(c, "redis-server --version").stdout)
     if problem:
         raise Exit(f"{c.host}: {problem}")
-    config = config_files.redis_conf(password, bind=bind, port=plan.redis_port,
-                                     dir=plan.redis_dir)
+    config = config_files.redis_conf(password, bind=bind, port=plan.redis_port, dir=plan.redis_dir)
     run(c, f"install -d -o redis -g redis -m 750 {plan.redis_dir}")
     changed = put_if_changed(c, f"{plan.etc}/redis.conf", config, mode="640", owner="root:redis")
-    unit = config_files.render("systemd/beagle-redis.service.j2", etc=plan.etc,
-                               redis_dir=plan.redis_dir)
+    unit = config_files.render(
+        "systemd/beagle-redis.service.j2", etc=plan.etc, redis_dir=plan.redis_dir
+    )
     changed |= put_if_changed(c, "/etc/systemd/system/beagle-redis.service", unit)
     return _stop_debian_redis(c, plan) + _keep_running(c, plan, ["beagle-redis"], changed)
 
@@ -162,30 +191,40 @@ def _stop_debian_redis(c, plan):
     active, enabled = _is(c, plan, "active", DEBIAN_REDIS), _is(c, plan, "enabled", DEBIAN_REDIS)
     if not (active or enabled):
         return []
-    run(c, f"{plan.systemctl} disable -q {DEBIAN_REDIS}" + (
-        f" && {plan.systemctl} stop {DEBIAN_REDIS}" if active else ""))
-    return [f"{'stopped and ' if active else ''}disabled Debian's {DEBIAN_REDIS} (port 6379, "
-            "no password), which its package starts on install"]
+    run(
+        c,
+        f"{plan.systemctl} disable -q {DEBIAN_REDIS}"
+        + (f" && {plan.systemctl} stop {DEBIAN_REDIS}" if active else ""),
+    )
+    return [
+        f"{'stopped and ' if active else ''}disabled Debian's {DEBIAN_REDIS} (port 6379, "
+        "no password), which its package starts on install"
+    ]
 
 
 def workers(c, plan, gpus, release_changed):
     """Units, one instance per GPU (else cpu_workers), and a rolling restart when needed."""
     # The host's name is written in, not left to systemd's %H, so that supervisors other
     # than systemd name the worker the same (a restarted worker takes back its requests).
-    unit = config_files.render("systemd/beagle-worker@.service.j2", etc=plan.etc,
-                               prefix=plan.prefix, stop_timeout=plan.stop_timeout,
-                               hostname=run(c, "hostname").stdout.strip())
+    unit = config_files.render(
+        "systemd/beagle-worker@.service.j2",
+        etc=plan.etc,
+        prefix=plan.prefix,
+        stop_timeout=plan.stop_timeout,
+        hostname=run(c, "hostname").stdout.strip(),
+    )
     changed = put_if_changed(c, "/etc/systemd/system/beagle-worker@.service", unit)
     count = gpus or plan.cpu_workers
     cores = int(run(c, "nproc").stdout)
     for n in range(count):
         pinned = "" if gpus or count == 1 else _cores(n, count, cores)
-        changed |= put_if_changed(c, f"{plan.etc}/worker-{n}.env",
-                                  envfile.render({"BEAGLE_WORKER_CPUS": pinned}) if pinned
-                                  else "")
+        changed |= put_if_changed(
+            c,
+            f"{plan.etc}/worker-{n}.env",
+            envfile.render({"BEAGLE_WORKER_CPUS": pinned}) if pinned else "",
+        )
     names = [f"beagle-worker@{n}" for n in range(count)]
-    return _keep_running(c, plan, names, changed, rolling=True,
-                         restart=release_changed)
+    return _keep_running(c, plan, names, changed, rolling=True, restart=release_changed)
 
 
 def cuda(c, plan, gpus):
@@ -194,8 +233,9 @@ def cuda(c, plan, gpus):
     that must stop the deploy or None)."""
     venv = f"{plan.current}/venv"
     # The venv's own path, not current's: a new venv changes this file and reruns ldconfig.
-    folders = run(c, f"readlink -f {venv}/lib/python3*/site-packages/nvidia/*/lib",
-                  warn=True).stdout.split()
+    folders = run(
+        c, f"readlink -f {venv}/lib/python3*/site-packages/nvidia/*/lib", warn=True
+    ).stdout.split()
     changed = put_if_changed(c, "/etc/ld.so.conf.d/beagle-cuda.conf", "\n".join(folders) + "\n")
     if changed:
         run(c, "ldconfig")
@@ -203,21 +243,34 @@ def cuda(c, plan, gpus):
     linked = run(c, "ldconfig -p").stdout
     missing = [name for name in CUDA_LIBRARIES if f"{name}." not in linked]
     if missing:
-        return changes, (f"the dynamic linker lists no {', '.join(missing)} from {venv}: "
-                         "check /etc/ld.so.conf.d/beagle-cuda.conf")
-    providers = run(c, f"{venv}/bin/python -c \"import onnxruntime as ort; "
-                       f"print(' '.join(ort.get_available_providers()))\"").stdout.split()
-    changes.append("ONNX Runtime has CUDAExecutionProvider" if "CUDAExecutionProvider"
-                   in providers else f"ONNX models run on the CPU: ONNX Runtime in {venv} has "
-                                     f"no CUDAExecutionProvider ({', '.join(providers)})")
+        return changes, (
+            f"the dynamic linker lists no {', '.join(missing)} from {venv}: "
+            "check /etc/ld.so.conf.d/beagle-cuda.conf"
+        )
+    providers = run(
+        c,
+        f'{venv}/bin/python -c "import onnxruntime as ort; '
+        f"print(' '.join(ort.get_available_providers()))\"",
+    ).stdout.split()
+    changes.append(
+        "ONNX Runtime has CUDAExecutionProvider"
+        if "CUDAExecutionProvider" in providers
+        else f"ONNX models run on the CPU: ONNX Runtime in {venv} has "
+        f"no CUDAExecutionProvider ({', '.join(providers)})"
+    )
     # Log level 1: TensorFlow's warnings ("Cannot dlopen some GPU libraries") without its INFO.
-    check = run(c, f"TF_CPP_MIN_LOG_LEVEL=1 {venv}/bin/python -c \"import sys, tensorflow "
-                   f"as tf; sys.exit(0 if tf.config.list_physical_devices('GPU') else 1)\"",
-                warn=True)
+    check = run(
+        c,
+        f'TF_CPP_MIN_LOG_LEVEL=1 {venv}/bin/python -c "import sys, tensorflow '
+        f"as tf; sys.exit(0 if tf.config.list_physical_devices('GPU') else 1)\"",
+        warn=True,
+    )
     if not check.ok:
-        return changes, (f"TensorFlow in {venv} lists no GPU although nvidia-smi shows {gpus}: "
-                         "check the NVIDIA driver and /etc/ld.so.conf.d/beagle-cuda.conf\n"
-                         + check.stderr[-1500:])
+        return changes, (
+            f"TensorFlow in {venv} lists no GPU although nvidia-smi shows {gpus}: "
+            "check the NVIDIA driver and /etc/ld.so.conf.d/beagle-cuda.conf\n"
+            + check.stderr[-1500:]
+        )
     return changes + [f"TensorFlow sees {gpus} GPUs"], None
 
 
@@ -229,12 +282,21 @@ def apache(c, plan, settings, release_changed):
         run(c, f"a2enmod -q {' '.join(missing)}")
         changes.append(f"enabled modules {', '.join(missing)}")
     vhost = config_files.apache_vhost(
-        settings, code_dir=plan.current, venv=f"{plan.current}/venv", log_dir="/var/log/apache2",
-        listen=plan.port != 80, log_name="beagle_", server_name=c.host,
-        cores=int(run(c, "nproc").stdout))
+        settings,
+        code_dir=plan.current,
+        venv=f"{plan.current}/venv",
+        log_dir="/var/log/apache2",
+        listen=plan.port != 80,
+        log_name="beagle_",
+        server_name=c.host,
+        cores=int(run(c, "nproc").stdout),
+    )
     config = put_if_changed(c, "/etc/apache2/sites-available/beagle.conf", vhost)
-    environment = put_if_changed(c, "/etc/systemd/system/apache2.service.d/beagle.conf",
-                                 config_files.apache_environment(plan.etc))
+    environment = put_if_changed(
+        c,
+        "/etc/systemd/system/apache2.service.d/beagle.conf",
+        config_files.apache_environment(plan.etc),
+    )
     if not exists(c, "/etc/apache2/sites-enabled/beagle.conf"):
         run(c, "a2ensite -q beagle")
         config = True
@@ -248,8 +310,11 @@ def apache(c, plan, settings, release_changed):
         changes.append("Apache configuration changed")
     active = _is(c, plan, "active", "apache2")
     if environment or not active:  # a new environment needs a new parent process
-        run(c, f"{plan.systemctl} daemon-reload; {plan.systemctl} enable apache2 -q; "
-               f"{plan.systemctl} restart apache2")
+        run(
+            c,
+            f"{plan.systemctl} daemon-reload; {plan.systemctl} enable apache2 -q; "
+            f"{plan.systemctl} restart apache2",
+        )
         changes.append("Apache restarted")
     elif config:
         run(c, f"{plan.systemctl} reload apache2")  # graceful
@@ -270,8 +335,11 @@ def switch(c, plan, path):
     """Point <prefix>/current at ``path``; True if it moved."""
     if run(c, f"readlink {plan.current}", warn=True).stdout.strip() == path:
         return False
-    run(c, f"ln -sfn {path} {plan.current}.next && mv -T {plan.current}.next {plan.current} "
-           f"&& echo {Path(path).name} >> {plan.prefix}/releases/HISTORY")
+    run(
+        c,
+        f"ln -sfn {path} {plan.current}.next && mv -T {plan.current}.next {plan.current} "
+        f"&& echo {Path(path).name} >> {plan.prefix}/releases/HISTORY",
+    )
     return True
 
 
@@ -289,7 +357,7 @@ def prune(c, plan):
     """Remove releases beyond keep_releases, never the current one."""
     current = run(c, f"readlink {plan.current}").stdout.strip()
     listed = run(c, f"ls -1dt {plan.prefix}/releases/*/", warn=True).stdout.split()
-    old = [p.rstrip("/") for p in listed if p.rstrip("/") != current][plan.keep_releases - 1:]
+    old = [p.rstrip("/") for p in listed if p.rstrip("/") != current][plan.keep_releases - 1 :]
     for path in old:
         run(c, f"rm -rf {path}")
     return [f"removed {len(old)} old releases"] if old else []
@@ -299,11 +367,12 @@ def smoke(c, plan, attempts=30):
     """A request through Apache on the host itself, with the first API key when keys are
     on (read there from the env file and handed to curl on its stdin, never on a command
     line); the answer's top label."""
-    key = settings_module.BY_NAME["api_keys"].env_var
+    key = config.BY_NAME["api_keys"].env_var
     command = plan.with_env(
-        f"{{ [ -z \"${key}\" ] || printf 'Authorization: Bearer %s\\n' \"${{{key}%%,*}}\"; }} | "
+        f'{{ [ -z "${key}" ] || printf \'Authorization: Bearer %s\\n\' "${{{key}%%,*}}"; }} | '
         f"curl -fsS --max-time 20 -H @- -F image=@{plan.current}/{SAMPLE} "
-        f"http://127.0.0.1:{plan.port}/predict")
+        f"http://127.0.0.1:{plan.port}/predict"
+    )
     for _ in range(attempts):
         result = run(c, command, warn=True)
         if result.ok:
@@ -340,8 +409,14 @@ def _keep_running(c, plan, units, changed, rolling=False, restart=False):
 
 
 def _wait_live(c, plan, instance, since):
-    run(c, plan.with_env(plan.python(f"scripts.wait_worker --name \"$(hostname)-{instance}\" "
-                                     f"--since {since} --timeout 300")))
+    run(
+        c,
+        plan.with_env(
+            plan.python(
+                f'scripts.wait_worker --name "$(hostname)-{instance}" --since {since} --timeout 300'
+            )
+        ),
+    )
 
 
 def _cores(n, count, cores):

@@ -10,6 +10,7 @@ puts them over SFTP into a directory only the login user can enter (``mktemp -d`
 /var/tmp, mode 700), installs them from there as root with their final owner and mode
 under umask 077, renames them into place, and removes the directory whatever happens.
 """
+
 import hashlib
 import io
 import shlex
@@ -62,13 +63,14 @@ def install(c, files, mode="644", owner="root:root"):
         steps = []
         for n, (source, path) in enumerate(files):
             staged = f"{private}/{n}"
-            c.put(io.BytesIO(source) if isinstance(source, bytes) else str(source),
-                  remote=staged)
+            c.put(io.BytesIO(source) if isinstance(source, bytes) else str(source), remote=staged)
             target, new = shlex.quote(path), shlex.quote(f"{path}.beagle-new")
             parent = shlex.quote(str(PurePosixPath(path).parent))
-            steps.append(f"{{ [ -d {parent} ] || install -d -m 755 {parent}; }} && "
-                         f"(umask 077 && install -m {mode} -o {user} -g {group} {staged} {new})"
-                         f" && mv -f {new} {target}")
+            steps.append(
+                f"{{ [ -d {parent} ] || install -d -m 755 {parent}; }} && "
+                f"(umask 077 && install -m {mode} -o {user} -g {group} {staged} {new})"
+                f" && mv -f {new} {target}"
+            )
         run(c, " && ".join(steps))
 
 

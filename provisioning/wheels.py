@@ -6,6 +6,7 @@ Python, CPU and glibc, downloads matching wheels for requirements.txt into
 uploads those the host lacks to <prefix>/wheels/<key>/ (through a private directory, as
 provisioning/remote.py does every file), and installs with pip --no-index.
 """
+
 import hashlib
 import subprocess
 import sys
@@ -27,24 +28,39 @@ def target(c):
 def platforms(machine, glibc_minor):
     """Every manylinux tag a glibc 2.<minor> host accepts, newest first."""
     tags = [f"manylinux_2_{minor}_{machine}" for minor in range(glibc_minor, 4, -1)]
-    tags += [f"{legacy}_{machine}" for minor, legacy in MANYLINUX_LEGACY.items()
-             if minor <= glibc_minor]
+    tags += [
+        f"{legacy}_{machine}" for minor, legacy in MANYLINUX_LEGACY.items() if minor <= glibc_minor
+    ]
     return tags + [f"linux_{machine}"]
 
 
 def collect(folder, requirements, python, machine, glibc_minor):
     """Download the wheels for ``requirements`` on this machine; (key, local folder)."""
-    key = hashlib.sha256(requirements + f"{python}-{machine}-{glibc_minor}".encode()
-                         ).hexdigest()[:12]
+    key = hashlib.sha256(requirements + f"{python}-{machine}-{glibc_minor}".encode()).hexdigest()[
+        :12
+    ]
     here = Path(folder).expanduser() / key
     if (here / ".complete").exists():
         return key, here
     here.mkdir(parents=True, exist_ok=True)
     listing = here / "requirements.txt"
     listing.write_bytes(requirements)
-    command = [sys.executable, "-m", "pip", "download", "--quiet", "--dest", str(here),
-               "--only-binary=:all:", "--implementation", "cp", "--python-version", python,
-               "-r", str(listing)]
+    command = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--quiet",
+        "--dest",
+        str(here),
+        "--only-binary=:all:",
+        "--implementation",
+        "cp",
+        "--python-version",
+        python,
+        "-r",
+        str(listing),
+    ]
     for tag in platforms(machine, glibc_minor):
         command += ["--platform", tag]
     subprocess.run(command, check=True)

@@ -8,12 +8,13 @@ within a second.
 
     python -m scripts.flush_queue [--all] [--dry-run]
 """
+
 import argparse
 import sys
 
 import redis
 
-from app import settings as settings_module
+from app import config
 from app.keys import Keys
 from app.queue import Queue, error_answer
 
@@ -27,9 +28,9 @@ def flush(client, keys, everything=False, dry_run=False, result_ttl=30):
     removed["results"] = _delete(client, keys.pattern("result"), dry_run)  # before answering
     removed["requests"] = Queue(client, keys).flush(FLUSHED, result_ttl, dry_run)
     if everything:
-        removed["registry"] = sum(_delete(client, keys.pattern(kind), dry_run)
-                                  for kind in REGISTRY_KINDS) + _delete(client, keys.models(),
-                                                                         dry_run)
+        removed["registry"] = sum(
+            _delete(client, keys.pattern(kind), dry_run) for kind in REGISTRY_KINDS
+        ) + _delete(client, keys.models(), dry_run)
     return removed
 
 
@@ -41,7 +42,7 @@ def _delete(client, pattern, dry_run):
 
 
 def main(argv=None):
-    settings = settings_module.load()
+    settings = config.load()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--all", action="store_true", help="also clear the worker registry")
     parser.add_argument("--dry-run", action="store_true", help="only say what would go")
@@ -51,12 +52,16 @@ def main(argv=None):
     removed = flush(client, keys, args.all, args.dry_run, settings.result_ttl)
     verb = "would remove" if args.dry_run else "removed"
     for stream, count in sorted(removed["requests"].items()):
-        print(f"{stream}: {verb} {count} queued requests" + ("" if args.dry_run else
-                                                             " (each answered 503)"))
+        print(
+            f"{stream}: {verb} {count} queued requests"
+            + ("" if args.dry_run else " (each answered 503)")
+        )
     print(f"{keys.pattern('result')}: {verb} {removed['results']} unread results")
     if args.all:
-        print(f"registry ({', '.join(keys.pattern(k) for k in REGISTRY_KINDS)}): "
-              f"{verb} {removed['registry']} keys")
+        print(
+            f"registry ({', '.join(keys.pattern(k) for k in REGISTRY_KINDS)}): "
+            f"{verb} {removed['registry']} keys"
+        )
     return 0
 
 

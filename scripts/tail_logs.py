@@ -8,6 +8,7 @@ them: the access log, the web tier and the workers name it on every line about i
     python -m scripts.tail_logs --request-id 3f2a... --lines 100000
     python -m scripts.tail_logs --file /tmp/beagle-run-8080/logs/error.log --file w.log
 """
+
 import argparse
 import subprocess
 import sys
@@ -15,7 +16,7 @@ import tempfile
 import threading
 from pathlib import Path
 
-from app import settings as settings_module
+from app import config
 
 PRODUCTION = Path("/var/log/apache2")
 SUPERVISOR_LOGS = Path("/var/log/journal")
@@ -30,16 +31,29 @@ def sources(args):
     elif (PRODUCTION / "beagle_error.log").exists():
         files = [PRODUCTION / "beagle_error.log", PRODUCTION / "beagle_access.log"]
     else:
-        run_dir = Path(tempfile.gettempdir()) / f"beagle-run-{settings_module.load().port}"
+        run_dir = Path(tempfile.gettempdir()) / f"beagle-run-{config.load().port}"
         files = sorted((run_dir / "logs").glob("*.log"))
     if not args.file:  # where a systemctl other than systemd's (a test host) logs services
         files += sorted(SUPERVISOR_LOGS.glob("beagle-worker*.log"))
     tail = ["tail", "-n", str(args.lines)] + (["-F"] if args.follow else [])
     commands = [(path.stem, tail + [str(path)]) for path in files if path.exists()]
     if not args.file and JOURNALD.exists():  # journald keeps this host's service logs
-        commands.append(("worker", ["journalctl", "--no-pager", "-o", "short-iso", "-u",
-                                    WORKER_UNIT, "-n", str(args.lines)]
-                         + (["-f"] if args.follow else [])))
+        commands.append(
+            (
+                "worker",
+                [
+                    "journalctl",
+                    "--no-pager",
+                    "-o",
+                    "short-iso",
+                    "-u",
+                    WORKER_UNIT,
+                    "-n",
+                    str(args.lines),
+                ]
+                + (["-f"] if args.follow else []),
+            )
+        )
     return commands
 
 
@@ -53,8 +67,10 @@ def relay(name, command, wanted, lock):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(
-        description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="\n".join(__doc__.splitlines()[1:]))
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="\n".join(__doc__.splitlines()[1:]),
+    )
     parser.add_argument("--file", action="append", help="a log file (repeatable)")
     parser.add_argument("--lines", type=int, default=20, help="lines of history per log")
     parser.add_argument("--follow", action="store_true", help="keep printing new lines")
@@ -65,8 +81,10 @@ def main(argv=None):
         print("no Beagle logs found on this host (give --file)", file=sys.stderr)
         return 1
     lock = threading.Lock()
-    threads = [threading.Thread(target=relay, args=(name, command, args.request_id, lock),
-                                daemon=True) for name, command in found]
+    threads = [
+        threading.Thread(target=relay, args=(name, command, args.request_id, lock), daemon=True)
+        for name, command in found
+    ]
     for thread in threads:
         thread.start()
         if not args.follow:

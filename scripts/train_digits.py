@@ -8,17 +8,18 @@ writes one correctly classified sample PNG per digit to stress/images/.
 
     python -m scripts.train_digits [--version 1] [--epochs 40]
 """
+
 import argparse
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from app import repository
-from app.settings import PROJECT_ROOT
+from app.config import PROJECT_ROOT
+from app.worker import repository
 
-SIDE = 32          # model input
-SAMPLE_SIDE = 64   # committed sample images
+SIDE = 32  # model input
+SAMPLE_SIDE = 64  # committed sample images
 MIN_ACCURACY = 0.95
 
 
@@ -35,8 +36,9 @@ def augment(images, rng, copies):
     """Shifted by up to 3 px and, half the time, inverted (white ink on black)."""
     out = []
     for _ in range(copies):
-        shifted = np.stack([np.roll(img, tuple(rng.integers(-3, 4, 2)), axis=(0, 1))
-                            for img in images])
+        shifted = np.stack(
+            [np.roll(img, tuple(rng.integers(-3, 4, 2)), axis=(0, 1)) for img in images]
+        )
         invert = rng.random(len(images)) < 0.5
         shifted[invert] = 255 - shifted[invert]
         out.append(shifted)
@@ -47,27 +49,32 @@ def load_split(seed=0):
     """The digits, as model-sized images, and the train/test split (80/20, stratified)."""
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
+
     digits = load_digits()
     images = np.stack([np.asarray(digit_image(v, SIDE)) for v in digits.images])
-    train_idx, test_idx = train_test_split(np.arange(len(images)), test_size=0.2,
-                                           stratify=digits.target, random_state=seed)
+    train_idx, test_idx = train_test_split(
+        np.arange(len(images)), test_size=0.2, stratify=digits.target, random_state=seed
+    )
     return digits, images, train_idx, test_idx
 
 
 def build_model():
     import keras
     from keras import layers
-    return keras.Sequential([
-        keras.Input((SIDE, SIDE, 1)),
-        layers.Conv2D(16, 3, padding="same", activation="relu"),
-        layers.MaxPooling2D(),
-        layers.Conv2D(32, 3, padding="same", activation="relu"),
-        layers.MaxPooling2D(),
-        layers.Conv2D(64, 3, padding="same", activation="relu"),
-        layers.GlobalAveragePooling2D(),
-        layers.Dropout(0.2),
-        layers.Dense(10, activation="softmax"),
-    ])
+
+    return keras.Sequential(
+        [
+            keras.Input((SIDE, SIDE, 1)),
+            layers.Conv2D(16, 3, padding="same", activation="relu"),
+            layers.MaxPooling2D(),
+            layers.Conv2D(32, 3, padding="same", activation="relu"),
+            layers.MaxPooling2D(),
+            layers.Conv2D(64, 3, padding="same", activation="relu"),
+            layers.GlobalAveragePooling2D(),
+            layers.Dropout(0.2),
+            layers.Dense(10, activation="softmax"),
+        ]
+    )
 
 
 def main():
@@ -89,33 +96,41 @@ def main():
     y_train = np.tile(digits.target[train_idx], copies)
 
     model = build_model()
-    model.compile(optimizer=keras.optimizers.Adam(3e-3),
-                  loss="sparse_categorical_crossentropy", metrics=["accuracy"])
-    model.fit(x_train, y_train, epochs=args.epochs, batch_size=128, verbose=2,
-              validation_split=0.1)
+    model.compile(
+        optimizer=keras.optimizers.Adam(3e-3),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )
+    model.fit(x_train, y_train, epochs=args.epochs, batch_size=128, verbose=2, validation_split=0.1)
 
     x_test = images[test_idx][..., None] / 255.0
     predicted = model.predict(x_test, verbose=0).argmax(axis=1)
     accuracy = float((predicted == digits.target[test_idx]).mean())
     inverted = model.predict(1.0 - x_test, verbose=0).argmax(axis=1)
     inverted_accuracy = float((inverted == digits.target[test_idx]).mean())
-    print(f"test accuracy: {accuracy:.4f} on {len(test_idx)} held-out digits "
-          f"({inverted_accuracy:.4f} with colours inverted)")
+    print(
+        f"test accuracy: {accuracy:.4f} on {len(test_idx)} held-out digits "
+        f"({inverted_accuracy:.4f} with colours inverted)"
+    )
     if accuracy < MIN_ACCURACY:
         raise SystemExit(f"not publishing: accuracy {accuracy:.4f} < {MIN_ACCURACY}")
 
     path = Path(args.repository) / "digits" / str(args.version)
     path.mkdir(parents=True, exist_ok=True)
     model.save(path / "model.keras")
-    repository.publish(path, "model.keras", SIDE, SIDE, 1, [str(d) for d in range(10)],
-                       preprocessing="unit")
+    repository.publish(
+        path, "model.keras", SIDE, SIDE, 1, [str(d) for d in range(10)], preprocessing="unit"
+    )
     print(f"published {path}")
 
     samples = Path(args.samples)
     samples.mkdir(parents=True, exist_ok=True)
     for digit in range(10):
-        index = next(i for i, p in zip(test_idx, predicted)
-                     if digits.target[i] == digit and p == digit)
+        index = next(
+            i
+            for i, p in zip(test_idx, predicted, strict=True)
+            if digits.target[i] == digit and p == digit
+        )
         digit_image(digits.images[index], SAMPLE_SIDE).save(samples / f"digit_{digit}.png")
     print(f"wrote digit_0.png .. digit_9.png to {samples}")
 

@@ -3,6 +3,7 @@ rolling restart waits for before it restarts the next worker. Reads BEAGLE_* set
 
     python -m scripts.wait_worker --name gpu1-0 --since 1795330000.5 --timeout 300
 """
+
 import argparse
 import json
 import sys
@@ -10,7 +11,7 @@ import time
 
 import redis
 
-from app import settings as settings_module
+from app import config
 from app.keys import Keys
 from app.queue import connect
 
@@ -21,7 +22,7 @@ def main(argv=None):
     parser.add_argument("--since", type=float, default=0.0, help="epoch seconds")
     parser.add_argument("--timeout", type=float, default=300.0)
     args = parser.parse_args(argv)
-    settings = settings_module.load()
+    settings = config.load()
     client = connect(settings.redis_url, socket_timeout=5)
     key = Keys(settings.key_prefix).worker(args.name)
     give_up = time.monotonic() + args.timeout

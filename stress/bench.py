@@ -15,6 +15,7 @@ MobileNetV2 with random weights (same compute, offline), exported for each runti
 is an ONNX graph that computes nothing (stress/null_model.py). The image is a 224x224 JPEG.
 Writes report.md, results.json and bench.png to --report (stress/bench_report.py).
 """
+
 import argparse
 import io
 import shutil
@@ -26,15 +27,16 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from app import repository, runtimes, settings as settings_module
+from app import config
+from app.config import PROJECT_ROOT
 from app.keys import Keys
 from app.queue import connect
 from app.registry import Directory
-from app.settings import PROJECT_ROOT
-from scripts.export_model import ARCHITECTURES, export
+from app.worker import repository, runtimes
 from stress import bench_report, cpu, null_model, wrk
 from stress.peer import LitServe
 from tools.devstack import RedisServer, Stack, free_port
+from tools.exporting import ARCHITECTURES, export
 
 PEERS = ("litserve",)
 
@@ -42,9 +44,11 @@ PEERS = ("litserve",)
 def photo(side=224):
     """A JPEG at quality 75 of the photo scikit-learn ships, ``side`` pixels square."""
     from sklearn.datasets import load_sample_image
+
     buffer = io.BytesIO()
     Image.fromarray(load_sample_image("china.jpg")).resize((side, side)).save(
-        buffer, "JPEG", quality=75)
+        buffer, "JPEG", quality=75
+    )
     return buffer.getvalue()
 
 
@@ -80,51 +84,88 @@ def levels(url, image, args, parts, batches=None):
         rows.append({"concurrency": level, "summary": summary, "cpu_ms": used})
         if batches:
             time.sleep(1.2)  # the workers' next heartbeats carry their counts
-            ran, served = (after - was for after, was in zip(batches(), passes))
+            ran, served = (after - was for after, was in zip(batches(), passes, strict=True))
             rows[-1]["mean_batch"] = served / max(1, ran)
-        print(f"  c={level}: {summary['throughput']:.1f} req/s, p99 {summary['p99_ms']:.0f} ms, "
-              f"server CPU {sum(v for k, v in used.items() if k != 'client'):.2f} ms/req",
-              flush=True)
+        print(
+            f"  c={level}: {summary['throughput']:.1f} req/s, p99 {summary['p99_ms']:.0f} ms, "
+            f"server CPU {sum(v for k, v in used.items() if k != 'client'):.2f} ms/req",
+            flush=True,
+        )
     return rows
 
 
 def serve_beagle(spec, args, image, work):
     own_redis = RedisServer(work / f"redis-{spec.runtime}").start()
-    settings = settings_module.load(
-        {}, redis_url=own_redis.url, port=free_port(), key_prefix=f"bench-{spec.runtime}",
-        model_repository=str(spec.path.parent.parent), models=f"{spec.name}:{spec.version}",
-        default_model=spec.name, max_batch_size=args.max_batch_size,
-        worker_threads=args.worker_threads, **dict(item.split("=", 1) for item in args.set))
+    settings = config.load(
+        {},
+        redis_url=own_redis.url,
+        port=free_port(),
+        key_prefix=f"bench-{spec.runtime}",
+        model_repository=str(spec.path.parent.parent),
+        models=f"{spec.name}:{spec.version}",
+        default_model=spec.name,
+        max_batch_size=args.max_batch_size,
+        worker_threads=args.worker_threads,
+        **dict(item.split("=", 1) for item in args.set),
+    )
     stack = Stack(settings, work / f"run-{spec.runtime}", workers=args.workers).start()
-    directory = Directory(connect(settings.redis_url, socket_timeout=5),
-                          Keys(settings.key_prefix), settings.heartbeat_ttl)
+    directory = Directory(
+        connect(settings.redis_url, socket_timeout=5),
+        Keys(settings.key_prefix),
+        settings.heartbeat_ttl,
+    )
     workers = [worker.process.pid for worker in stack.workers]
     try:
+
         def parts():
             return cpu.beagle_parts(stack.apache.process.pid, workers, own_redis.process.pid)
 
         def batches():
             status = directory.workers()
             return sum(s["batches"] for s in status), sum(s["requests"] for s in status)
+
         rows = levels(stack.url + "/predict", image, args, parts, batches)
-        return {"levels": rows,
-                "memory_mb": {"worker": sum(cpu.rss_mb(pid) for pid in workers),
-                              "web": [cpu.rss_mb(pid) for pid in cpu.children(
-                                  stack.apache.process.pid) if cpu.is_wsgi_daemon(pid)]}}
+        return {
+            "levels": rows,
+            "memory_mb": {
+                "worker": sum(cpu.rss_mb(pid) for pid in workers),
+                "web": [
+                    cpu.rss_mb(pid)
+                    for pid in cpu.children(stack.apache.process.pid)
+                    if cpu.is_wsgi_daemon(pid)
+                ],
+            },
+        }
     finally:
         stack.stop()
         own_redis.stop()
 
 
 def serve_peer(spec, args, image, work):
-    server = LitServe(spec, args.max_batch_size, args.peer_batch_timeout, args.workers,
-                      args.worker_threads, work / f"litserve-{spec.runtime}.log").start()
+    server = LitServe(
+        spec,
+        args.max_batch_size,
+        args.peer_batch_timeout,
+        args.workers,
+        args.worker_threads,
+        work / f"litserve-{spec.runtime}.log",
+    ).start()
     try:
-        rows = levels(server.url + "/predict", image, args,
-                      lambda: cpu.tree_parts(server.process.pid, "litserve"))
-        return {"levels": rows, "memory_mb": {"server": sum(
-            cpu.rss_mb(pid) for pid in [server.process.pid, *cpu.descendants(
-                server.process.pid)])}}
+        rows = levels(
+            server.url + "/predict",
+            image,
+            args,
+            lambda: cpu.tree_parts(server.process.pid, "litserve"),
+        )
+        return {
+            "levels": rows,
+            "memory_mb": {
+                "server": sum(
+                    cpu.rss_mb(pid)
+                    for pid in [server.process.pid, *cpu.descendants(server.process.pid)]
+                )
+            },
+        }
     finally:
         server.stop()
 
@@ -135,15 +176,20 @@ def model_for(runtime, args, work):
     if args.model == "null":
         return repository.load_spec(null_model.publish(work / "models").parent.parent, "null", 1)
     if args.model in repository.names(args.repository):
-        spec = repository.load_spec(args.repository, args.model,
-                                    max(repository.versions(args.repository, args.model)))
+        spec = repository.load_spec(
+            args.repository, args.model, max(repository.versions(args.repository, args.model))
+        )
         if spec.runtime != runtime:
-            raise SystemExit(f"{args.model} in {args.repository} is a {spec.runtime} model; "
-                             f"export it for {runtime} or bench --runtimes {spec.runtime}")
+            raise SystemExit(
+                f"{args.model} in {args.repository} is a {spec.runtime} model; "
+                f"export it for {runtime} or bench --runtimes {spec.runtime}"
+            )
         return spec
     if args.model not in ARCHITECTURES:
-        raise SystemExit(f"{args.model}: not in {args.repository} nor an architecture "
-                         f"({', '.join(ARCHITECTURES)}) nor null")
+        raise SystemExit(
+            f"{args.model}: not in {args.repository} nor an architecture "
+            f"({', '.join(ARCHITECTURES)}) nor null"
+        )
     name = f"{args.model}_{runtime}"
     export(args.model, name, 1, work / "models", runtime, "none")
     return repository.load_spec(work / "models", name, 1)
@@ -158,17 +204,26 @@ def bench_runtime(runtime, args, image, work):
     if args.peer:
         print(f"{runtime}: {args.peer}...", flush=True)
         served[args.peer] = serve_peer(spec, args, image, work)
-    return {"runtime": runtime, "model": args.model, "shape": list(spec.shape),
-            "raw": {str(b): {"latency_ms": lat * 1000, "images_per_s": ips}
-                    for b, (lat, ips) in raw.items()}, "served": served}
+    return {
+        "runtime": runtime,
+        "model": args.model,
+        "shape": list(spec.shape),
+        "raw": {
+            str(b): {"latency_ms": lat * 1000, "images_per_s": ips} for b, (lat, ips) in raw.items()
+        },
+        "served": served,
+    }
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(
-        description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="\n".join(__doc__.splitlines()[1:]))
-    parser.add_argument("--model", default="mobilenet_v2",
-                        help="an architecture, a model of --repository, or null")
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="\n".join(__doc__.splitlines()[1:]),
+    )
+    parser.add_argument(
+        "--model", default="mobilenet_v2", help="an architecture, a model of --repository, or null"
+    )
     parser.add_argument("--runtimes", help="default: tensorflow,onnx (onnx for null)")
     parser.add_argument("--peer", choices=PEERS, help="serve the same model with it too")
     parser.add_argument("--repository", default=str(PROJECT_ROOT / "models"))
@@ -179,15 +234,32 @@ def main(argv=None):
     parser.add_argument("--seconds", type=float, default=120, help="time cap per level")
     parser.add_argument("--raw-seconds", type=float, default=3, help="per batch size")
     parser.add_argument("--max-batch-size", type=int, default=16, help="for both servers")
-    parser.add_argument("--workers", type=int, default=1,
-                        help="model workers, on both servers (LitServe's workers_per_device)")
-    parser.add_argument("--worker-threads", type=int, default=0,
-                        help="each worker's runtime threads, on both (0: one per core)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="model workers, on both servers (LitServe's workers_per_device)",
+    )
+    parser.add_argument(
+        "--worker-threads",
+        type=int,
+        default=0,
+        help="each worker's runtime threads, on both (0: one per core)",
+    )
     parser.add_argument("--api-key", default="", help="sent as a Bearer token")
-    parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
-                        help="a Beagle setting for the served run (repeatable)")
-    parser.add_argument("--peer-batch-timeout", type=float, default=0.001,
-                        help="LitServe's (at 0 it polls its queue in a busy loop)")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a Beagle setting for the served run (repeatable)",
+    )
+    parser.add_argument(
+        "--peer-batch-timeout",
+        type=float,
+        default=0.001,
+        help="LitServe's (at 0 it polls its queue in a busy loop)",
+    )
     parser.add_argument("--report", default=str(PROJECT_ROOT / "reports" / "bench"))
     args = parser.parse_args(argv)
     args.concurrency_levels = [int(c) for c in args.concurrency.split(",")]

@@ -4,6 +4,7 @@ CPU per request), results.json (the run's options and every figure) and bench.pn
 
     python -m stress.bench_report reports/bench    # render again from results.json
 """
+
 import json
 import os
 import sys
@@ -16,14 +17,26 @@ BEAGLE_PARTS = ("apache", "mod_wsgi", "redis", "worker loop", "forward pass")
 
 def write(folder, results, args, image):
     """Write the three files for ``results``, run with ``args`` posting ``image``."""
-    run = {name: getattr(args, name) for name in (
-        "model", "peer", "requests", "max_batch_size", "workers", "worker_threads",
-        "peer_batch_timeout", "set")}
-    run.update(date=time.strftime("%Y-%m-%d"), cores=len(os.sched_getaffinity(0)),
-               image_kb=len(image) // 1024)
+    run = {
+        name: getattr(args, name)
+        for name in (
+            "model",
+            "peer",
+            "requests",
+            "max_batch_size",
+            "workers",
+            "worker_threads",
+            "peer_batch_timeout",
+            "set",
+        )
+    }
+    run.update(
+        date=time.strftime("%Y-%m-%d"),
+        cores=len(os.sched_getaffinity(0)),
+        image_kb=len(image) // 1024,
+    )
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "results.json").write_text(json.dumps({"run": run, "results": results},
-                                                    indent=1))
+    (folder / "results.json").write_text(json.dumps({"run": run, "results": results}, indent=1))
     render(folder)
 
 
@@ -43,83 +56,127 @@ def server_ms(row):
 
 def markdown(results, args):
     peer = args.peer
-    lines = [f"# Benchmark: {args.model}", "",
-             f"{args.date}, {args.cores} cores. Load: wrk "
-             f"(C), closed loops of {args.requests} requests per concurrency level, posting a "
-             f"{args.image_kb} KB JPEG as multipart field `image`. Max batch "
-             f"{args.max_batch_size}, {args.workers} model worker(s) with "
-             f"{args.worker_threads or 'one per core'} runtime threads each on "
-             + (f"both servers ({peer} runs Beagle's compiled forward pass and image intake, "
-                f"so that only the serving differs); {peer}'s batch timeout "
-                f"{args.peer_batch_timeout:g} s, Beagle's 0." if peer else "Beagle.")
-             + (f" Beagle settings: {', '.join(args.set)}." if args.set else ""), ""]
+    lines = [
+        f"# Benchmark: {args.model}",
+        "",
+        f"{args.date}, {args.cores} cores. Load: wrk "
+        f"(C), closed loops of {args.requests} requests per concurrency level, posting a "
+        f"{args.image_kb} KB JPEG as multipart field `image`. Max batch "
+        f"{args.max_batch_size}, {args.workers} model worker(s) with "
+        f"{args.worker_threads or 'one per core'} runtime threads each on "
+        + (
+            f"both servers ({peer} runs Beagle's compiled forward pass and image intake, "
+            f"so that only the serving differs); {peer}'s batch timeout "
+            f"{args.peer_batch_timeout:g} s, Beagle's 0."
+            if peer
+            else "Beagle."
+        )
+        + (f" Beagle settings: {', '.join(args.set)}." if args.set else ""),
+        "",
+    ]
     for result in results:
-        lines += [f"## {result['runtime']}", "", "| batch | raw latency ms | raw images/s |",
-                  "|---:|---:|---:|"]
-        lines += [f"| {b} | {r['latency_ms']:.3g} | {r['images_per_s']:.1f} |"
-                  for b, r in result["raw"].items()]
+        lines += [
+            f"## {result['runtime']}",
+            "",
+            "| batch | raw latency ms | raw images/s |",
+            "|---:|---:|---:|",
+        ]
+        lines += [
+            f"| {b} | {r['latency_ms']:.3g} | {r['images_per_s']:.1f} |"
+            for b, r in result["raw"].items()
+        ]
         lines += [""] + served_table(result, peer) + [""] + cpu_table(result, peer) + [""]
         beagle = result["served"]["beagle"]
-        lines += [f"Resident memory: Beagle's worker{'s' if args.workers > 1 else ''} "
-                  f"{beagle['memory_mb']['worker']:.0f} MB, web "
-                  + ", ".join(f"{m:.0f} MB" for m in beagle["memory_mb"]["web"])
-                  + (f"; {peer} {result['served'][peer]['memory_mb']['server']:.0f} MB"
-                     if peer else "") + ".", ""]
+        lines += [
+            f"Resident memory: Beagle's worker{'s' if args.workers > 1 else ''} "
+            f"{beagle['memory_mb']['worker']:.0f} MB, web "
+            + ", ".join(f"{m:.0f} MB" for m in beagle["memory_mb"]["web"])
+            + (f"; {peer} {result['served'][peer]['memory_mb']['server']:.0f} MB" if peer else "")
+            + ".",
+            "",
+        ]
     return "\n".join(lines)
 
 
 def served_table(result, peer):
-    lines = ["| concurrency | server | req/s | p50 ms | p99 ms | server CPU ms/req | mean batch |"
-             + (" Beagle ÷ peer req/s | Beagle ÷ peer p99 |" if peer else ""),
-             "|---:|---|---:|---:|---:|---:|---:|" + ("---:|---:|" if peer else "")]
+    lines = [
+        "| concurrency | server | req/s | p50 ms | p99 ms | server CPU ms/req | mean batch |"
+        + (" Beagle ÷ peer req/s | Beagle ÷ peer p99 |" if peer else ""),
+        "|---:|---|---:|---:|---:|---:|---:|" + ("---:|---:|" if peer else ""),
+    ]
     rows = {name: served["levels"] for name, served in result["served"].items()}
     for n, row in enumerate(rows["beagle"]):
         for name in rows:
             s, own = rows[name][n]["summary"], rows[name][n]
             failed = f" ({s['failed']} failed)" if s["failed"] else ""
-            line = (f"| {row['concurrency']} | {name} | {s['throughput']:.1f}{failed} | "
-                    f"{s['p50_ms']:.1f} | {s['p99_ms']:.1f} | {server_ms(own):.2f} | "
-                    + (f"{own['mean_batch']:.1f} |" if "mean_batch" in own else " |"))
+            line = (
+                f"| {row['concurrency']} | {name} | {s['throughput']:.1f}{failed} | "
+                f"{s['p50_ms']:.1f} | {s['p99_ms']:.1f} | {server_ms(own):.2f} | "
+                + (f"{own['mean_batch']:.1f} |" if "mean_batch" in own else " |")
+            )
             if peer:
                 other = rows[peer][n]["summary"]
-                line += (f" {s['throughput'] / other['throughput']:.2f} | "
-                         f"{s['p99_ms'] / other['p99_ms']:.2f} |" if name == "beagle" else " | |")
+                line += (
+                    f" {s['throughput'] / other['throughput']:.2f} | "
+                    f"{s['p99_ms'] / other['p99_ms']:.2f} |"
+                    if name == "beagle"
+                    else " | |"
+                )
             lines.append(line)
     return lines
 
 
 def cpu_table(result, peer):
     parts = [*BEAGLE_PARTS, *([peer] if peer else [])]
-    lines = ["CPU milliseconds per request, by part:", "",
-             "| concurrency | server | " + " | ".join(parts) + " | server total | load client |",
-             "|---:|---|" + "---:|" * (len(parts) + 2)]
+    lines = [
+        "CPU milliseconds per request, by part:",
+        "",
+        "| concurrency | server | " + " | ".join(parts) + " | server total | load client |",
+        "|---:|---|" + "---:|" * (len(parts) + 2),
+    ]
     for name, served in result["served"].items():
         for row in served["levels"]:
             cells = [f"{row['cpu_ms'][p]:.2f}" if p in row["cpu_ms"] else "" for p in parts]
-            lines.append(f"| {row['concurrency']} | {name} | " + " | ".join(cells)
-                         + f" | {server_ms(row):.2f} | {row['cpu_ms']['client']:.2f} |")
+            lines.append(
+                f"| {row['concurrency']} | {name} | "
+                + " | ".join(cells)
+                + f" | {server_ms(row):.2f} | {row['cpu_ms']['client']:.2f} |"
+            )
     return lines
 
 
 def plot(results, path):
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     figure, (throughput, latency, used) = plt.subplots(1, 3, figsize=(16, 4.4))
     for result in results:
         for name, served in result["served"].items():
             levels = [row["concurrency"] for row in served["levels"]]
             style = "-" if name == "beagle" else "--"
             label = f"{result['runtime']}: {name}"
-            line, = throughput.plot(levels, [row["summary"]["throughput"] for row in
-                                             served["levels"]], style, marker="o", label=label)
-            latency.plot(levels, [row["summary"]["p99_ms"] for row in served["levels"]], style,
-                         marker="x", color=line.get_color(), label=f"{label} p99")
+            (line,) = throughput.plot(
+                levels,
+                [row["summary"]["throughput"] for row in served["levels"]],
+                style,
+                marker="o",
+                label=label,
+            )
+            latency.plot(
+                levels,
+                [row["summary"]["p99_ms"] for row in served["levels"]],
+                style,
+                marker="x",
+                color=line.get_color(),
+                label=f"{label} p99",
+            )
     cpu_bars(used, results)
-    throughput.set(xscale="log", xlabel="concurrency", ylabel="requests/s",
-                   title="served throughput")
-    latency.set(xscale="log", yscale="log", xlabel="concurrency", ylabel="ms",
-                title="p99 latency")
+    throughput.set(
+        xscale="log", xlabel="concurrency", ylabel="requests/s", title="served throughput"
+    )
+    latency.set(xscale="log", yscale="log", xlabel="concurrency", ylabel="ms", title="p99 latency")
     for axes in (throughput, latency):
         axes.grid(True, which="both", alpha=0.3)
         axes.legend(fontsize=8)
@@ -129,18 +186,28 @@ def plot(results, path):
 
 def cpu_bars(axes, results):
     """CPU ms per request by part at the highest concurrency: a stacked bar a server."""
-    servers = [(result["runtime"], name, served["levels"][-1])
-               for result in results for name, served in result["served"].items()]
+    servers = [
+        (result["runtime"], name, served["levels"][-1])
+        for result in results
+        for name, served in result["served"].items()
+    ]
     peers = sorted({name for _, name, _ in servers} - {"beagle"})
     bottoms = [0.0] * len(servers)
     for part in [*BEAGLE_PARTS, *peers, "client"]:
         heights = [row["cpu_ms"].get(part, 0.0) for _, _, row in servers]
         if any(heights):
-            axes.bar(range(len(servers)), heights, bottom=bottoms,
-                     label="load client" if part == "client" else part)
-            bottoms = [b + h for b, h in zip(bottoms, heights)]
-    axes.set_xticks(range(len(servers)), [f"{runtime}\n{name}\nc={row['concurrency']}"
-                                          for runtime, name, row in servers], fontsize=8)
+            axes.bar(
+                range(len(servers)),
+                heights,
+                bottom=bottoms,
+                label="load client" if part == "client" else part,
+            )
+            bottoms = [b + h for b, h in zip(bottoms, heights, strict=True)]
+    axes.set_xticks(
+        range(len(servers)),
+        [f"{runtime}\n{name}\nc={row['concurrency']}" for runtime, name, row in servers],
+        fontsize=8,
+    )
     axes.set(ylabel="CPU ms per request", title="CPU per request, by part")
     axes.legend(fontsize=8)
 

@@ -5,6 +5,7 @@ CPU seconds (user + system) now, and the difference of two snapshots over a run,
 by the requests served, is each part's CPU milliseconds per request. Processes that start
 during the run count from zero; none of a stack's processes ends during one.
 """
+
 import os
 from pathlib import Path
 
@@ -15,8 +16,8 @@ WSGI_TITLE = b"(wsgi:"  # mod_wsgi's daemon processes (display-name=%{GROUP})
 def _stat(path):
     """(comm, parent pid, cpu seconds) from a /proc .../stat file."""
     text = Path(path).read_text()
-    comm = text[text.index("(") + 1:text.rindex(")")]
-    fields = text[text.rindex(")") + 2:].split()
+    comm = text[text.index("(") + 1 : text.rindex(")")]
+    fields = text[text.rindex(")") + 2 :].split()
     return comm, int(fields[1]), (int(fields[11]) + int(fields[12])) / TICKS
 
 
@@ -27,7 +28,7 @@ def group_alive(group):
             text = stat.read_text()
         except OSError:
             continue
-        state, _, pgrp = text[text.rindex(")") + 2:].split()[:3]
+        state, _, pgrp = text[text.rindex(")") + 2 :].split()[:3]
         if int(pgrp) == group and state != "Z":
             return True
     return False
@@ -83,8 +84,8 @@ def beagle_parts(apache_pid, worker_pids, redis_pid):
     apache_children = children(apache_pid)
     loop = sum(main_thread_seconds(pid) for pid in worker_pids)
     return {
-        "apache": process_seconds(apache_pid) + sum(
-            process_seconds(pid) for pid in apache_children if not is_wsgi_daemon(pid)),
+        "apache": process_seconds(apache_pid)
+        + sum(process_seconds(pid) for pid in apache_children if not is_wsgi_daemon(pid)),
         "mod_wsgi": sum(process_seconds(pid) for pid in apache_children if is_wsgi_daemon(pid)),
         "redis": process_seconds(redis_pid),
         "worker loop": loop,
@@ -99,8 +100,7 @@ def tree_parts(pid, name):
 
 def per_request_ms(before, after, requests):
     """{part: CPU ms per request} between two snapshots."""
-    return {part: (after[part] - before.get(part, 0.0)) * 1000 / max(1, requests)
-            for part in after}
+    return {part: (after[part] - before.get(part, 0.0)) * 1000 / max(1, requests) for part in after}
 
 
 def rss_mb(pid):

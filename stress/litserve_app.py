@@ -7,14 +7,15 @@ POST /predict with the image as multipart field ``image``.
 
     python -m stress.litserve_app REPOSITORY MODEL VERSION --port 8000 --max-batch-size 16
 """
+
 import argparse
 
 import litserve as ls
 import numpy as np
 
-from app import repository, runtimes
 from app.imaging import DecodeBudget, to_pixels
-from app.passes import prediction
+from app.worker import repository, runtimes
+from app.worker.passes import prediction
 
 MAX_PIXELS = 25_000_000
 
@@ -58,10 +59,16 @@ def main(argv=None):
     parser.add_argument("--workers", type=int, default=1, help="inference processes")
     args = parser.parse_args(argv)
     spec = repository.load_spec(args.repository, args.model, args.version)
-    api = ImageAPI(spec, args.threads, max_batch_size=args.max_batch_size,
-                   batch_timeout=args.batch_timeout, api_path="/predict")
+    api = ImageAPI(
+        spec,
+        args.threads,
+        max_batch_size=args.max_batch_size,
+        batch_timeout=args.batch_timeout,
+        api_path="/predict",
+    )
     ls.LitServer(api, accelerator="cpu", workers_per_device=args.workers).run(
-        host="127.0.0.1", port=args.port, generate_client_file=False)
+        host="127.0.0.1", port=args.port, generate_client_file=False
+    )
 
 
 if __name__ == "__main__":

@@ -11,18 +11,22 @@ BEAGLE_LOCUST_IMAGE picks the image (default: a bundled digit), BEAGLE_LOCUST_MO
 model (default: the server's default); with BEAGLE_API_KEYS set, the first key is sent
 as a Bearer token. A request counts as failed unless it is a 200 with "success": true.
 """
+
 import os
 from pathlib import Path
 
 from locust import HttpUser, task
 
-from app import settings as settings_module
+from app import config
 from tools.client import auth_headers, default_api_key
 
-IMAGE = Path(os.environ.get("BEAGLE_LOCUST_IMAGE",
-                            Path(__file__).resolve().parent / "images" / "digit_7.png"))
+IMAGE = Path(
+    os.environ.get(
+        "BEAGLE_LOCUST_IMAGE", Path(__file__).resolve().parent / "images" / "digit_7.png"
+    )
+)
 MODEL = os.environ.get("BEAGLE_LOCUST_MODEL")
-HEADERS = auth_headers(default_api_key(settings_module.load()))
+HEADERS = auth_headers(default_api_key(config.load()))
 
 
 class PredictUser(HttpUser):
@@ -33,9 +37,14 @@ class PredictUser(HttpUser):
     @task
     def predict(self):
         data = {"model": MODEL} if MODEL else None
-        with self.client.post("/predict", files={"image": ("image", self.image)}, data=data,
-                              headers=HEADERS, catch_response=True,
-                              name="/predict") as response:
+        with self.client.post(
+            "/predict",
+            files={"image": ("image", self.image)},
+            data=data,
+            headers=HEADERS,
+            catch_response=True,
+            name="/predict",
+        ) as response:
             if response.status_code != 200:
                 response.failure(f"{response.status_code}: {response.text[:120]}")
             elif not response.json().get("success"):

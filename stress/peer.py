@@ -4,6 +4,7 @@ server for one model of Beagle's repository (stress/litserve_app.py).
 The venv holds LitServe and what it needs; a .pth line puts Beagle's venv after it, so
 both servers run the very same TensorFlow, ONNX Runtime, NumPy and Pillow builds.
 """
+
 import os
 import signal
 import subprocess
@@ -12,7 +13,7 @@ import sysconfig
 import time
 from pathlib import Path
 
-from app.settings import PROJECT_ROOT
+from app.config import PROJECT_ROOT
 from stress import cpu
 from tools.devstack import free_port, responds, wait_until
 
@@ -26,11 +27,22 @@ def venv():
     if ready.exists():
         return VENV
     subprocess.run(["/usr/bin/python3", "-m", "venv", "--clear", str(VENV)], check=True)
-    subprocess.run([str(VENV / "bin" / "pip"), "install", "--quiet",
-                    "--disable-pip-version-check", *PINS], check=True)
-    site = Path(subprocess.run([str(VENV / "bin" / "python"), "-c", "import sysconfig; print("
-                                "sysconfig.get_paths()['purelib'])"], capture_output=True,
-                               text=True, check=True).stdout.strip())
+    subprocess.run(
+        [str(VENV / "bin" / "pip"), "install", "--quiet", "--disable-pip-version-check", *PINS],
+        check=True,
+    )
+    site = Path(
+        subprocess.run(
+            [
+                str(VENV / "bin" / "python"),
+                "-c",
+                "import sysconfig; print(sysconfig.get_paths()['purelib'])",
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    )
     (site / "beagle-runtimes.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     ready.touch()
     return VENV
@@ -51,15 +63,33 @@ class LitServe:
 
     def start(self, timeout=300):
         python = venv() / "bin" / "python"
-        command = [str(python), "-m", "stress.litserve_app", str(self.spec.path.parent.parent),
-                   self.spec.name, str(self.spec.version), "--port", str(self.port),
-                   "--max-batch-size", str(self.max_batch_size), "--batch-timeout",
-                   str(self.batch_timeout), "--workers", str(self.workers), "--threads",
-                   str(self.threads)]
+        command = [
+            str(python),
+            "-m",
+            "stress.litserve_app",
+            str(self.spec.path.parent.parent),
+            self.spec.name,
+            str(self.spec.version),
+            "--port",
+            str(self.port),
+            "--max-batch-size",
+            str(self.max_batch_size),
+            "--batch-timeout",
+            str(self.batch_timeout),
+            "--workers",
+            str(self.workers),
+            "--threads",
+            str(self.threads),
+        ]
         with open(self.log_path, "ab") as out:
-            self.process = subprocess.Popen(command, cwd=PROJECT_ROOT, stdout=out,
-                                            stderr=subprocess.STDOUT, start_new_session=True,
-                                            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+            self.process = subprocess.Popen(
+                command,
+                cwd=PROJECT_ROOT,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+            )
         wait_until(lambda: responds(self.url + "/health"), self.process, timeout, "LitServe")
         return self
 

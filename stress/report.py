@@ -1,6 +1,7 @@
 """The stress test's report: report.md with the figures and status counts, and two PNGs:
 latency over the run (each request a dot, coloured by outcome, with rolling p50 and p99)
 and the latency histogram."""
+
 import json
 from collections import Counter
 from pathlib import Path
@@ -20,21 +21,37 @@ def write(directory, summary, samples, title):
 
 
 def _markdown(summary, title):
-    lines = [f"# {title}", "",
-             f"{summary['requests']} requests in {summary['seconds']:.1f} s: "
-             f"**{summary['throughput']:.1f} req/s**, {summary['failed']} failed"
-             + (f", {summary['retried']} sent again after the server dropped a connection"
-                if summary.get("retried") else "") + ".", "",
-             "| p50 ms | p90 ms | p99 ms | max ms |", "|---:|---:|---:|---:|",
-             f"| {summary['p50_ms']:.1f} | {summary['p90_ms']:.1f} | {summary['p99_ms']:.1f} "
-             f"| {summary['max_ms']:.1f} |", "",
-             "| status | requests |", "|---|---:|"]
+    lines = [
+        f"# {title}",
+        "",
+        f"{summary['requests']} requests in {summary['seconds']:.1f} s: "
+        f"**{summary['throughput']:.1f} req/s**, {summary['failed']} failed"
+        + (
+            f", {summary['retried']} sent again after the server dropped a connection"
+            if summary.get("retried")
+            else ""
+        )
+        + ".",
+        "",
+        "| p50 ms | p90 ms | p99 ms | max ms |",
+        "|---:|---:|---:|---:|",
+        f"| {summary['p50_ms']:.1f} | {summary['p90_ms']:.1f} | {summary['p99_ms']:.1f} "
+        f"| {summary['max_ms']:.1f} |",
+        "",
+        "| status | requests |",
+        "|---|---:|",
+    ]
     lines += [f"| {status} | {count} |" for status, count in sorted(summary["statuses"].items())]
     if summary["errors"]:
         lines += ["", "| failure | requests |", "|---|---:|"]
         lines += [f"| {error} | {count} |" for error, count in summary["errors"].items()]
-    lines += ["", "![latency over time](latency_over_time.png)", "",
-              "![latency histogram](latency_histogram.png)", ""]
+    lines += [
+        "",
+        "![latency over time](latency_over_time.png)",
+        "",
+        "![latency histogram](latency_histogram.png)",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -45,9 +62,15 @@ def _plot_over_time(samples, path):
     for started, latency, status in samples:
         by_status.setdefault(str(status), []).append((started, latency * 1000))
     for status, points in sorted(by_status.items()):
-        x, y = zip(*points)
-        axes.scatter(x, y, s=6, alpha=0.5, label=f"{status} ({len(points)})",
-                     color="tab:blue" if status == "200" else None)
+        x, y = zip(*points, strict=True)
+        axes.scatter(
+            x,
+            y,
+            s=6,
+            alpha=0.5,
+            label=f"{status} ({len(points)})",
+            color="tab:blue" if status == "200" else None,
+        )
     if samples:
         ordered = sorted((s, lat * 1000) for s, lat, _ in samples)
         starts = np.array([s for s, _ in ordered])
@@ -62,8 +85,12 @@ def _plot_over_time(samples, path):
                 p99.append(np.percentile(window, 99))
         axes.plot(middles, p50, color="black", linewidth=1.5, label="p50 per second")
         axes.plot(middles, p99, color="tab:red", linewidth=1.5, label="p99 per second")
-    axes.set(xlabel="seconds into the run", ylabel="latency ms", yscale="log",
-             title="latency over the run")
+    axes.set(
+        xlabel="seconds into the run",
+        ylabel="latency ms",
+        yscale="log",
+        title="latency over the run",
+    )
     axes.grid(True, which="both", alpha=0.3)
     axes.legend(fontsize=8, loc="upper left")
     figure.tight_layout()
@@ -79,12 +106,20 @@ def _plot_histogram(samples, path):
         low, high = max(min(latencies), 0.1), max(latencies) * 1.05
         axes.hist(latencies, bins=np.geomspace(low, high, 50), color="tab:blue")
         for q, style in ((50, "-"), (99, "--")):
-            axes.axvline(np.percentile(latencies, q), color="black", linestyle=style,
-                         linewidth=1, label=f"p{q}")
+            axes.axvline(
+                np.percentile(latencies, q),
+                color="black",
+                linestyle=style,
+                linewidth=1,
+                label=f"p{q}",
+            )
     statuses = Counter(str(status) for _, _, status in samples)
-    axes.set(xscale="log", xlabel="latency ms", ylabel="requests",
-             title="latency histogram — " + ", ".join(f"{k}: {v}" for k, v in
-                                                       sorted(statuses.items())))
+    axes.set(
+        xscale="log",
+        xlabel="latency ms",
+        ylabel="requests",
+        title="latency histogram — " + ", ".join(f"{k}: {v}" for k, v in sorted(statuses.items())),
+    )
     axes.legend(fontsize=8)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
@@ -95,8 +130,11 @@ def _pyplot():
     try:
         import matplotlib
     except ImportError:
-        raise SystemExit("--report needs matplotlib: run the stress test from the venv "
-                         "`make setup` builds, or pip install -r requirements-dev.txt") from None
+        raise SystemExit(
+            "--report needs matplotlib: run the stress test from the venv "
+            "`make setup` builds, or pip install -r requirements-dev.txt"
+        ) from None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     return plt

@@ -12,6 +12,7 @@ time (--max-seconds).
                                  [--interval 0.05 | --concurrency 32] [--body raw]
                                  [--api-key KEY] [--report DIR] [--json]
 """
+
 import argparse
 import json
 import sys
@@ -23,10 +24,10 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from app import settings as settings_module
+from app import config
+from stress import report as stress_report
 from tools import client
 from tools.client import default_api_key, json_body, post_image
-from stress import report as stress_report
 
 DEFAULT_IMAGE = Path(__file__).resolve().parent / "images" / "digit_7.png"
 
@@ -61,18 +62,20 @@ class Results:
 @dataclass(frozen=True)
 class Target:
     """What every request of a run sends, and where."""
+
     url: str
     image: bytes
     timeout: float = 30.0
-    body: str = "multipart"   # or "raw": the image as the request body
-    api_key: str = None       # sent as a Bearer token when given
+    body: str = "multipart"  # or "raw": the image as the request body
+    api_key: str = None  # sent as a Bearer token when given
 
 
 def post(pool, target, results):
     started = time.perf_counter()
     try:
-        response, retried = post_image(pool, target.url, target.image, target.timeout,
-                                       body=target.body, api_key=target.api_key)
+        response, retried = post_image(
+            pool, target.url, target.image, target.timeout, body=target.body, api_key=target.api_key
+        )
         if retried:
             results.note_retry()
         status, answer = response.status, json_body(response)
@@ -125,40 +128,65 @@ def summarize(results, elapsed):
     statuses = Counter(str(status) for _, _, status in results.samples)
 
     def pct(q):
-        return latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1000 if latencies else 0
+        return (
+            latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1000 if latencies else 0
+        )
 
-    return {"requests": len(latencies), "seconds": round(elapsed, 3),
-            "throughput": round(len(latencies) / elapsed, 2) if elapsed else 0,
-            "statuses": dict(statuses), "failed": len(latencies) - statuses.get("200", 0),
-            "p50_ms": round(pct(0.50), 2), "p90_ms": round(pct(0.90), 2),
-            "p99_ms": round(pct(0.99), 2), "max_ms": round(latencies[-1] * 1000, 2)
-            if latencies else 0, "labels": dict(results.labels),
-            "errors": dict(results.errors.most_common(5)), "retried": results.retries}
+    return {
+        "requests": len(latencies),
+        "seconds": round(elapsed, 3),
+        "throughput": round(len(latencies) / elapsed, 2) if elapsed else 0,
+        "statuses": dict(statuses),
+        "failed": len(latencies) - statuses.get("200", 0),
+        "p50_ms": round(pct(0.50), 2),
+        "p90_ms": round(pct(0.90), 2),
+        "p99_ms": round(pct(0.99), 2),
+        "max_ms": round(latencies[-1] * 1000, 2) if latencies else 0,
+        "labels": dict(results.labels),
+        "errors": dict(results.errors.most_common(5)),
+        "retried": results.retries,
+    }
 
 
 def print_summary(summary):
-    print(f"{summary['requests']} requests in {summary['seconds']:.1f} s: "
-          f"{summary['throughput']:.1f} req/s")
+    print(
+        f"{summary['requests']} requests in {summary['seconds']:.1f} s: "
+        f"{summary['throughput']:.1f} req/s"
+    )
     for status, count in sorted(summary["statuses"].items()):
         print(f"  {status}: {count}")
-    print(f"latency ms: p50 {summary['p50_ms']:.1f}  p90 {summary['p90_ms']:.1f}  "
-          f"p99 {summary['p99_ms']:.1f}  max {summary['max_ms']:.1f}")
+    print(
+        f"latency ms: p50 {summary['p50_ms']:.1f}  p90 {summary['p90_ms']:.1f}  "
+        f"p99 {summary['p99_ms']:.1f}  max {summary['max_ms']:.1f}"
+    )
     if summary["labels"]:
         print("top labels: " + ", ".join(f"{k}={v}" for k, v in summary["labels"].items()))
     for error, count in summary["errors"].items():
         print(f"  failed x{count}: {error}")
     if summary["retried"]:
-        print(f"sent again after the server dropped an idle keep-alive connection: "
-              f"{summary['retried']}")
+        print(
+            f"sent again after the server dropped an idle keep-alive connection: "
+            f"{summary['retried']}"
+        )
 
 
-def run(url, image, count=500, interval=0.05, concurrency=0, timeout=30.0, max_seconds=300.0,
-        body="multipart", progress=False, report=None, api_key=None):
+def run(
+    url,
+    image,
+    count=500,
+    interval=0.05,
+    concurrency=0,
+    timeout=30.0,
+    max_seconds=300.0,
+    body="multipart",
+    progress=False,
+    report=None,
+    api_key=None,
+):
     """Run the stress test; the summary dict (see ``summarize``). ``progress`` shows a bar
     on a terminal; ``report`` names a folder for the report (stress/report.py)."""
     target = Target(url, image, timeout, body, api_key)
-    with tqdm(total=count, unit="req", disable=None if progress else True,
-              file=sys.stderr) as bar:
+    with tqdm(total=count, unit="req", disable=None if progress else True, file=sys.stderr) as bar:
         results = Results(bar)
         if concurrency:
             closed_loop(target, count, concurrency, max_seconds, results)
@@ -166,37 +194,64 @@ def run(url, image, count=500, interval=0.05, concurrency=0, timeout=30.0, max_s
             open_loop(target, count, interval, max_seconds, results)
     summary = summarize(results, time.perf_counter() - results.t0)
     if report:
-        mode = f"{concurrency} threads, closed loop" if concurrency else \
-            f"a new thread every {interval:g} s"
+        mode = (
+            f"{concurrency} threads, closed loop"
+            if concurrency
+            else f"a new thread every {interval:g} s"
+        )
         stress_report.write(report, summary, results.samples, f"Stress test of {url} ({mode})")
     return summary
 
 
 def main(argv=None):
-    settings = settings_module.load()
+    settings = config.load()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--url", default=f"http://{settings.host}:{settings.port}/predict")
     parser.add_argument("--image", default=str(DEFAULT_IMAGE))
     parser.add_argument("--requests", type=int, default=500)
-    parser.add_argument("--interval", type=float, default=0.05,
-                        help="seconds between new threads (open loop, the default)")
-    parser.add_argument("--concurrency", type=int, default=0,
-                        help="closed loop with this many threads instead")
+    parser.add_argument(
+        "--interval",
+        type=float,
+        default=0.05,
+        help="seconds between new threads (open loop, the default)",
+    )
+    parser.add_argument(
+        "--concurrency", type=int, default=0, help="closed loop with this many threads instead"
+    )
     parser.add_argument("--timeout", type=float, default=30.0, help="per request, seconds")
     parser.add_argument("--max-seconds", type=float, default=300.0, help="stop sending after")
-    parser.add_argument("--body", choices=("multipart", "raw"), default="multipart",
-                        help="send the image as multipart field 'image' or as the raw body")
-    parser.add_argument("--report", metavar="DIR",
-                        help="write report.md with latency plots and status counts to DIR")
-    parser.add_argument("--api-key", default=default_api_key(settings),
-                        help="sent as 'Authorization: Bearer KEY' (default: the first of "
-                             "BEAGLE_API_KEYS, if set)")
+    parser.add_argument(
+        "--body",
+        choices=("multipart", "raw"),
+        default="multipart",
+        help="send the image as multipart field 'image' or as the raw body",
+    )
+    parser.add_argument(
+        "--report",
+        metavar="DIR",
+        help="write report.md with latency plots and status counts to DIR",
+    )
+    parser.add_argument(
+        "--api-key",
+        default=default_api_key(settings),
+        help="sent as 'Authorization: Bearer KEY' (default: the first of BEAGLE_API_KEYS, if set)",
+    )
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
     args = parser.parse_args(argv)
     image = Path(args.image).read_bytes()
-    summary = run(args.url, image, args.requests, args.interval, args.concurrency,
-                  args.timeout, args.max_seconds, args.body, progress=not args.json,
-                  report=args.report, api_key=args.api_key)
+    summary = run(
+        args.url,
+        image,
+        args.requests,
+        args.interval,
+        args.concurrency,
+        args.timeout,
+        args.max_seconds,
+        args.body,
+        progress=not args.json,
+        report=args.report,
+        api_key=args.api_key,
+    )
     if args.json:
         print(json.dumps(summary))
     else:

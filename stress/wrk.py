@@ -4,6 +4,7 @@ and the same for every server it drives. A Lua script posts the image as multipa
 request when the last is answered), each of wrk's threads stops after its share of the
 requests, and wrk prints the run's figures as JSON. Bounded in count and in time.
 """
+
 import json
 import os
 import subprocess
@@ -89,19 +90,40 @@ def run(url, image, requests, concurrency, max_seconds=300, api_key=""):
         script, picture = Path(work) / "post.lua", Path(work) / "image.jpg"
         script.write_text(SCRIPT)
         picture.write_bytes(image)
-        env = {**os.environ, "BENCH_IMAGE": str(picture), "BENCH_API_KEY": api_key,
-               "BENCH_SHARE": str(max(1, requests // threads)), "BENCH_THREADS": str(threads),
-               "BENCH_DONE": str(Path(work) / "done")}
+        env = {
+            **os.environ,
+            "BENCH_IMAGE": str(picture),
+            "BENCH_API_KEY": api_key,
+            "BENCH_SHARE": str(max(1, requests // threads)),
+            "BENCH_THREADS": str(threads),
+            "BENCH_DONE": str(Path(work) / "done"),
+        }
         process = subprocess.Popen(
-            ["wrk", "-t", str(threads), "-c", str(concurrency), "-d", f"{int(max_seconds)}s",
-             "--timeout", "30s", "-s", str(script), url], env=env, stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT, text=True)
+            [
+                "wrk",
+                "-t",
+                str(threads),
+                "-c",
+                str(concurrency),
+                "-d",
+                f"{int(max_seconds)}s",
+                "--timeout",
+                "30s",
+                "-s",
+                str(script),
+                url,
+            ],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         output = process.stdout.read()
         _, status, usage = os.wait4(process.pid, 0)
     line = next((line for line in output.splitlines() if line.startswith("BENCH ")), None)
     if status != 0 or line is None:
         raise RuntimeError(f"wrk failed ({status}): {output[-2000:]}")
-    summary = json.loads(line[len("BENCH "):])
+    summary = json.loads(line[len("BENCH ") :])
     summary["throughput"] = summary["requests"] / summary["seconds"]
     summary["client_cpu_s"] = usage.ru_utime + usage.ru_stime
     return summary

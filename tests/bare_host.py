@@ -15,6 +15,7 @@ looks in /usr/bin only) enables units with its own links instead of `systemctl p
 which the stand-in lacks; and /run/systemd/system exists: so installing a package enables
 and starts its service, as on a systemd host (Debian's redis-server takes 6379).
 """
+
 import hashlib
 import importlib.util
 import ipaddress
@@ -33,8 +34,10 @@ from tools.devstack import free_port
 CACHE = Path("/var/cache/beagle-test-hosts")
 SUITE, MIRROR = "bookworm", "http://deb.debian.org/debian"
 INCLUDE = ("openssh-server", "sudo", "python3")
-SOURCES = (f"deb {MIRROR} {SUITE} main\ndeb {MIRROR} {SUITE}-updates main\n"
-           f"deb http://deb.debian.org/debian-security {SUITE}-security main\n")
+SOURCES = (
+    f"deb {MIRROR} {SUITE} main\ndeb {MIRROR} {SUITE}-updates main\n"
+    f"deb http://deb.debian.org/debian-security {SUITE}-security main\n"
+)
 STAND_IN = importlib.util.find_spec("systemctl2.systemctl3").origin  # one file
 FAKE_GPU = "#!/bin/sh\necho 'GPU 0: NVIDIA stand-in (UUID: GPU-0000-0000)'\n"  # nvidia-smi -L
 
@@ -48,13 +51,17 @@ def rootfs():
     CACHE.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=CACHE) as work:
         root = Path(work) / "root"
-        subprocess.run(["debootstrap", "--include=" + ",".join(INCLUDE), SUITE, str(root),
-                        MIRROR], check=True, capture_output=True)
+        subprocess.run(
+            ["debootstrap", "--include=" + ",".join(INCLUDE), SUITE, str(root), MIRROR],
+            check=True,
+            capture_output=True,
+        )
         (root / "etc/apt/sources.list").write_text(SOURCES)
         for key_file in (root / "etc/ssh").glob("ssh_host_*"):
             key_file.unlink()  # every host makes its own
-        subprocess.run(["tar", "-C", str(root), "--numeric-owner", "-cf", f"{tarball}.part",
-                        "."], check=True)
+        subprocess.run(
+            ["tar", "-C", str(root), "--numeric-owner", "-cf", f"{tarball}.part", "."], check=True
+        )
         os.rename(f"{tarball}.part", tarball)
     return tarball
 
@@ -72,8 +79,10 @@ class BareHost:
         self.hostname = f"bare-{tag}"
         self.netns, self.outside, self.inside = f"bglb{tag}", f"bglb{tag}o", f"bglb{tag}i"
         self.table = f"beagle_test_{tag}"
-        subnet = ipaddress.ip_network(f"10.{100 + secrets.randbelow(100)}."
-                                      f"{secrets.randbelow(250)}.{4 * secrets.randbelow(60)}/30")
+        subnet = ipaddress.ip_network(
+            f"10.{100 + secrets.randbelow(100)}."
+            f"{secrets.randbelow(250)}.{4 * secrets.randbelow(60)}/30"
+        )
         self.gateway, self.address = (str(a) for a in subnet.hosts())
         self.subnet = str(subnet)
         self.port = free_port()
@@ -97,12 +106,29 @@ class BareHost:
         self._mounts()
         self._configure()
         self.sshd = subprocess.Popen(
-            ["ip", "netns", "exec", self.netns, "unshare", "--uts", "chroot", str(self.root),
-             "/bin/sh", "-c", f"hostname {self.hostname} && exec /usr/sbin/sshd -D -e"],
-            stderr=open(self.root.parent / "sshd.log", "wb"))
+            [
+                "ip",
+                "netns",
+                "exec",
+                self.netns,
+                "unshare",
+                "--uts",
+                "chroot",
+                str(self.root),
+                "/bin/sh",
+                "-c",
+                f"hostname {self.hostname} && exec /usr/sbin/sshd -D -e",
+            ],
+            stderr=open(self.root.parent / "sshd.log", "wb"),
+        )
         self.relay = subprocess.Popen(
-            ["socat", f"TCP-LISTEN:{self.port},bind=127.0.0.1,fork,reuseaddr",
-             f"TCP:{self.address}:22"], stderr=subprocess.DEVNULL)
+            [
+                "socat",
+                f"TCP-LISTEN:{self.port},bind=127.0.0.1,fork,reuseaddr",
+                f"TCP:{self.address}:22",
+            ],
+            stderr=subprocess.DEVNULL,
+        )
         for _ in range(100):
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=1) as probe:
@@ -116,8 +142,21 @@ class BareHost:
     def _network(self):
         mtu = sh("cat", f"/sys/class/net/{self._uplink()}/mtu").stdout.strip()
         sh("ip", "netns", "add", self.netns)
-        sh("ip", "link", "add", self.outside, "mtu", mtu, "type", "veth", "peer", "name",
-           self.inside, "mtu", mtu)
+        sh(
+            "ip",
+            "link",
+            "add",
+            self.outside,
+            "mtu",
+            mtu,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            self.inside,
+            "mtu",
+            mtu,
+        )
         sh("ip", "link", "set", self.inside, "netns", self.netns)
         sh("ip", "addr", "add", f"{self.gateway}/30", "dev", self.outside)
         sh("ip", "link", "set", self.outside, "up")
@@ -127,9 +166,12 @@ class BareHost:
         sh(*inside, "link", "set", "lo", "up")
         sh(*inside, "route", "add", "default", "via", self.gateway)
         sh("sysctl", "-qw", "net.ipv4.ip_forward=1")
-        sh("nft", f"add table ip {self.table}; add chain ip {self.table} post {{ type nat "
-                  f"hook postrouting priority srcnat; }}; add rule ip {self.table} post ip "
-                  f"saddr {self.subnet} masquerade")
+        sh(
+            "nft",
+            f"add table ip {self.table}; add chain ip {self.table} post {{ type nat "
+            f"hook postrouting priority srcnat; }}; add rule ip {self.table} post ip "
+            f"saddr {self.subnet} masquerade",
+        )
 
     @staticmethod
     def _uplink():
@@ -160,7 +202,8 @@ class BareHost:
         self.chroot("ssh-keygen", "-A")
         self.path("etc/ssh/sshd_config.d/test-host.conf").write_text(
             "UsePAM no\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n"
-            "PermitRootLogin no\n")
+            "PermitRootLogin no\n"
+        )
         # "*": no password, but not locked (sshd without PAM refuses locked accounts' keys)
         self.chroot("useradd", "--create-home", "--shell", "/bin/bash", "--password", "*", "admin")
         ssh = self.path("home/admin/.ssh")
@@ -173,8 +216,10 @@ class BareHost:
         # The real systemctl moves aside (dpkg knows), the stand-in goes to /usr/sbin.
         self.chroot("dpkg-divert", "--quiet", "--local", "--rename", "--add", "/usr/bin/systemctl")
         shutil.copy(STAND_IN, self.path("usr/local/lib/systemctl-stand-in.py"))
-        self._script("usr/sbin/systemctl", "#!/bin/sh\nexec /usr/bin/python3 "
-                                           "/usr/local/lib/systemctl-stand-in.py \"$@\"\n")
+        self._script(
+            "usr/sbin/systemctl",
+            '#!/bin/sh\nexec /usr/bin/python3 /usr/local/lib/systemctl-stand-in.py "$@"\n',
+        )
         if self.gpu:
             self._script("usr/local/bin/nvidia-smi", FAKE_GPU)
 

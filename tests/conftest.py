@@ -4,6 +4,7 @@ Everything is real: redis-server, Apache with mod_wsgi, worker processes running
 TensorFlow. Each test's settings get a fresh key prefix, so tests sharing one
 redis-server never see each other's keys.
 """
+
 import base64
 import secrets
 import shutil
@@ -16,18 +17,23 @@ import pytest
 import redis
 import requests
 
-from app import settings as settings_module
+from app import config
+from app.config import PROJECT_ROOT
 from tools.devstack import RedisServer, Stack, free_port
-from app.settings import PROJECT_ROOT
 
 SAMPLES = PROJECT_ROOT / "stress" / "images"
 
 
 def make_settings(redis_url, **overrides):
     """Defaults (never the caller's BEAGLE_* environment) plus ``overrides``."""
-    values = {"redis_url": redis_url, "key_prefix": f"test{secrets.token_hex(4)}",
-              "port": free_port(), "web_processes": 1, **overrides}
-    return settings_module.load({}, **values)
+    values = {
+        "redis_url": redis_url,
+        "key_prefix": f"test{secrets.token_hex(4)}",
+        "port": free_port(),
+        "web_processes": 1,
+        **overrides,
+    }
+    return config.load({}, **values)
 
 
 def sample(digit):
@@ -81,8 +87,7 @@ def start_stack(redis_server):
 
     def start(workers=1, worker_env=None, **overrides):
         run_dir = public_tempdir("beagle-test-")
-        stack = Stack(make_settings(redis_server.url, **overrides), run_dir, workers,
-                      worker_env)
+        stack = Stack(make_settings(redis_server.url, **overrides), run_dir, workers, worker_env)
         started.append(stack)
         return stack.start()
 
@@ -112,10 +117,19 @@ def wait_result(queue, request_id, timeout):
 def predict(url, data, content_type="multipart", timeout=30, **params):
     """POST ``data`` to /predict the three ways the API accepts; the response."""
     if content_type == "multipart":
-        return requests.post(url + "/predict", files={"image": ("image", data)}, data=params,
-                             timeout=timeout)
+        return requests.post(
+            url + "/predict", files={"image": ("image", data)}, data=params, timeout=timeout
+        )
     if content_type == "json":
-        return requests.post(url + "/predict", timeout=timeout,
-                             json={"image": base64.b64encode(data).decode(), **params})
-    return requests.post(url + "/predict", data=data, params=params, timeout=timeout,
-                         headers={"Content-Type": content_type} if content_type else {})
+        return requests.post(
+            url + "/predict",
+            timeout=timeout,
+            json={"image": base64.b64encode(data).decode(), **params},
+        )
+    return requests.post(
+        url + "/predict",
+        data=data,
+        params=params,
+        timeout=timeout,
+        headers={"Content-Type": content_type} if content_type else {},
+    )

@@ -1,5 +1,6 @@
 """What the deploy tests share: a loopback sshd test host, a copy of the checkout to
 deploy from, Fabric run as an operator runs it, and the step lines it prints."""
+
 import re
 import shutil
 import socket
@@ -8,8 +9,8 @@ import sys
 import time
 from pathlib import Path
 
+from app.config import PROJECT_ROOT
 from tools.devstack import free_port
-from app.settings import PROJECT_ROOT
 
 BIN = Path(sys.executable).parent
 SYSTEMCTL = BIN / "systemctl3"
@@ -36,11 +37,14 @@ class SSHHost:
             f"Port {self.port}\nListenAddress {self.address}\nHostKey {key}\n"
             f"AuthorizedKeysFile {authorized}\nPermitRootLogin prohibit-password\n"
             f"PasswordAuthentication no\nUsePAM no\nStrictModes no\n"
-            f"PidFile {self.work}/sshd.pid\nSubsystem sftp internal-sftp\n")
+            f"PidFile {self.work}/sshd.pid\nSubsystem sftp internal-sftp\n"
+        )
         Path("/run/sshd").mkdir(exist_ok=True)
         prefix = ["ip", "netns", "exec", self.netns] if self.netns else []
-        self.process = subprocess.Popen(prefix + ["/usr/sbin/sshd", "-D", "-e", "-f", str(config)],
-                                        stderr=open(self.work / "sshd.log", "wb"))
+        self.process = subprocess.Popen(
+            prefix + ["/usr/sbin/sshd", "-D", "-e", "-f", str(config)],
+            stderr=open(self.work / "sshd.log", "wb"),
+        )
         for _ in range(100):
             with socket.socket() as probe:
                 probe.settimeout(0.2)
@@ -62,21 +66,30 @@ class SSHHost:
 def checkout(tmp_path):
     """A copy of this checkout to deploy from (and to change)."""
     copy = tmp_path / "checkout"
-    shutil.copytree(PROJECT_ROOT, copy, ignore=shutil.ignore_patterns(
-        "__pycache__", ".pytest_cache", ".hypothesis", "reports"))
+    shutil.copytree(
+        PROJECT_ROOT,
+        copy,
+        ignore=shutil.ignore_patterns("__pycache__", ".pytest_cache", ".hypothesis", "reports"),
+    )
     return copy
 
 
 def write_config(path, deployment, port, redis_port, extra=""):
-    path.write_text(f"beagle:\n  prefix: {deployment['prefix']}\n  etc: {deployment['etc']}\n"
-                    f"  port: {port}\n  redis_port: {redis_port}\n  systemctl: {SYSTEMCTL}\n"
-                    + extra)
+    path.write_text(
+        f"beagle:\n  prefix: {deployment['prefix']}\n  etc: {deployment['etc']}\n"
+        f"  port: {port}\n  redis_port: {redis_port}\n  systemctl: {SYSTEMCTL}\n" + extra
+    )
     return path
 
 
 def fab(source, config, *args, timeout=900):
-    done = subprocess.run([str(BIN / "fab"), "-f", str(config), *map(str, args)], cwd=source,
-                          capture_output=True, text=True, timeout=timeout)
+    done = subprocess.run(
+        [str(BIN / "fab"), "-f", str(config), *map(str, args)],
+        cwd=source,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
     return done.stdout
 
@@ -88,8 +101,13 @@ def step_lines(output):
 def operate(source, config, *ssh):
     """status, flush-queue and logs, as an operator runs them, each checked."""
     status = fab(source, config, *ssh, "status")
-    for line in ("beagle-redis: active", "apache2: active", "beagle-worker@0: active",
-                 '"ready":true', "model digits v1: 1 live workers"):
+    for line in (
+        "beagle-redis: active",
+        "apache2: active",
+        "beagle-worker@0: active",
+        '"ready":true',
+        "model digits v1: 1 live workers",
+    ):
         assert line in status
     assert "removed 0 queued requests" in fab(source, config, *ssh, "flush-queue")
     assert "beagle_access |" in fab(source, config, *ssh, "logs", "--lines", 3)

@@ -4,6 +4,7 @@ JSON bodies for both APIs.
 Each image case: (name, bytes, expected) where expected is a digit label the image must be
 classified as, or the 4xx status intake must answer with.
 """
+
 import base64
 import io
 import json
@@ -11,9 +12,8 @@ import struct
 import zlib
 
 import numpy as np
-from PIL import Image
-
 from conftest import sample
+from PIL import Image
 
 
 def encode(image, fmt, **params):
@@ -48,16 +48,24 @@ def sixteen_bit_rgb_png(d):
 
 def png_bytes(header, raw_rows):
     def chunk(kind, data):
-        return (struct.pack(">I", len(data)) + kind + data
-                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw_rows))
-            + chunk(b"IEND", b""))
+        return (
+            struct.pack(">I", len(data))
+            + kind
+            + data
+            + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+        )
+
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(raw_rows))
+        + chunk(b"IEND", b"")
+    )
 
 
 def animated_gif(d):
     frames = [digit(d).convert("P"), digit((d + 1) % 10).convert("P")]
-    return encode(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=100,
-                  loop=0)
+    return encode(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=100, loop=0)
 
 
 def transparent(d, mode):
@@ -79,8 +87,14 @@ def png_declaring(width, height):
 
 
 def gif_declaring(width, height):
-    return b"GIF89a" + struct.pack("<HH", width, height) + b"\x00\x00\x00" + b"," + \
-        struct.pack("<HHHH", 0, 0, width, height) + b"\x00\x02\x02\x44\x01\x00;"
+    return (
+        b"GIF89a"
+        + struct.pack("<HH", width, height)
+        + b"\x00\x00\x00"
+        + b","
+        + struct.pack("<HHHH", 0, 0, width, height)
+        + b"\x00\x02\x02\x44\x01\x00;"
+    )
 
 
 def cases():
@@ -103,8 +117,11 @@ def cases():
         ("rgba webp", transparent(2, "WEBP"), "2"),
         ("bmp", encode(digit(5), "BMP"), "5"),
         ("tiff", encode(digit(7), "TIFF"), "7"),
-        ("1-bit png", encode(digit(1).point(lambda v: 255 if v > 128 else 0).convert("1"),
-                             "PNG"), "1"),
+        (
+            "1-bit png",
+            encode(digit(1).point(lambda v: 255 if v > 128 else 0).convert("1"), "PNG"),
+            "1",
+        ),
         # invalid: a 4xx naming the problem
         ("empty", b"", 400),
         ("text", b"hello, I am not an image\n", 400),
@@ -139,9 +156,11 @@ def big_digit(d, fmt, mode):
 
 def big_cases():
     """Valid images that are small files but huge once decoded."""
-    return [("5000x5000 rgba png", big_digit(3, "PNG", "RGBA"), "3"),
-            ("5000x5000 16-bit png", big_digit(4, "PNG", "I;16"), "4"),
-            ("5000x5000 gif", big_digit(8, "GIF", "L"), "8")]
+    return [
+        ("5000x5000 rgba png", big_digit(3, "PNG", "RGBA"), "3"),
+        ("5000x5000 16-bit png", big_digit(4, "PNG", "I;16"), "4"),
+        ("5000x5000 gif", big_digit(8, "GIF", "L"), "8"),
+    ]
 
 
 def b64(data):
@@ -155,32 +174,64 @@ def json_cases():
 
     def body(text):
         return text.encode()
+
     deep = 5000
     return [
-        ("version 1e999", predict, body(f'{{"image": "{image}", "version": 1e999}}'),
-         (400, "version")),
-        ("version Infinity", predict, body(f'{{"image": "{image}", "version": Infinity}}'),
-         (400, "version")),
-        ("top_k -Infinity", predict, body(f'{{"image": "{image}", "top_k": -Infinity}}'),
-         (400, "top_k")),
+        (
+            "version 1e999",
+            predict,
+            body(f'{{"image": "{image}", "version": 1e999}}'),
+            (400, "version"),
+        ),
+        (
+            "version Infinity",
+            predict,
+            body(f'{{"image": "{image}", "version": Infinity}}'),
+            (400, "version"),
+        ),
+        (
+            "top_k -Infinity",
+            predict,
+            body(f'{{"image": "{image}", "top_k": -Infinity}}'),
+            (400, "top_k"),
+        ),
         ("top_k NaN", predict, body(f'{{"image": "{image}", "top_k": NaN}}'), (400, "top_k")),
-        ("version of 400 digits", predict, body(f'{{"image": "{image}", "version": {"9" * 400}}}'),
-         (400, "version")),
+        (
+            "version of 400 digits",
+            predict,
+            body(f'{{"image": "{image}", "version": {"9" * 400}}}'),
+            (400, "version"),
+        ),
         ("top_k true", predict, body(f'{{"image": "{image}", "top_k": true}}'), (400, "top_k")),
         ("top_k 2.5", predict, body(f'{{"image": "{image}", "top_k": 2.5}}'), (400, "top_k")),
         ("pixel 1e999", tfs, body('{"instances": [[[0], [1e999]]]}'), (400, "instances[0]")),
         ("pixel NaN", tfs, body('{"instances": [[[0]], [[NaN]]]}'), (400, "instances[1]")),
-        ("pixel of 400 digits", tfs, body(f'{{"instances": [[[{"9" * 400}]]]}}'),
-         (400, "instances[0]")),
+        (
+            "pixel of 400 digits",
+            tfs,
+            body(f'{{"instances": [[[{"9" * 400}]]]}}'),
+            (400, "instances[0]"),
+        ),
         ("nested arrays, predict", predict, body("[" * deep + "]" * deep), (400, "nested")),
-        ("nested arrays, tf serving", tfs, body('{"instances": ' + "[" * deep + "]" * deep
-                                               + "}"), (400, "nested")),
+        (
+            "nested arrays, tf serving",
+            tfs,
+            body('{"instances": ' + "[" * deep + "]" * deep + "}"),
+            (400, "nested"),
+        ),
         ("nested objects", tfs, body('{"a": ' * deep + "1" + "}" * deep), (400, "nested")),
-        ("mime-wrapped base64", predict, body(json.dumps(
-            {"image": base64.encodebytes(sample(5)).decode()})), "5"),
-        ("unpadded base64", predict, body(json.dumps({"image": b64(sample(6)).rstrip("=")})),
-         "6"),
-        ("unpadded b64 instance", tfs, body(json.dumps(
-            {"instances": [{"b64": b64(sample(2)).rstrip("=")}]})), "2"),
+        (
+            "mime-wrapped base64",
+            predict,
+            body(json.dumps({"image": base64.encodebytes(sample(5)).decode()})),
+            "5",
+        ),
+        ("unpadded base64", predict, body(json.dumps({"image": b64(sample(6)).rstrip("=")})), "6"),
+        (
+            "unpadded b64 instance",
+            tfs,
+            body(json.dumps({"instances": [{"b64": b64(sample(2)).rstrip("=")}]})),
+            "2",
+        ),
         ("not base64 at all", predict, body('{"image": "%%%%not base64"}'), (400, "base64")),
     ]

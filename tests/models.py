@@ -1,5 +1,6 @@
 """Real models built for tests and published to a temporary model repository."""
-from app import repository
+
+from app.worker import repository
 
 
 def publish_keras(model, repo, name, version, labels, preprocessing="unit"):
@@ -15,14 +16,17 @@ def slow_model(repo, name="slow", version=1, filters=192, side=128):
     """A plain CNN heavy enough that a batch of a few images takes about a second here."""
     import keras
     from keras import layers
-    model = keras.Sequential([
-        keras.Input((side, side, 3)),
-        layers.Conv2D(filters, 3, padding="same", activation="relu"),
-        layers.Conv2D(filters, 3, padding="same", activation="relu"),
-        layers.Conv2D(filters, 3, padding="same", activation="relu"),
-        layers.GlobalAveragePooling2D(),
-        layers.Dense(4, activation="softmax"),
-    ])
+
+    model = keras.Sequential(
+        [
+            keras.Input((side, side, 3)),
+            layers.Conv2D(filters, 3, padding="same", activation="relu"),
+            layers.Conv2D(filters, 3, padding="same", activation="relu"),
+            layers.Conv2D(filters, 3, padding="same", activation="relu"),
+            layers.GlobalAveragePooling2D(),
+            layers.Dense(4, activation="softmax"),
+        ]
+    )
     return publish_keras(model, repo, name, version, ["a", "b", "c", "d"])
 
 
@@ -40,15 +44,17 @@ def poison_model(repo, name="poison", version=1):
         @tf.function(input_signature=[tf.TensorSpec([None, 32, 32, 1], tf.float32)])
         def serve(self, pixels):
             clean = tf.debugging.Assert(
-                tf.reduce_all(pixels[:, 0, 0, 0] != POISON_MARKER), ["poison marker"])
+                tf.reduce_all(pixels[:, 0, 0, 0] != POISON_MARKER), ["poison marker"]
+            )
             with tf.control_dependencies([clean]):
                 flat = tf.reshape(pixels, [-1, 32 * 32]) / 255.0
                 return {"probabilities": tf.nn.softmax(flat @ self.weights)}
 
     module = Poison()
     path = repo / name / str(version)
-    tf.saved_model.save(module, str(path / "saved_model"),
-                        signatures={"serving_default": module.serve})
+    tf.saved_model.save(
+        module, str(path / "saved_model"), signatures={"serving_default": module.serve}
+    )
     repository.publish(path, "saved_model", 32, 32, 1, [str(d) for d in range(10)], "none")
     return path
 
@@ -59,6 +65,7 @@ def marker_png(poisoned):
 
     import numpy as np
     from PIL import Image
+
     pixels = np.full((32, 32), 200, np.uint8)
     pixels[0, 0] = POISON_MARKER if poisoned else 200
     buffer = io.BytesIO()

@@ -1,13 +1,21 @@
 """The Apache configuration: one template, rendered and checked by Apache itself."""
+
 import os
 import subprocess
 
-from app import config_files, settings as settings_module
+from app import config
+from app.config import PROJECT_ROOT
+from provisioning import config_files
 from tools.devstack import Apache
-from app.settings import PROJECT_ROOT
 
-PRODUCTION_TIMEOUTS = ("queue-timeout=", "request-timeout=", "socket-timeout=",
-                       "connect-timeout=", "graceful-timeout=", "shutdown-timeout=")
+PRODUCTION_TIMEOUTS = (
+    "queue-timeout=",
+    "request-timeout=",
+    "socket-timeout=",
+    "connect-timeout=",
+    "graceful-timeout=",
+    "shutdown-timeout=",
+)
 
 
 def render(settings, tmp):
@@ -21,23 +29,36 @@ def render(settings, tmp):
 
 def test_the_rendered_configuration_passes_apaches_own_check(settings, public_tmp):
     _, config = render(settings, public_tmp)
-    check = subprocess.run(["/usr/sbin/apache2", "-t", "-f", str(config)], capture_output=True,
-                           text=True)
+    check = subprocess.run(
+        ["/usr/sbin/apache2", "-t", "-f", str(config)], capture_output=True, text=True
+    )
     assert check.returncode == 0, check.stderr
     assert "Syntax OK" in check.stderr
 
 
 def test_the_vhost_has_the_production_settings(settings, public_tmp):
     vhost, _ = render(settings, public_tmp)
-    daemon = vhost[vhost.index("WSGIDaemonProcess"):vhost.index("WSGIProcessGroup")]
-    for option in ("processes=1", "threads=128", "python-home=/opt/venv", "python-path=",
-                   "home=", "display-name=%{GROUP}", *PRODUCTION_TIMEOUTS):
+    daemon = vhost[vhost.index("WSGIDaemonProcess") : vhost.index("WSGIProcessGroup")]
+    for option in (
+        "processes=1",
+        "threads=128",
+        "python-home=/opt/venv",
+        "python-path=",
+        "home=",
+        "display-name=%{GROUP}",
+        *PRODUCTION_TIMEOUTS,
+    ):
         assert option in daemon, option
     assert f"queue-timeout={int(settings.request_timeout)} " in daemon
-    for directive in ("WSGIApplicationGroup %{GLOBAL}", "WSGIRestrictEmbedded On",
-                      "ServerTokens Prod", "ServerSignature Off", "LimitRequestBody ",
-                      "TraceEnable Off", "RequestReadTimeout header=5-10,MinRate=500 "
-                                         "body=5,MinRate=500"):
+    for directive in (
+        "WSGIApplicationGroup %{GLOBAL}",
+        "WSGIRestrictEmbedded On",
+        "ServerTokens Prod",
+        "ServerSignature Off",
+        "LimitRequestBody ",
+        "TraceEnable Off",
+        "RequestReadTimeout header=5-10,MinRate=500 body=5,MinRate=500",
+    ):
         assert directive in vhost, directive
     assert "{{" not in vhost and "{%" not in vhost
 
@@ -49,6 +70,7 @@ def test_the_wsgi_entry_is_two_lines():
 
 def test_apache_errors_are_json():
     import json
+
     for page in (PROJECT_ROOT / "apache" / "errors").glob("*.json"):
         body = json.loads(page.read_text())
         assert body["success"] is False and body["error"]
@@ -57,9 +79,10 @@ def test_apache_errors_are_json():
 
 
 def test_web_processes_0_is_one_per_core_of_the_web_host(settings, public_tmp):
-    per_core = settings_module.replace(settings, web_processes=0)
+    per_core = config.replace(settings, web_processes=0)
     assert "processes=6 " in config_files.apache_vhost(per_core, "/c", "/v", "/l", cores=6)
     here = len(os.sched_getaffinity(0))
     assert f"processes={here} " in config_files.apache_vhost(per_core, "/c", "/v", "/l")
     assert "processes=3 " in config_files.apache_vhost(
-        settings_module.replace(settings, web_processes=3), "/c", "/v", "/l", cores=6)
+        config.replace(settings, web_processes=3), "/c", "/v", "/l", cores=6
+    )

@@ -1,6 +1,7 @@
 """`fab deploy` the way a new operator runs it: to a bare Debian 12 host
 (tests/bare_host.py), logged in as `admin`, a user with passwordless sudo, with API keys
 on. Nothing but what the deploy installs runs there afterwards."""
+
 import os
 import re
 import subprocess
@@ -8,11 +9,11 @@ import threading
 import time
 
 import pytest
+from bare_host import BareHost
+from deploying import BIN, STEPS, checkout, fab, operate, step_lines
 from fabric import Config, Connection
 from invoke.exceptions import UnexpectedExit
 
-from bare_host import BareHost
-from deploying import BIN, STEPS, checkout, fab, operate, step_lines
 from provisioning import remote
 
 KEYS = "bare-key-1,bare-key-2"
@@ -48,8 +49,9 @@ class Watch:
                     status = path.lstat()
                 except FileNotFoundError:
                     continue
-                self.seen.add((str(path.relative_to(self.host.root)),
-                               status.st_mode & 0o7777, status.st_uid))
+                self.seen.add(
+                    (str(path.relative_to(self.host.root)), status.st_mode & 0o7777, status.st_uid)
+                )
 
     def finish(self):
         self.stop.set()
@@ -75,27 +77,39 @@ def test_a_sudoer_deploys_a_bare_host_with_api_keys(tmp_path, bare_host, client_
     # Secrets: uploads went through private folders of admin's, the env file was never
     # readable by anyone but root, and nothing is left behind.
     admin = int(bare_host.chroot("id", "-u", "admin").stdout)
-    folders = {(path, mode, uid) for path, mode, uid in seen if path.count("/") == 2
-               and path.startswith("var/tmp/beagle-upload.")}
+    folders = {
+        (path, mode, uid)
+        for path, mode, uid in seen
+        if path.count("/") == 2 and path.startswith("var/tmp/beagle-upload.")
+    }
     env_files = {(path, mode, uid) for path, mode, uid in seen if path.startswith("etc/")}
-    print(f"\nbare host, first deploy {first_took:.0f} s; seen during it: {len(folders)} "
-          f"upload folders, modes {sorted({oct(m) for _, m, _ in folders})}, owner uid "
-          f"{sorted({u for _, _, u in folders})}; env file as {sorted(env_files)}")
+    print(
+        f"\nbare host, first deploy {first_took:.0f} s; seen during it: {len(folders)} "
+        f"upload folders, modes {sorted({oct(m) for _, m, _ in folders})}, owner uid "
+        f"{sorted({u for _, _, u in folders})}; env file as {sorted(env_files)}"
+    )
     assert folders and {(mode, uid) for _, mode, uid in folders} == {(0o700, admin)}
     assert env_files and {(mode, uid) for _, mode, uid in env_files} == {(0o600, 0)}
     assert not list(bare_host.path("var/tmp").iterdir())
     env = bare_host.path("etc/beagle/beagle.env").stat()
     assert (env.st_mode & 0o777, env.st_uid) == (0o600, 0)
 
-    c = Connection("127.0.0.1", user="admin", port=bare_host.port,
-                   connect_kwargs={"key_filename": [str(client_key)]},
-                   config=Config(overrides={"run": {"in_stream": False}}))  # pytest owns stdin
-    assert "Permission denied" in c.run("cat /etc/beagle/beagle.env", warn=True,
-                                        hide=True).stderr
+    c = Connection(
+        "127.0.0.1",
+        user="admin",
+        port=bare_host.port,
+        connect_kwargs={"key_filename": [str(client_key)]},
+        config=Config(overrides={"run": {"in_stream": False}}),
+    )  # pytest owns stdin
+    assert "Permission denied" in c.run("cat /etc/beagle/beagle.env", warn=True, hide=True).stderr
     # Every part of a compound command runs under sudo.
     assert remote.run(c, "id -u && id -u").stdout == "0\n0\n"
-    assert remote.run(c, "set -a; . /etc/beagle/beagle.env; set +a; "
-                         "echo ${BEAGLE_API_KEYS%%,*}").stdout == "bare-key-1\n"
+    assert (
+        remote.run(
+            c, "set -a; . /etc/beagle/beagle.env; set +a; echo ${BEAGLE_API_KEYS%%,*}"
+        ).stdout
+        == "bare-key-1\n"
+    )
     # An upload that fails removes its private folder too.
     with pytest.raises(UnexpectedExit):
         remote.upload(c, b"x", "/proc/1/no-such-place/file")
@@ -104,18 +118,29 @@ def test_a_sudoer_deploys_a_bare_host_with_api_keys(tmp_path, bare_host, client_
     # API keys on: a request without one is refused.
     curl = f"curl -s -o /dev/null -w '%{{http_code}}' -F image=@{SAMPLE} http://127.0.0.1/predict"
     assert c.run(curl, hide=True).stdout == "401"
-    assert c.run(curl.replace("curl", "curl -H 'Authorization: Bearer bare-key-2'"),
-                 hide=True).stdout == "200"
+    assert (
+        c.run(curl.replace("curl", "curl -H 'Authorization: Bearer bare-key-2'"), hide=True).stdout
+        == "200"
+    )
 
     # Debian's redis-server is gone from 6379; Beagle's Redis refuses dangerous commands.
-    assert remote.run(c, "systemctl is-active redis-server; systemctl is-enabled redis-server",
-                      warn=True).stdout.split() == ["inactive", "disabled"]
-    listening = subprocess.run(["ip", "netns", "exec", bare_host.netns, "ss", "-ltnH"],
-                               capture_output=True, text=True, check=True).stdout
+    assert remote.run(
+        c, "systemctl is-active redis-server; systemctl is-enabled redis-server", warn=True
+    ).stdout.split() == ["inactive", "disabled"]
+    listening = subprocess.run(
+        ["ip", "netns", "exec", bare_host.netns, "ss", "-ltnH"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert ":6379 " not in listening and "127.0.0.1:6380 " in listening
-    refused = remote.run(c, "set -a; . /etc/beagle/beagle.env; /opt/beagle/current/venv/bin/"
-                            "python -c \"import os, redis; redis.Redis.from_url(os.environ["
-                            "'BEAGLE_REDIS_URL']).config_get('dir')\"", warn=True)
+    refused = remote.run(
+        c,
+        "set -a; . /etc/beagle/beagle.env; /opt/beagle/current/venv/bin/"
+        'python -c "import os, redis; redis.Redis.from_url(os.environ['
+        "'BEAGLE_REDIS_URL']).config_get('dir')\"",
+        warn=True,
+    )
     assert "NoPermissionError" in refused.stderr
 
     began = time.monotonic()
@@ -147,25 +172,49 @@ def test_the_cuda_branch_runs_as_far_as_a_machine_without_a_gpu_allows(tmp_path,
         source, config = checkout(tmp_path), tmp_path / "fabric.yaml"
         config.write_text("beagle: {}\n")
         began = time.monotonic()
-        done = subprocess.run([str(BIN / "fab"), "-f", str(config), "-H", host.target, "-i",
-                               str(client_key), "deploy"], cwd=source, capture_output=True,
-                              text=True, timeout=3600)
+        done = subprocess.run(
+            [
+                str(BIN / "fab"),
+                "-f",
+                str(config),
+                "-H",
+                host.target,
+                "-i",
+                str(client_key),
+                "deploy",
+            ],
+            cwd=source,
+            capture_output=True,
+            text=True,
+            timeout=3600,
+        )
         took = time.monotonic() - began
         lines = step_lines(done.stdout)
         linked = host.chroot("ldconfig", "-p").stdout
-        venv_size = subprocess.run(["du", "-sh", str(host.path("opt/beagle/venvs"))],
-                                   capture_output=True, text=True).stdout.split()[0]
-        print(f"\nCUDA branch: deploy stopped after {took:.0f} s (venv {venv_size});\n"
-              f"code: {lines['code']}\ncuda: {lines['cuda']}\n{done.stderr.strip()[:300]}")
+        venv_size = subprocess.run(
+            ["du", "-sh", str(host.path("opt/beagle/venvs"))], capture_output=True, text=True
+        ).stdout.split()[0]
+        print(
+            f"\nCUDA branch: deploy stopped after {took:.0f} s (venv {venv_size});\n"
+            f"code: {lines['code']}\ncuda: {lines['cuda']}\n{done.stderr.strip()[:300]}"
+        )
         assert done.returncode != 0
         assert re.search(r"venv /opt/beagle/venvs/\w+ built with CUDA", lines["code"])
-        assert re.fullmatch(r"registered \d+ CUDA library folders; ONNX Runtime has "
-                            r"CUDAExecutionProvider", lines["cuda"])
-        assert ("TensorFlow in /opt/beagle/current/venv lists no GPU although nvidia-smi "
-                "shows 1: check the NVIDIA driver") in done.stderr
+        assert re.fullmatch(
+            r"registered \d+ CUDA library folders; ONNX Runtime has "
+            r"CUDAExecutionProvider",
+            lines["cuda"],
+        )
+        assert (
+            "TensorFlow in /opt/beagle/current/venv lists no GPU although nvidia-smi "
+            "shows 1: check the NVIDIA driver"
+        ) in done.stderr
         for library in ("libcudnn.so", "libcublas.so"):
-            assert re.search(rf"{library}\S* .* => /opt/beagle/venvs/\w+/lib/python3\.11/"
-                             rf"site-packages/nvidia/", linked), library
+            assert re.search(
+                rf"{library}\S* .* => /opt/beagle/venvs/\w+/lib/python3\.11/"
+                rf"site-packages/nvidia/",
+                linked,
+            ), library
         assert "workers" not in lines  # the deploy stopped before starting any
         assert not list(host.path("var/tmp").iterdir())  # nothing left, failure or not
     finally:

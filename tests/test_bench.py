@@ -1,20 +1,41 @@
 """The benchmark runs end to end, Beagle and its peer side by side, and writes its report
 (small counts: a smoke run; the figures themselves are the benchmark's, never a test's)."""
+
 import json
 import subprocess
 import sys
 
-from app.settings import PROJECT_ROOT
+from app.config import PROJECT_ROOT
 from stress.bench_report import BEAGLE_PARTS
 
 
 def test_bench_side_by_side_writes_report_table_and_plot(tmp_path):
     done = subprocess.run(
-        [sys.executable, "-m", "stress.bench", "--model", "null", "--peer", "litserve",
-         "--batches", "1,4", "--concurrency", "1,4", "--requests", "200", "--raw-seconds", "0.3",
-         "--report", str(tmp_path)],
-        cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=900,
-        env={"TF_CPP_MIN_LOG_LEVEL": "3", "PATH": "/usr/bin:/bin"})
+        [
+            sys.executable,
+            "-m",
+            "stress.bench",
+            "--model",
+            "null",
+            "--peer",
+            "litserve",
+            "--batches",
+            "1,4",
+            "--concurrency",
+            "1,4",
+            "--requests",
+            "200",
+            "--raw-seconds",
+            "0.3",
+            "--report",
+            str(tmp_path),
+        ],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env={"TF_CPP_MIN_LOG_LEVEL": "3", "PATH": "/usr/bin:/bin"},
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     report = (tmp_path / "report.md").read_text()
     assert "| 4 | beagle |" in report and "| 4 | litserve |" in report
@@ -25,14 +46,19 @@ def test_bench_side_by_side_writes_report_table_and_plot(tmp_path):
     for server in ("beagle", "litserve"):
         levels = results[0]["served"][server]["levels"]
         assert [row["concurrency"] for row in levels] == [1, 4]
-        assert all(row["summary"]["failed"] == 0 and row["summary"]["requests"] >= 200
-                   for row in levels), levels
+        assert all(
+            row["summary"]["failed"] == 0 and row["summary"]["requests"] >= 200 for row in levels
+        ), levels
         assert all(row["cpu_ms"]["client"] > 0 for row in levels)
     beagle = results[0]["served"]["beagle"]["levels"][-1]["cpu_ms"]
     # /proc counts CPU in 10 ms ticks: a smoke run's smaller parts may read 0
     assert set(BEAGLE_PARTS) <= set(beagle) and beagle["mod_wsgi"] > 0
     assert (tmp_path / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     (tmp_path / "report.md").unlink()  # rendered again from results.json alone
-    subprocess.run([sys.executable, "-m", "stress.bench_report", str(tmp_path)], check=True,
-                   cwd=PROJECT_ROOT, capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "stress.bench_report", str(tmp_path)],
+        check=True,
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+    )
     assert (tmp_path / "report.md").read_text() == report

@@ -1,6 +1,7 @@
 """What fab deploy writes and ships, checked without a host: the release bundle carries
 code and never the operator's configuration or keys; the env file means the same to
 systemd and to a shell; Redis's address is private; the rendered units are sound."""
+
 import re
 import shlex
 import shutil
@@ -9,9 +10,9 @@ import sys
 
 import pytest
 from invoke.exceptions import Exit
-
-from app.settings import PROJECT_ROOT
 from old_redis import old_redis_server
+
+from app.config import PROJECT_ROOT
 from provisioning import envfile
 from provisioning.bundle import Bundle
 from provisioning.fabfile import redis_address
@@ -19,8 +20,11 @@ from provisioning.host import gpu_requirements, redis_server_problem
 from provisioning.plan import Plan
 
 ENV_GENERATOR = "/usr/lib/systemd/user-environment-generators/30-systemd-environment-d-generator"
-AWKWARD = {"BEAGLE_API_KEYS": "k1,k-2_x.y~z", "BEAGLE_HOST": "*",
-           "BEAGLE_LOG_LEVEL": "a b  #not a comment ; & | < > ( ) * ? [ ] { } ! ~ % ^ = + @"}
+AWKWARD = {
+    "BEAGLE_API_KEYS": "k1,k-2_x.y~z",
+    "BEAGLE_HOST": "*",
+    "BEAGLE_LOG_LEVEL": "a b  #not a comment ; & | < > ( ) * ? [ ] { } ! ~ % ^ = + @",
+}
 
 
 @pytest.fixture(scope="module")
@@ -36,6 +40,7 @@ def checkout(tmp_path_factory):
 def names_in(bundle):
     import io
     import tarfile
+
     with tarfile.open(fileobj=io.BytesIO(bundle.tarball)) as archive:
         return set(archive.getnames())
 
@@ -44,16 +49,19 @@ def test_the_operators_config_is_never_bundled(checkout):
     (checkout / "fabric.yaml").write_text("beagle:\n  settings: {api_keys: s3cret}\n")
     (checkout / "beagle.env").write_text("BEAGLE_API_KEYS='s3cret'\n")
     names = names_in(Bundle.from_checkout(checkout))
-    assert "app/web.py" in names and "wsgi/beagle.wsgi" in names
+    assert "app/web/__init__.py" in names and "wsgi/beagle.wsgi" in names
     assert "fabric.yaml" not in names and "beagle.env" not in names
 
 
-@pytest.mark.parametrize("name,content", [
-    ("deploy/cluster.yaml", "# my cluster\nbeagle:\n  roles: {web: [web1]}\n"),
-    ("keys/id_ed25519", "anything"),
-    ("notes/server.pem", "anything"),
-    ("notes/innocent.txt", "-----BEGIN OPENSSH " + "PRIVATE KEY-----\nb3BlbnNzaC1rZXk=\n"),
-])
+@pytest.mark.parametrize(
+    "name,content",
+    [
+        ("deploy/cluster.yaml", "# my cluster\nbeagle:\n  roles: {web: [web1]}\n"),
+        ("keys/id_ed25519", "anything"),
+        ("notes/server.pem", "anything"),
+        ("notes/innocent.txt", "-----BEGIN OPENSSH " + "PRIVATE KEY-----\nb3BlbnNzaC1rZXk=\n"),
+    ],
+)
 def test_files_that_look_like_secrets_stop_the_bundle(checkout, name, content):
     path = checkout / name
     path.parent.mkdir(exist_ok=True)
@@ -72,17 +80,26 @@ def systemd_reads(env_text, tmp_path):
     environment.d generator, which shares EnvironmentFile='s parser)."""
     (tmp_path / "environment.d").mkdir()
     (tmp_path / "environment.d" / "beagle.conf").write_text(env_text)
-    out = subprocess.run([ENV_GENERATOR], env={"XDG_CONFIG_HOME": str(tmp_path)},
-                         capture_output=True, text=True, check=True).stdout
-    return dict(shlex.split(line)[0].split("=", 1) for line in out.splitlines()
-                if line.startswith("BEAGLE_"))
+    out = subprocess.run(
+        [ENV_GENERATOR],
+        env={"XDG_CONFIG_HOME": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return dict(
+        shlex.split(line)[0].split("=", 1)
+        for line in out.splitlines()
+        if line.startswith("BEAGLE_")
+    )
 
 
 def shell_reads(env_text, tmp_path):
     path = tmp_path / "beagle.env"
     path.write_text(env_text)
-    out = subprocess.run(["bash", "-c", f"set -a; . {path}; set +a; env -0"], env={},
-                         capture_output=True, check=True).stdout.decode()
+    out = subprocess.run(
+        ["bash", "-c", f"set -a; . {path}; set +a; env -0"], env={}, capture_output=True, check=True
+    ).stdout.decode()
     return dict(item.split("=", 1) for item in out.split("\0") if item.startswith("BEAGLE_"))
 
 
@@ -93,12 +110,15 @@ def test_the_env_file_means_the_same_to_systemd_and_to_a_shell(tmp_path):
     assert envfile.parse(text) == AWKWARD
     # and to the systemctl stand-in that runs the units on this machine's test hosts
     from systemctl2.systemctl3 import read_env_file
+
     (tmp_path / "stand-in.env").write_text(text)
     assert dict(read_env_file(str(tmp_path / "stand-in.env"))) == AWKWARD
 
 
-@pytest.mark.parametrize("value", ["$(touch /tmp/pwned)", "`id`", "a'b", 'a"b', "a\\b",
-                                   "two\nlines", "$HOME", "tab\there"])
+@pytest.mark.parametrize(
+    "value",
+    ["$(touch /tmp/pwned)", "`id`", "a'b", 'a"b', "a\\b", "two\nlines", "$HOME", "tab\there"],
+)
 def test_values_a_shell_could_expand_are_refused(value):
     with pytest.raises(ValueError, match="BEAGLE_API_KEYS holds"):
         envfile.render({"BEAGLE_API_KEYS": value})
@@ -123,10 +143,17 @@ def test_redis_binds_loopback_alone_and_a_given_private_address_in_a_cluster():
 
 def test_the_readme_lists_every_key_of_the_deployment_with_its_default():
     readme = (PROJECT_ROOT / "README.md").read_text()
-    rows = dict(re.findall(r"^\| `(\w+)` \| `([^`]*)` \|", readme.split(
-        "**Settings of the deployment**")[1].split("\n\n")[1], re.M))
-    assert rows == {key: '""' if default == "" else str(default)
-                    for key, default in Plan.defaults()["beagle"].items()}
+    rows = dict(
+        re.findall(
+            r"^\| `(\w+)` \| `([^`]*)` \|",
+            readme.split("**Settings of the deployment**")[1].split("\n\n")[1],
+            re.M,
+        )
+    )
+    assert rows == {
+        key: '""' if default == "" else str(default)
+        for key, default in Plan.defaults()["beagle"].items()
+    }
 
 
 def test_a_gpu_host_gets_the_cuda_builds_of_the_same_pins():
@@ -137,33 +164,56 @@ def test_a_gpu_host_gets_the_cuda_builds_of_the_same_pins():
 
 
 def test_rendered_units_pass_systemd_analyze(tmp_path):
-    from app import config_files
+    from provisioning import config_files
+
     units = {
         "beagle-redis.service": config_files.render(
-            "systemd/beagle-redis.service.j2", etc="/etc/beagle", redis_dir="/var/lib/x"),
+            "systemd/beagle-redis.service.j2", etc="/etc/beagle", redis_dir="/var/lib/x"
+        ),
         "beagle-worker@.service": config_files.render(
-            "systemd/beagle-worker@.service.j2", etc="/etc/beagle", prefix=sys.prefix,
-            stop_timeout=90, hostname="gpu1")}
+            "systemd/beagle-worker@.service.j2",
+            etc="/etc/beagle",
+            prefix=sys.prefix,
+            stop_timeout=90,
+            hostname="gpu1",
+        ),
+    }
     for name, text in units.items():
         (tmp_path / name).write_text(text.replace(f"{sys.prefix}/current/venv", sys.prefix))
     (tmp_path / "beagle-worker@0.service").symlink_to(tmp_path / "beagle-worker@.service")
-    verify = subprocess.run(["systemd-analyze", "verify", str(tmp_path / "beagle-redis.service"),
-                             str(tmp_path / "beagle-worker@0.service")],
-                            capture_output=True, text=True)
+    verify = subprocess.run(
+        [
+            "systemd-analyze",
+            "verify",
+            str(tmp_path / "beagle-redis.service"),
+            str(tmp_path / "beagle-worker@0.service"),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert verify.returncode == 0 and verify.stderr == "", verify.stderr
     redis_unit = units["beagle-redis.service"]
-    for hardening in ("PrivateTmp=yes", "ProtectHome=yes", "PrivateDevices=yes",
-                      "NoNewPrivileges=yes", "CapabilityBoundingSet=\n",
-                      "RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX",
-                      "ReadWritePaths=/var/lib/x", "ProtectSystem=strict"):
+    for hardening in (
+        "PrivateTmp=yes",
+        "ProtectHome=yes",
+        "PrivateDevices=yes",
+        "NoNewPrivileges=yes",
+        "CapabilityBoundingSet=\n",
+        "RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX",
+        "ReadWritePaths=/var/lib/x",
+        "ProtectSystem=strict",
+    ):
         assert hardening in redis_unit, hardening
     assert "RestartPreventExitStatus=78" in units["beagle-worker@.service"]
 
 
 def test_the_deploy_refuses_a_redis_older_than_6_2():
     def version_of(binary):
-        return subprocess.run([str(binary), "--version"], capture_output=True, text=True,
-                              check=True).stdout
+        return subprocess.run(
+            [str(binary), "--version"], capture_output=True, text=True, check=True
+        ).stdout
+
     assert redis_server_problem(version_of("/usr/bin/redis-server")) is None  # Debian 12: 7.0
     assert redis_server_problem(version_of(old_redis_server())).startswith(
-        "Redis 5.0.6 is too old: Beagle needs 6.2 or newer")
+        "Redis 5.0.6 is too old: Beagle needs 6.2 or newer"
+    )

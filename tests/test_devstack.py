@@ -2,6 +2,7 @@
 (make and the launcher, python -m tools.devstack), whenever it comes: while Redis, the
 worker or Apache start, right after it starts serving, or later. make passes a SIGTERM on
 to the launcher, so the launcher gets two signals at once."""
+
 import os
 import random
 import signal
@@ -10,8 +11,8 @@ import sys
 import time
 from pathlib import Path
 
+from app.config import PROJECT_ROOT
 from tools.devstack import free_port
-from app.settings import PROJECT_ROOT
 
 STOPS = 24
 SERVING = "Beagle is serving"
@@ -39,23 +40,31 @@ def wait_for_line(path, text, process, timeout):
     return None
 
 
-def test_make_run_stops_when_its_process_group_is_signalled_at_any_moment(redis_server,
-                                                                          tmp_path):
+def test_make_run_stops_when_its_process_group_is_signalled_at_any_moment(redis_server, tmp_path):
     rng = random.Random(7)
     stops = []
     for n in range(STOPS):
         port = free_port()
         # Half the runs bring their own Redis (nothing answers at that URL), half use ours.
         url = redis_server.url if n % 2 else f"redis://127.0.0.1:{free_port()}/0"
-        env = {**os.environ, "BEAGLE_PORT": str(port), "BEAGLE_REDIS_URL": url,
-               "TF_CPP_MIN_LOG_LEVEL": "3"}
+        env = {
+            **os.environ,
+            "BEAGLE_PORT": str(port),
+            "BEAGLE_REDIS_URL": url,
+            "TF_CPP_MIN_LOG_LEVEL": "3",
+        }
         output = tmp_path / f"launcher-{n}.log"
         with open(output, "wb") as out:
             # Its own process group, as a shell gives a foreground job: the signals below
             # reach it the way a terminal's Ctrl-C does, and nothing else of the test's.
-            launcher = subprocess.Popen(["make", "-s", "run", f"VENV={sys.prefix}"],
-                                        cwd=PROJECT_ROOT, env=env, stdout=out,
-                                        stderr=subprocess.STDOUT, process_group=0)
+            launcher = subprocess.Popen(
+                ["make", "-s", "run", f"VENV={sys.prefix}"],
+                cwd=PROJECT_ROOT,
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                process_group=0,
+            )
         if n % 3 == 0:  # the moment it starts serving
             moment = wait_for_line(output, SERVING, launcher, 60)
         else:  # anywhere in its life: serving after 6-10 s here
@@ -78,13 +87,21 @@ def test_make_run_stops_when_its_process_group_is_signalled_at_any_moment(redis_
         left = started_by(port)
         for pid in left:
             os.kill(pid, signal.SIGKILL)
-        stops.append((None if moment is None else round(moment, 1),
-                      signal.Signals(signum).name, round(took, 2),
-                      "serving" if SERVING in text else "starting", len(left)))
+        stops.append(
+            (
+                None if moment is None else round(moment, 1),
+                signal.Signals(signum).name,
+                round(took, 2),
+                "serving" if SERVING in text else "starting",
+                len(left),
+            )
+        )
         assert code is not None, f"run {n}: signals after {moment} s ignored\n{text}"
         assert left == [], f"run {n}: left running: {left}\n{text}"
         assert "devstack: stopped" in text, text
     slowest = max(took for _, _, took, _, _ in stops)
-    print(f"\n{STOPS} stops (after s, signal, stopped in s, state, left running): {stops}; "
-          f"slowest {slowest:.2f} s")
+    print(
+        f"\n{STOPS} stops (after s, signal, stopped in s, state, left running): {stops}; "
+        f"slowest {slowest:.2f} s"
+    )
     assert slowest < 10

@@ -1,12 +1,13 @@
 """Image intake: bytes in, model-sized pixels or a 4xx BadImage out."""
+
 import io
 
 import numpy as np
 import pytest
+from conftest import sample
 from PIL import Image
 
 from app.imaging import DRAFT_SLACK, MODES, BadImage, DecodeBudget, fit, to_pixels
-from conftest import sample
 
 LIMIT = 25_000_000
 
@@ -44,12 +45,15 @@ def test_jpeg_draft_decodes_large_photos_at_a_reduced_scale():
     assert len(intake(photo, 224, 224, 3)) == 224 * 224 * 3
 
 
-@pytest.mark.parametrize("data,status", [
-    (b"", 400),
-    (b"hello, this is text", 400),
-    (sample(3)[:300], 400),                       # truncated PNG
-    (encode(Image.new("RGB", (64, 64)), "PPM"), 415),  # an image, not a format we take
-])
+@pytest.mark.parametrize(
+    "data,status",
+    [
+        (b"", 400),
+        (b"hello, this is text", 400),
+        (sample(3)[:300], 400),  # truncated PNG
+        (encode(Image.new("RGB", (64, 64)), "PPM"), 415),  # an image, not a format we take
+    ],
+)
 def test_bad_input_is_a_client_error(data, status):
     assert status_of(data) == status
 
@@ -80,15 +84,19 @@ def pillow_pixels(data, shape):
     return fit(image, shape)
 
 
-@pytest.mark.parametrize("side, mode, shape, params", [
-    (224, "RGB", (224, 224, 3), {}),                        # the model's size: no resize
-    (640, "RGB", (224, 224, 3), {}),                        # drafted at 1/2, then resized
-    (1999, "RGB", (224, 224, 3), {"subsampling": 0}),       # 1/8, 4:4:4
-    (300, "RGB", (32, 32, 1), {"progressive": True}),       # colour photo, grey model
-    (300, "L", (32, 32, 1), {}),                            # grey photo, grey model
-])
+@pytest.mark.parametrize(
+    "side, mode, shape, params",
+    [
+        (224, "RGB", (224, 224, 3), {}),  # the model's size: no resize
+        (640, "RGB", (224, 224, 3), {}),  # drafted at 1/2, then resized
+        (1999, "RGB", (224, 224, 3), {"subsampling": 0}),  # 1/8, 4:4:4
+        (300, "RGB", (32, 32, 1), {"progressive": True}),  # colour photo, grey model
+        (300, "L", (32, 32, 1), {}),  # grey photo, grey model
+    ],
+)
 def test_jpeg_fast_path_gives_pillows_pixels(side, mode, shape, params):
     from sklearn.datasets import load_sample_image
+
     photo = Image.fromarray(load_sample_image("flower.jpg")).resize((side, side)).convert(mode)
     data = encode(photo, "JPEG", quality=85, **params)
     fast = to_pixels(data, shape, LIMIT, DecodeBudget(1 << 30))

@@ -1,6 +1,7 @@
 """What one web process spends on a request is bounded, whatever clients send: memory for
 decoding, work before admission, queue room per request, cache entries per name asked
 for, and the threads a slow client can hold. Real Apache, Redis and workers throughout."""
+
 import signal
 import socket
 import threading
@@ -10,12 +11,12 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import requests
-
-from app.keys import Keys
-from app.registry import Directory
 from conftest import predict, sample
 from hostile import b64, big_digit
 from test_web import daemon_pids
+
+from app.keys import Keys
+from app.registry import Directory
 
 MB = 1024 * 1024
 
@@ -30,8 +31,7 @@ def status_kb(pid, field):
 def waiting_requests(stack, count):
     """``count`` requests waiting for answers while the worker is stopped."""
     stack.workers[0].signal(signal.SIGSTOP)
-    waiting = [threading.Thread(target=predict, args=(stack.url, sample(1)))
-               for _ in range(count)]
+    waiting = [threading.Thread(target=predict, args=(stack.url, sample(1))) for _ in range(count)]
     try:
         for thread in waiting:
             thread.start()
@@ -61,6 +61,7 @@ def test_concurrent_decompression_bombs_stay_within_the_decode_budget(start_stac
         response = predict(stack.url, data, timeout=60)
         with lock:
             replies.append((response.status_code, json_reply(response)))
+
     threads = [threading.Thread(target=send, args=(bombs[n % 3],)) for n in range(24)]
     for thread in threads:
         thread.start()
@@ -68,9 +69,11 @@ def test_concurrent_decompression_bombs_stay_within_the_decode_budget(start_stac
         thread.join()
     peak = status_kb(pid, "VmHWM")
     statuses = sorted(status for status, _ in replies)
-    print(f"\n24 concurrent 25 MP images ({', '.join(f'{len(b) // 1024} KB' for b in bombs)}), "
-          f"decode budget {budget_mb} MB: statuses {statuses}; web process RSS "
-          f"{before / MB:.0f} MB before, peak {peak / MB:.0f} MB")
+    print(
+        f"\n24 concurrent 25 MP images ({', '.join(f'{len(b) // 1024} KB' for b in bombs)}), "
+        f"decode budget {budget_mb} MB: statuses {statuses}; web process RSS "
+        f"{before / MB:.0f} MB before, peak {peak / MB:.0f} MB"
+    )
     assert set(statuses) <= {200, 503, 413}
     assert peak - before <= (budget_mb + 96) * MB
 
@@ -127,8 +130,10 @@ def test_the_registry_keeps_nothing_for_names_nobody_serves(stack, client):
 def trickle(port, stop, outcomes):
     """A client that sends its headers, then its body a byte at a time, slowly."""
     with socket.create_connection(("127.0.0.1", port), timeout=60) as sock:
-        sock.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
-                     b"Content-Length: 100000\r\n\r\n")
+        sock.sendall(
+            b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+            b"Content-Length: 100000\r\n\r\n"
+        )
         began = time.monotonic()
         try:
             while not stop.is_set():
@@ -149,8 +154,10 @@ def trickle(port, stop, outcomes):
 def test_slow_bodies_are_cut_and_never_starve_the_web_tier(start_stack):
     stack = start_stack()
     stop, outcomes = threading.Event(), []
-    tricklers = [threading.Thread(target=trickle, args=(stack.apache.settings.port, stop,
-                                                        outcomes)) for _ in range(100)]
+    tricklers = [
+        threading.Thread(target=trickle, args=(stack.apache.settings.port, stop, outcomes))
+        for _ in range(100)
+    ]
     for thread in tricklers:
         thread.start()
     time.sleep(1.0)
@@ -164,9 +171,11 @@ def test_slow_bodies_are_cut_and_never_starve_the_web_tier(start_stack):
         thread.join()
     cut = [seconds for seconds, line in outcomes if " 408 " in line]
     slowest = max(seconds for _, seconds in served)
-    print(f"\n100 trickling clients: a normal client got {len(served)} answers in 15 s "
-          f"({sorted({s for s, _ in served})}, slowest {slowest * 1000:.0f} ms); "
-          f"{len(cut)} trickles cut with 408, after {min(cut, default=0):.0f}-"
-          f"{max(cut, default=0):.0f} s")
+    print(
+        f"\n100 trickling clients: a normal client got {len(served)} answers in 15 s "
+        f"({sorted({s for s, _ in served})}, slowest {slowest * 1000:.0f} ms); "
+        f"{len(cut)} trickles cut with 408, after {min(cut, default=0):.0f}-"
+        f"{max(cut, default=0):.0f} s"
+    )
     assert {status for status, _ in served} == {200} and slowest < 2.0
     assert len(cut) == 100 and max(cut) < 15

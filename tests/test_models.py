@@ -1,5 +1,6 @@
 """The model repository: versions swapped and removed under load, pins, several models
 and runtimes in one worker, per-model batch caps, workers pinned to their cores."""
+
 import json
 import shutil
 import subprocess
@@ -12,11 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import requests
-
-from app import settings as settings_module
-from app.keys import Keys
-from app.settings import PROJECT_ROOT
 from conftest import predict, public_tempdir, sample
+
+from app import config
+from app.config import PROJECT_ROOT
+from app.keys import Keys
 
 BUNDLED = PROJECT_ROOT / "models" / "digits" / "1"
 
@@ -43,9 +44,10 @@ class VersionLoad:
     def __init__(self, url, concurrency=16, count=20_000, seconds=30, **params):
         self.answers, self.lock, self.stop = [], threading.Lock(), threading.Event()
         self.remaining = iter(range(count))
-        self.threads = [threading.Thread(target=self.run, args=(url, params, time.monotonic()
-                                                                 + seconds))
-                        for _ in range(concurrency)]
+        self.threads = [
+            threading.Thread(target=self.run, args=(url, params, time.monotonic() + seconds))
+            for _ in range(concurrency)
+        ]
         for thread in self.threads:
             thread.start()
 
@@ -55,8 +57,9 @@ class VersionLoad:
                 with self.lock:
                     if next(self.remaining, None) is None:
                         return
-                response = session.post(url + "/predict", files={"image": sample(4)},
-                                        data=params, timeout=30)
+                response = session.post(
+                    url + "/predict", files={"image": sample(4)}, data=params, timeout=30
+                )
                 version = response.json().get("model", {}).get("version")
                 with self.lock:
                     self.answers.append((response.status_code, version))
@@ -87,10 +90,12 @@ def test_versions_swap_under_load_without_a_failure(repo, start_stack):
     wait_for(lambda: sum(v == 2 for _, v in load.answers) >= 300)
     answers = load.finish()
     swap = next(i for i, (_, v) in enumerate(answers) if v == 2)
-    print(f"\nswap under load: {len(answers)} answers, {Counter(s for s, _ in answers)}, "
-          f"version 1 for the first {swap}, then {Counter(v for _, v in answers[swap:])}")
+    print(
+        f"\nswap under load: {len(answers)} answers, {Counter(s for s, _ in answers)}, "
+        f"version 1 for the first {swap}, then {Counter(v for _, v in answers[swap:])}"
+    )
     assert len(answers) >= 500 and Counter(s for s, _ in answers) == {200: len(answers)}
-    assert all(v == 2 for _, v in answers[swap + 16:])  # at most the requests in flight
+    assert all(v == 2 for _, v in answers[swap + 16 :])  # at most the requests in flight
     log = stack.workers[0].log_path.read_text()
     assert log.index("version 2 loaded and warmed") < log.index("retiring version 1")
 
@@ -120,10 +125,28 @@ def test_pinned_versions_are_served_side_by_side(repo, start_stack):
 
 def export(source, name, runtime, repo, *extra):
     done = subprocess.run(
-        [sys.executable, "-m", "scripts.export_model", str(source), "--name", name,
-         "--runtime", runtime, "--labels", str(BUNDLED / "labels.txt"), "--preprocessing",
-         "unit", "--repository", str(repo), *extra], cwd=PROJECT_ROOT, capture_output=True,
-        text=True, env={"TF_CPP_MIN_LOG_LEVEL": "3", "PATH": "/usr/bin"})
+        [
+            sys.executable,
+            "-m",
+            "scripts.export_model",
+            str(source),
+            "--name",
+            name,
+            "--runtime",
+            runtime,
+            "--labels",
+            str(BUNDLED / "labels.txt"),
+            "--preprocessing",
+            "unit",
+            "--repository",
+            str(repo),
+            *extra,
+        ],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        env={"TF_CPP_MIN_LOG_LEVEL": "3", "PATH": "/usr/bin"},
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     return done.stdout
 
@@ -161,7 +184,7 @@ def test_two_workers_split_the_cores(repo, start_stack):
     stack = start_stack(model_repository=str(repo), workers=2)
     for n, worker in enumerate(stack.workers):  # restart each pinned to its own core
         worker.stop()
-        worker.settings = settings_module.replace(worker.settings, worker_cpus=str(n))
+        worker.settings = config.replace(worker.settings, worker_cpus=str(n))
         worker.start()
     for n, worker in enumerate(stack.workers):
         status = Path(f"/proc/{worker.process.pid}/status").read_text()
@@ -174,14 +197,17 @@ def test_gpu_memory_is_taken_as_needed_or_within_the_setting():
     """On a GPU, ONNX Runtime grows its arena by what is asked (its default doubles it)
     within worker_gpu_memory_mb; TensorFlow grows on use or is capped (set at load, before
     its first op: no GPU here runs it, but loading with the setting must work)."""
-    from app import runtimes
+    from app.worker import runtimes
+
     assert runtimes.onnx_providers(["CPUExecutionProvider"]) == ["CPUExecutionProvider"]
     both = ["CUDAExecutionProvider", "CPUExecutionProvider"]
     assert runtimes.onnx_providers(both) == [
         ("CUDAExecutionProvider", {"arena_extend_strategy": "kSameAsRequested"}),
-        "CPUExecutionProvider"]
+        "CPUExecutionProvider",
+    ]
     assert runtimes.onnx_providers(both, 2048)[0][1]["gpu_mem_limit"] == str(2048 << 20)
-    from app import repository
+    from app.worker import repository
+
     spec = repository.load_spec(PROJECT_ROOT / "models", "digits", 1)
     runner = runtimes.load(spec, threads=1, gpu_memory_mb=1024)
     assert runner(np.zeros((2, *spec.shape), np.uint8)).shape == (2, len(spec.labels))

@@ -1,5 +1,6 @@
 """Observability and the user's view: /metrics, the page at /, /openapi.json, the stress
 report, the Locust file, and request ids through the logs."""
+
 import csv
 import json
 import shlex
@@ -11,18 +12,24 @@ import time
 from pathlib import Path
 
 import requests
+from conftest import predict, sample
 from prometheus_client.parser import text_string_to_metric_families
 
+from app.config import PROJECT_ROOT
 from app.keys import Keys
-from app.settings import PROJECT_ROOT
 from app.web import create_app
-from conftest import predict, sample
 from stress import stress_test
 
 SCREENSHOTS = PROJECT_ROOT / "reports" / "screenshots"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 def scrape(url):
@@ -30,14 +37,15 @@ def scrape(url):
     response = requests.get(url + "/metrics")
     assert response.status_code == 200
     assert response.headers["Content-Type"].startswith("text/plain")
-    return {(s.name, frozenset(s.labels.items())): s.value
-            for family in text_string_to_metric_families(response.text)
-            for s in family.samples}
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(response.text)
+        for s in family.samples
+    }
 
 
 def value(samples, name, **labels):
-    return sum(v for (n, ls), v in samples.items()
-               if n == name and set(labels.items()) <= set(ls))
+    return sum(v for (n, ls), v in samples.items() if n == name and set(labels.items()) <= set(ls))
 
 
 def test_metrics_count_every_request_across_web_processes(start_stack, client):
@@ -47,11 +55,12 @@ def test_metrics_count_every_request_across_web_processes(start_stack, client):
     predict(stack.url, b"not an image")
     predict(stack.url, sample(2), model="nope")
     time.sleep(1.2)  # let a heartbeat carry the worker's latest counts
-    status = json.loads(client.get(Keys(stack.settings.key_prefix).worker(
-        stack.workers[0].name)))
+    status = json.loads(client.get(Keys(stack.settings.key_prefix).worker(stack.workers[0].name)))
     m = scrape(stack.url)
-    print(f"\nmetrics after 600 requests: {status['batches']} batches, "
-          f"mean {600 / status['batches']:.2f} per batch")
+    print(
+        f"\nmetrics after 600 requests: {status['batches']} batches, "
+        f"mean {600 / status['batches']:.2f} per batch"
+    )
     assert value(m, "beagle_requests_total", model="digits", code="200") == 600
     assert value(m, "beagle_requests_total", model="digits", code="400") == 1
     assert value(m, "beagle_requests_total", model="-", code="404") == 1
@@ -62,8 +71,9 @@ def test_metrics_count_every_request_across_web_processes(start_stack, client):
     assert value(m, "beagle_batch_size_sum", model="digits") == 600
     assert value(m, "beagle_inference_seconds_count", model="digits") == status["batches"]
     assert value(m, "beagle_queue_wait_seconds_count", model="digits") == 600
-    buckets = sorted((float(dict(ls)["le"]), v) for (n, ls), v in m.items()
-                     if n == "beagle_batch_size_bucket")
+    buckets = sorted(
+        (float(dict(ls)["le"]), v) for (n, ls), v in m.items() if n == "beagle_batch_size_bucket"
+    )
     assert [v for _, v in buckets] == sorted(v for _, v in buckets)  # cumulative
     assert buckets[-1][1] == status["batches"]
     assert value(m, "beagle_model_loads_total", model="digits") == 1
@@ -98,10 +108,12 @@ def test_metrics_are_for_admin_networks_only(start_stack):
 
 def test_the_page_classifies_an_uploaded_digit_in_a_real_browser(stack):
     from playwright.sync_api import sync_playwright
+
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path="/usr/bin/chromium",
-                                             args=CHROMIUM_ARGS)
+        browser = playwright.chromium.launch(
+            executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS
+        )
         try:
             page = browser.new_page(viewport={"width": 1180, "height": 760})
             page.goto(stack.url + "/")
@@ -123,26 +135,59 @@ def test_openapi_describes_every_endpoint_and_schemathesis_finds_nothing(stack):
     document = requests.get(stack.url + "/openapi.json").json()
     app = create_app({"redis_url": "redis://127.0.0.1:1/0"})  # never connects
     routes = {rule.rule for rule in app.url_map.iter_rules() if rule.endpoint != "static"}
-    documented = {path.replace("{name}", "<name>").replace("{version}", "<int:version>")
-                  for path in document["paths"]}
+    documented = {
+        path.replace("{name}", "<name>").replace("{version}", "<int:version>")
+        for path in document["paths"]
+    }
     assert routes == documented
     done = subprocess.run(
-        [str(Path(sys.executable).parent / "schemathesis"), "run", stack.url + "/openapi.json",
-         "--checks", "not_a_server_error,status_code_conformance,content_type_conformance,"
-         "response_schema_conformance", "--max-examples", "15", "--request-timeout", "15",
-         "--seed", "1"], capture_output=True, text=True, timeout=900)
+        [
+            str(Path(sys.executable).parent / "schemathesis"),
+            "run",
+            stack.url + "/openapi.json",
+            "--checks",
+            "not_a_server_error,status_code_conformance,content_type_conformance,"
+            "response_schema_conformance",
+            "--max-examples",
+            "15",
+            "--request-timeout",
+            "15",
+            "--seed",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     print(done.stdout[-1500:])
     assert done.returncode == 0, done.stdout[-6000:]
 
 
 def test_stress_report_and_progress(stack, tmp_path):
-    command = shlex.join([sys.executable, "-m", "stress.stress_test", "--url",
-                          stack.url + "/predict", "--requests", "200", "--concurrency", "8",
-                          "--report", str(tmp_path)])
+    command = shlex.join(
+        [
+            sys.executable,
+            "-m",
+            "stress.stress_test",
+            "--url",
+            stack.url + "/predict",
+            "--requests",
+            "200",
+            "--concurrency",
+            "8",
+            "--report",
+            str(tmp_path),
+        ]
+    )
     # Under a terminal (script gives it one, stty a size), as a person runs it: the
     # progress bar shows.
-    done = subprocess.run(["script", "-qec", f"stty rows 24 cols 100; {command}", "/dev/null"],
-                          cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        ["script", "-qec", f"stty rows 24 cols 100; {command}", "/dev/null"],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stdout
     assert "200/200" in done.stdout and "req/s" in done.stdout  # the bar's last state
     assert "200 requests in" in done.stdout and "report:" in done.stdout
@@ -156,15 +201,37 @@ def test_stress_report_and_progress(stack, tmp_path):
 
 def test_locust_file_runs_headless(stack, tmp_path):
     done = subprocess.run(
-        [sys.executable, "-m", "locust", "-f", "stress/locustfile.py", "--host", stack.url,
-         "--headless", "-u", "4", "-r", "4", "-t", "5s", "--only-summary", "--csv",
-         str(tmp_path / "locust")], cwd=PROJECT_ROOT, capture_output=True, text=True,
-        timeout=120)
+        [
+            sys.executable,
+            "-m",
+            "locust",
+            "-f",
+            "stress/locustfile.py",
+            "--host",
+            stack.url,
+            "--headless",
+            "-u",
+            "4",
+            "-r",
+            "4",
+            "-t",
+            "5s",
+            "--only-summary",
+            "--csv",
+            str(tmp_path / "locust"),
+        ],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     with open(tmp_path / "locust_stats.csv") as stats:
         row = next(r for r in csv.DictReader(stats) if r["Name"] == "/predict")
-    print(f"\nlocust, 4 users for 5 s: {row['Request Count']} requests, "
-          f"{row['Failure Count']} failed, median {row['Median Response Time']} ms")
+    print(
+        f"\nlocust, 4 users for 5 s: {row['Request Count']} requests, "
+        f"{row['Failure Count']} failed, median {row['Median Response Time']} ms"
+    )
     assert int(row["Request Count"]) > 50 and int(row["Failure Count"]) == 0
 
 
@@ -176,14 +243,33 @@ def test_one_request_can_be_followed_through_every_log(start_stack):
     stack.workers[0].stop()
     logs = [str(stack.apache.error_log.with_name(name)) for name in ("access.log", "error.log")]
     done = subprocess.run(
-        [sys.executable, "-m", "scripts.tail_logs", "--lines", "100000",
-         "--request-id", request_id, "--file", logs[0], "--file", logs[1],
-         "--file", str(stack.workers[0].log_path)], cwd=PROJECT_ROOT, capture_output=True,
-        text=True)
+        [
+            sys.executable,
+            "-m",
+            "scripts.tail_logs",
+            "--lines",
+            "100000",
+            "--request-id",
+            request_id,
+            "--file",
+            logs[0],
+            "--file",
+            logs[1],
+            "--file",
+            str(stack.workers[0].log_path),
+        ],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+    )
     lines = done.stdout.splitlines()
-    assert any(line.lstrip().startswith("access |") and "POST /predict" in line
-               and " 200 " in line for line in lines), done.stdout
-    assert any(line.lstrip().startswith("worker-0 |") and "batch of" in line
-               for line in lines), done.stdout
-    assert failed.headers["X-Request-ID"] in stack.apache.error_log.with_name(
-        "access.log").read_text()
+    assert any(
+        line.lstrip().startswith("access |") and "POST /predict" in line and " 200 " in line
+        for line in lines
+    ), done.stdout
+    assert any(line.lstrip().startswith("worker-0 |") and "batch of" in line for line in lines), (
+        done.stdout
+    )
+    assert (
+        failed.headers["X-Request-ID"] in stack.apache.error_log.with_name("access.log").read_text()
+    )

@@ -2,6 +2,7 @@
 exists; the README's layout table is the tree; no module edits sys.path and no two
 modules import each other; pyproject.toml builds the project with requirements.txt's
 pins."""
+
 import ast
 import re
 import shutil
@@ -9,22 +10,40 @@ import subprocess
 import sys
 import zipfile
 
-from app.settings import PROJECT_ROOT
+from app.config import PROJECT_ROOT
 
-FOLDERS = (".ci", "apache", "app", "models", "provisioning", "reports", "scripts", "stress",
-           "systemd", "tests", "tools", "wsgi")
+FOLDERS = (
+    ".ci",
+    "apache",
+    "app",
+    "models",
+    "provisioning",
+    "reports",
+    "scripts",
+    "stress",
+    "systemd",
+    "tests",
+    "tools",
+    "wsgi",
+)
 PACKAGES = ("app", "provisioning", "scripts", "stress", "tools")
 # A relative path into the repository: one of its folders, a slash, a name; not the tail of
 # a longer path (/opt/beagle/current/scripts/...) nor a placeholder (models/<name>/).
-PATH = re.compile(r"(?<![\w/.~{}$-])((?:%s)/[\w.@/-]*[\w@]|[A-Z][\w-]*\.md)\b"
-                  % "|".join(map(re.escape, FOLDERS)))  # or a document at the root
+FOLDER = "|".join(map(re.escape, FOLDERS))
+PATH = re.compile(  # or a document at the root
+    rf"(?<![\w/.~{{}}$-])((?:{FOLDER})/[\w.@/-]*[\w@]|[A-Z][\w-]*\.md)\b"
+)
 SOURCES = ("*.py", "*.j2", "*.sh", "Makefile", "*.toml", ".ci/run")
 
 
 def tracked(*patterns):
-    listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard",
-                             *patterns], cwd=PROJECT_ROOT, capture_output=True, text=True,
-                            check=True).stdout.split()
+    listed = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard", *patterns],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
     return [PROJECT_ROOT / name for name in listed]
 
 
@@ -34,17 +53,25 @@ def comments_of(path):
     text = path.read_text()
     if path.suffix != ".py":
         return [line for line in text.splitlines() if line.lstrip().startswith("#")]
-    found = [line for line in text.splitlines() if "#" in line and line.lstrip().startswith("#")
-             or "  # " in line]
+    found = [
+        line
+        for line in text.splitlines()
+        if "#" in line and line.lstrip().startswith("#") or "  # " in line
+    ]
     for node in ast.walk(ast.parse(text)):
-        if isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant) \
-                and isinstance(node.value.value, str):
+        if (
+            isinstance(node, ast.Expr)
+            and isinstance(node.value, ast.Constant)
+            and isinstance(node.value.value, str)
+        ):
             found.append(node.value.value)
     return found
 
 
 def test_every_path_named_in_a_comment_or_the_readme_exists():
-    named = {("README.md", match) for match in PATH.findall((PROJECT_ROOT / "README.md").read_text())}
+    named = {
+        ("README.md", match) for match in PATH.findall((PROJECT_ROOT / "README.md").read_text())
+    }
     for path in tracked(*SOURCES):
         for text in comments_of(path):
             named |= {(str(path.relative_to(PROJECT_ROOT)), match) for match in PATH.findall(text)}
@@ -61,8 +88,11 @@ def test_the_readme_layout_table_is_the_tree():
         modules = {p.stem for p in (PROJECT_ROOT / package).glob("*.py")} - {"__init__"}
         named = set(re.findall(r"`([\w.@-]+)/?`", rows[package]))
         assert modules <= named, (package, modules - named)
-        assert all((PROJECT_ROOT / package / n).exists() or (PROJECT_ROOT / package / f"{n}.py")
-                   .exists() for n in named if n not in ("make", "fab")), (package, named)
+        assert all(
+            (PROJECT_ROOT / package / n).exists() or (PROJECT_ROOT / package / f"{n}.py").exists()
+            for n in named
+            if n not in ("make", "fab")
+        ), (package, named)
 
 
 def imports_of(path):
@@ -77,17 +107,60 @@ def imports_of(path):
     return {name for name in found if name.split(".")[0] in PACKAGES}
 
 
+def module_files():
+    """{module name ("app.web.api"): its file}, for every module of the packages."""
+    return {
+        ".".join(p.relative_to(PROJECT_ROOT).with_suffix("").parts).removesuffix(".__init__"): p
+        for package in PACKAGES
+        for p in (PROJECT_ROOT / package).rglob("*.py")
+    }
+
+
+def module_graph():
+    """{module: the repository's modules it imports}."""
+    modules = module_files()
+    return {name: imports_of(path) & set(modules) for name, path in modules.items()}
+
+
 def test_no_module_edits_sys_path_and_no_two_import_each_other():
-    modules = {".".join(p.relative_to(PROJECT_ROOT).with_suffix("").parts): p
-               for package in PACKAGES for p in (PROJECT_ROOT / package).glob("*.py")}
-    graph = {name: imports_of(path) & set(modules) for name, path in modules.items()}
-    both_ways = sorted({tuple(sorted((a, b))) for a, imported in graph.items() for b in imported
-                        if a in graph.get(b, ())})
+    graph = module_graph()
+    both_ways = sorted(
+        {
+            tuple(sorted((a, b)))
+            for a, imported in graph.items()
+            for b in imported
+            if a != b and a in graph.get(b, ())
+        }
+    )
     assert both_ways == []
-    editing = [name for name, path in modules.items() if "sys.path" in path.read_text()]
-    editing += [p.name for p in (PROJECT_ROOT / "tests").glob("*.py") if "sys.path.insert" in
-                p.read_text() and p.name != "test_project.py"]
+    editing = [name for name, path in module_files().items() if "sys.path" in path.read_text()]
+    editing += [
+        p.name
+        for p in (PROJECT_ROOT / "tests").glob("*.py")
+        if "sys.path.insert" in p.read_text() and p.name != "test_project.py"
+    ]
     assert editing == []
+
+
+def test_each_room_imports_only_what_lies_below_it():
+    """app/'s shared modules import neither tier; the web tier never imports the worker's
+    code (so it never loads TensorFlow) nor the worker the web's; nothing served imports
+    the deploy, the tools or the scripts; scripts/ is commands, never imported."""
+    rules = {
+        "app.web": ("app.worker", "provisioning", "tools", "scripts", "stress"),
+        "app.worker": ("app.web", "provisioning", "tools", "scripts", "stress"),
+        "app": ("app.web", "app.worker", "provisioning", "tools", "scripts", "stress"),
+        "provisioning": ("tools", "scripts", "stress"),
+        "tools": ("scripts", "stress"),
+        "stress": ("scripts",),
+    }
+    broken = []
+    for module, imported in module_graph().items():
+        room = next((r for r in rules if module == r or module.startswith(r + ".")), None)
+        for name in imported:
+            if room and any(name == f or name.startswith(f + ".") for f in rules[room]):
+                broken.append((module, name))
+    assert broken == []
 
 
 def test_the_project_builds_with_the_pinned_requirements(tmp_path):
@@ -95,15 +168,34 @@ def test_the_project_builds_with_the_pinned_requirements(tmp_path):
     for path in tracked("pyproject.toml", "requirements.txt", "README.md", *PACKAGES):
         (source / path.relative_to(PROJECT_ROOT)).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(path, source / path.relative_to(PROJECT_ROOT))
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps",
-                    "--no-build-isolation", "--disable-pip-version-check", "-w", str(tmp_path),
-                    str(source)], check=True, capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "--disable-pip-version-check",
+            "-w",
+            str(tmp_path),
+            str(source),
+        ],
+        check=True,
+        capture_output=True,
+    )
     (wheel,) = tmp_path.glob("beagle-*.whl")
     with zipfile.ZipFile(wheel) as archive:
         names = set(archive.namelist())
         metadata = archive.read(next(n for n in names if n.endswith("METADATA"))).decode()
-    for module in ("app/worker.py", "tools/devstack.py", "provisioning/host.py",
-                   "scripts/flush_queue.py", "stress/stress_test.py"):
+    for module in (
+        "app/worker/loop.py",
+        "tools/devstack.py",
+        "provisioning/host.py",
+        "scripts/flush_queue.py",
+        "stress/stress_test.py",
+    ):
         assert module in names
     assert not any(name.startswith("tests/") for name in names)
     assert "Requires-Dist: tensorflow==2.21.0" in metadata

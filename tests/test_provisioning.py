@@ -3,6 +3,7 @@ to two hosts in network namespaces. PID 1 here is not systemd, so these test hos
 the real unit files under docker-systemctl-replacement (Fabric config beagle.systemctl);
 production uses systemd itself. Everything is deployed under a prefix of its own and
 removed afterwards. tests/test_bare_host.py deploys as a sudoer to a bare Debian host."""
+
 import re
 import secrets
 import shutil
@@ -11,10 +12,19 @@ import time
 from pathlib import Path
 
 import pytest
+from deploying import (
+    STEPS,
+    SYSTEMCTL,
+    WHEELHOUSE,
+    SSHHost,
+    checkout,
+    fab,
+    operate,
+    step_lines,
+    write_config,
+)
 
 from tools.devstack import free_port
-from deploying import STEPS, SYSTEMCTL, WHEELHOUSE, SSHHost, checkout, fab, operate, \
-    step_lines, write_config
 
 
 @pytest.fixture
@@ -39,8 +49,11 @@ def services(deployment):
     for unit in ["apache2", "beagle-redis", *(p.stem for p in wants.glob("beagle-worker@*"))]:
         run(str(SYSTEMCTL), "stop", unit)
         run(str(SYSTEMCTL), "disable", unit)
-    for path in ["/etc/systemd/system/beagle-worker@.service", "/etc/systemd/system/beagle-redis.service",
-                 "/etc/systemd/system/apache2.service.d/beagle.conf"]:
+    for path in [
+        "/etc/systemd/system/beagle-worker@.service",
+        "/etc/systemd/system/beagle-redis.service",
+        "/etc/systemd/system/apache2.service.d/beagle.conf",
+    ]:
         Path(path).unlink(missing_ok=True)
     run("a2dissite", "-q", "beagle")
     Path("/etc/apache2/sites-available/beagle.conf").unlink(missing_ok=True)
@@ -68,10 +81,13 @@ def test_deploy_stress_redeploy_rollback_over_ssh(tmp_path, client_key, deployme
         stress = fab(source, config, *ssh, "stress", "--requests", 300, "--concurrency", 16)
         assert "300 requests in" in stress and "  200: 300" in stress
 
-        units = ["/etc/systemd/system/beagle-worker@0.service",
-                 "/etc/systemd/system/beagle-redis.service"]
-        verify = subprocess.run(["systemd-analyze", "verify", *units], capture_output=True,
-                                text=True)
+        units = [
+            "/etc/systemd/system/beagle-worker@0.service",
+            "/etc/systemd/system/beagle-redis.service",
+        ]
+        verify = subprocess.run(
+            ["systemd-analyze", "verify", *units], capture_output=True, text=True
+        )
         assert verify.returncode == 0 and verify.stderr == "", verify.stderr
 
         began = time.monotonic()
@@ -118,8 +134,7 @@ def two_hosts(tmp_path, client_key):
         ip("netns", "exec", netns, "ip", "addr", "add", f"{net}.{n}/24", "dev", inner)
         ip("netns", "exec", netns, "ip", "link", "set", inner, "up")
         ip("netns", "exec", netns, "ip", "link", "set", "lo", "up")
-        hosts.append(SSHHost(tmp_path / f"sshd-{name}", f"{net}.{n}", 22, netns)
-                     .start(client_key))
+        hosts.append(SSHHost(tmp_path / f"sshd-{name}", f"{net}.{n}", 22, netns).start(client_key))
     yield hosts
     for host in hosts:
         host.stop()
@@ -129,22 +144,32 @@ def two_hosts(tmp_path, client_key):
 
 def namespaces_of(command_line):
     """The network namespaces of the processes whose command line has ``command_line``."""
-    pids = subprocess.run(["pgrep", "-f", command_line], capture_output=True,
-                          text=True).stdout.split()
-    return {subprocess.run(["ip", "netns", "identify", pid], capture_output=True,
-                           text=True).stdout.strip() for pid in pids}
+    pids = subprocess.run(
+        ["pgrep", "-f", command_line], capture_output=True, text=True
+    ).stdout.split()
+    return {
+        subprocess.run(
+            ["ip", "netns", "identify", pid], capture_output=True, text=True
+        ).stdout.strip()
+        for pid in pids
+    }
 
 
-def test_redis_and_apache_on_one_host_a_worker_on_another(tmp_path, two_hosts, client_key,
-                                                          deployment, services):
+def test_redis_and_apache_on_one_host_a_worker_on_another(
+    tmp_path, two_hosts, client_key, deployment, services
+):
     a, b = two_hosts
     config = write_config(
-        tmp_path / "cluster.yaml", deployment, free_port(), free_port(),
+        tmp_path / "cluster.yaml",
+        deployment,
+        free_port(),
+        free_port(),
         f"  roles: {{redis: [{a.target}], web: [{a.target}], worker: [{b.target}]}}\n"
         f"  redis_address: {a.address}\n"
         # The namespaces reach no package index: the hosts are air-gapped, as many are.
         f"  wheels: {WHEELHOUSE}\n"
-        f"connect_kwargs: {{key_filename: [{client_key}]}}\n")
+        f"connect_kwargs: {{key_filename: [{client_key}]}}\n",
+    )
     source = checkout(tmp_path)
     deployed = fab(source, config, "deploy")
     assert f"{a.address}: smoke: a digit 7 came back as '7'" in deployed

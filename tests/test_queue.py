@@ -1,12 +1,13 @@
 """The Redis queue protocol, against a real redis-server."""
+
 import time
 import uuid
 
 import pytest
+from conftest import wait_result
 
 from app.keys import GROUP, Keys
 from app.queue import Queue, Request
-from conftest import wait_result
 
 
 @pytest.fixture
@@ -47,7 +48,7 @@ def test_submit_refuses_beyond_the_backlog_bound(queue):
 def test_a_request_of_several_images_is_queued_whole_or_not_at_all(queue):
     put(queue, request(), request(), max_queue=3)
     refused = queue.submit("m", None, [request(), request()], 3, 60)
-    assert refused[0] == "full" and queue.backlog("m") == 2   # not 3: nothing half-queued
+    assert refused[0] == "full" and queue.backlog("m") == 2  # not 3: nothing half-queued
     put(queue, request(), max_queue=3)
     assert queue.backlog("m") == 3
 

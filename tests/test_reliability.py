@@ -1,5 +1,6 @@
 """The reliability contract, fault by fault, on real processes. Each test prints the
 figures it measured (run pytest with -s to see them); the README quotes them."""
+
 import io
 import re
 import signal
@@ -10,16 +11,16 @@ import uuid
 
 import pytest
 import requests
+from conftest import make_settings, predict, public_tempdir, sample, wait_result
 from PIL import Image
 
-from tools.devstack import RedisServer, Stack, WorkerProcess
 from app.imaging import DecodeBudget, to_pixels
 from app.keys import GROUP, Keys
 from app.metrics import SECONDS
 from app.queue import Queue, Request
-from conftest import make_settings, predict, public_tempdir, sample, wait_result
 from models import marker_png, poison_model, slow_model
 from stress import stress_test
+from tools.devstack import RedisServer, Stack, WorkerProcess
 
 BUDGET = DecodeBudget(1 << 30)
 
@@ -30,8 +31,10 @@ class Load:
     def __init__(self, url, image, count, concurrency, max_seconds, timeout=30):
         self.results = stress_test.Results()
         target = stress_test.Target(url + "/predict", image, timeout)
-        self.thread = threading.Thread(target=stress_test.closed_loop, args=(
-            target, count, concurrency, max_seconds, self.results))
+        self.thread = threading.Thread(
+            target=stress_test.closed_loop,
+            args=(target, count, concurrency, max_seconds, self.results),
+        )
         self.thread.start()
 
     def finish(self):
@@ -61,12 +64,14 @@ def test_two_workers_one_killed_three_times_every_request_succeeds(start_stack):
     victim = stack.workers[0]
     for _ in range(3):
         time.sleep(3)
-        restart(victim)           # SIGKILL mid-batch, then systemd-style restart
+        restart(victim)  # SIGKILL mid-batch, then systemd-style restart
         victim.wait_live()
     results = load.finish()
     counts = statuses(results)
-    print(f"\n2 workers, 3 SIGKILLs: {counts}, {dict(results.labels)}, "
-          f"max {max(r[1] for r in results.samples) * 1000:.0f} ms")
+    print(
+        f"\n2 workers, 3 SIGKILLs: {counts}, {dict(results.labels)}, "
+        f"max {max(r[1] for r in results.samples) * 1000:.0f} ms"
+    )
     assert len(results.samples) >= 1000
     assert counts == {200: len(results.samples)}, results.errors
     assert results.labels == {"7": len(results.samples)}
@@ -84,7 +89,7 @@ def test_one_worker_killed_and_restarted_nothing_hangs(start_stack):
     assert set(counts) <= {200, 504} and counts[200] > 1000
     for _, latency, status in results.samples:
         assert status == 200 or latency >= 6.0 - 0.05  # a 504 only once the deadline passed
-    assert slowest <= 6.0 + 1.0                      # nobody hangs past deadline + 1 s
+    assert slowest <= 6.0 + 1.0  # nobody hangs past deadline + 1 s
 
 
 @pytest.fixture
@@ -102,8 +107,13 @@ def test_poison_input_is_answered_removed_and_spares_its_batch(poison_stack, cli
     try:
         ids = []
         for poisoned in (False, False, True, False, False, False):
-            request = Request(uuid.uuid4().hex, 10_000, 1, (32, 32, 1),
-                              to_pixels(marker_png(poisoned), (32, 32, 1), 10**6, BUDGET))
+            request = Request(
+                uuid.uuid4().hex,
+                10_000,
+                1,
+                (32, 32, 1),
+                to_pixels(marker_png(poisoned), (32, 32, 1), 10**6, BUDGET),
+            )
             assert queue.submit("poison", None, [request], 100, 60) is None
             ids.append(request.request_id)
     finally:
@@ -119,8 +129,9 @@ def test_poison_input_is_answered_removed_and_spares_its_batch(poison_stack, cli
     assert stack.workers[0].process.poll() is None
     # (Redis hands the blocked worker the first entry on its own, so the poison's batch
     # holds the other five.)
-    assert re.search(r"batch of [2-6] failed .*; running each alone",
-                     stack.workers[0].log_path.read_text())
+    assert re.search(
+        r"batch of [2-6] failed .*; running each alone", stack.workers[0].log_path.read_text()
+    )
 
 
 def test_a_request_that_keeps_killing_workers_is_given_up(redis_server, client, tmp_path):
@@ -153,8 +164,9 @@ def open_loop(url, image, rate, seconds):
     def one():
         began = time.perf_counter()
         try:
-            response = requests.post(url + "/predict", data=image, timeout=30,
-                                     headers={"Content-Type": "image/png"})
+            response = requests.post(
+                url + "/predict", data=image, timeout=30, headers={"Content-Type": "image/png"}
+            )
             status, retry = response.status_code, response.headers.get("Retry-After")
         except requests.RequestException:
             status, retry = "error", None
@@ -185,6 +197,7 @@ def test_overload_sheds_fast_and_keeps_accepted_requests_in_time(tmp_path, start
     def sample_backlog():
         while not sampling.wait(0.25):
             backlog.append(client.xlen(stream))
+
     sampler = threading.Thread(target=sample_backlog)
     sampler.start()
     samples = open_loop(stack.url, image, rate=3 * capacity, seconds=30)
@@ -195,10 +208,12 @@ def test_overload_sheds_fast_and_keeps_accepted_requests_in_time(tmp_path, start
     shed = sorted(lat for status, lat, _ in samples if status == 503)
     p99 = accepted[int(0.99 * len(accepted))]
     shed_p99 = shed[int(0.99 * len(shed))]
-    print(f"\noverload: capacity {capacity:.1f} req/s, offered {3 * capacity:.1f} req/s for 30 s:"
-          f" {len(accepted)} answered (p50 {statistics.median(accepted):.2f} s, p99 {p99:.2f} s),"
-          f" {len(shed)} shed (p50 {statistics.median(shed) * 1000:.1f} ms, p99 "
-          f"{shed_p99 * 1000:.1f} ms, max {shed[-1] * 1000:.1f} ms), backlog max {max(backlog)}")
+    print(
+        f"\noverload: capacity {capacity:.1f} req/s, offered {3 * capacity:.1f} req/s for 30 s:"
+        f" {len(accepted)} answered (p50 {statistics.median(accepted):.2f} s, p99 {p99:.2f} s),"
+        f" {len(shed)} shed (p50 {statistics.median(shed) * 1000:.1f} ms, p99 "
+        f"{shed_p99 * 1000:.1f} ms, max {shed[-1] * 1000:.1f} ms), backlog max {max(backlog)}"
+    )
     assert {status for status, _, _ in samples} == {200, 503}
     assert p99 <= stack.settings.request_timeout
     assert all(retry == "1" for status, _, retry in samples if status == 503)
@@ -211,11 +226,11 @@ def test_sigterm_to_a_worker_under_load_fails_nothing(start_stack):
     stack = start_stack(workers=2)
     load = Load(stack.url, sample(5), count=30_000, concurrency=16, max_seconds=15)
     time.sleep(3)
-    stack.workers[0].signal(signal.SIGTERM)      # warm stop while busy, then a restart
+    stack.workers[0].signal(signal.SIGTERM)  # warm stop while busy, then a restart
     assert stack.workers[0].process.wait(30) == 0
     stack.workers[0].start(wait=False)
     time.sleep(2)
-    stack.workers[1].signal(signal.SIGTERM)      # the other one too: a rolling restart
+    stack.workers[1].signal(signal.SIGTERM)  # the other one too: a rolling restart
     assert stack.workers[1].process.wait(30) == 0
     stack.workers[1].start(wait=False)
     results = load.finish()
@@ -229,7 +244,7 @@ def test_a_lone_worker_restarted_under_load_fails_nothing(start_stack):
     time.sleep(3)
     stack.workers[0].signal(signal.SIGTERM)
     stack.workers[0].process.wait(30)
-    stack.workers[0].start(wait=False)          # requests wait in the queue meanwhile
+    stack.workers[0].start(wait=False)  # requests wait in the queue meanwhile
     results = load.finish()
     slowest = max(latency for _, latency, _ in results.samples)
     print(f"\nlone worker restarted: {statuses(results)}, slowest {slowest:.2f} s")
@@ -243,6 +258,7 @@ def test_web_restarts_under_load_fail_nothing(start_stack):
     mod_wsgi recreates the socket are sent again by the client (counted)."""
     stack = start_stack()
     from test_web import daemon_pids
+
     before = daemon_pids(stack.apache.process.pid)
     load = Load(stack.url, sample(9), count=30_000, concurrency=16, max_seconds=8)
     for _ in range(3):
@@ -256,9 +272,11 @@ def test_web_restarts_under_load_fail_nothing(start_stack):
         time.sleep(2)
         stack.apache.graceful()
     gracefuls = load.finish()
-    print(f"\ndaemon restarts x3 under load: {statuses(daemon_restarts)}, sent again "
-          f"{daemon_restarts.retries}; apachectl graceful x3: {statuses(gracefuls)}, sent again "
-          f"{gracefuls.retries}")
+    print(
+        f"\ndaemon restarts x3 under load: {statuses(daemon_restarts)}, sent again "
+        f"{daemon_restarts.retries}; apachectl graceful x3: {statuses(gracefuls)}, sent again "
+        f"{gracefuls.retries}"
+    )
     for results in (daemon_restarts, gracefuls):
         assert statuses(results) == {200: len(results.samples)} and len(results.samples) > 500
     assert daemon_restarts.retries == 0
@@ -292,10 +310,12 @@ def test_redis_outage_fails_fast_and_recovers_without_restarts(redis_server):
         own.stop()
     slowest = max(latency for _, latency, _ in results.samples)
     during_load = [lat for start, lat, status in results.samples if status == 503]
-    print(f"\nRedis outage: load {statuses(results)}; 503s took at most "
-          f"{max(during_load + [0]) * 1000:.0f} ms; /readyz {ready.status_code}; "
-          f"recovered {recovered:.2f} s after Redis came back; slowest {slowest:.2f} s; "
-          f"down {up_at - down_at:.1f} s")
+    print(
+        f"\nRedis outage: load {statuses(results)}; 503s took at most "
+        f"{max(during_load + [0]) * 1000:.0f} ms; /readyz {ready.status_code}; "
+        f"recovered {recovered:.2f} s after Redis came back; slowest {slowest:.2f} s; "
+        f"down {up_at - down_at:.1f} s"
+    )
     for response in during:
         assert response.status_code == 503 and response.elapsed.total_seconds() < 1.0
         assert "Redis is unavailable" in response.json()["error"]
@@ -308,16 +328,26 @@ def test_redis_outage_fails_fast_and_recovers_without_restarts(redis_server):
 
 def test_redis_holds_no_per_request_state_after_10000_requests(start_stack, client):
     stack = start_stack()
-    summary = stress_test.run(stack.url + "/predict", sample(0), count=10_000, concurrency=32,
-                              max_seconds=120)
+    summary = stress_test.run(
+        stack.url + "/predict", sample(0), count=10_000, concurrency=32, max_seconds=120
+    )
     assert summary["statuses"] == {"200": 10_000}
     keys = Keys(stack.settings.key_prefix)
     found = sorted(k.decode() for k in client.scan_iter(match=keys.pattern(), count=1000))
     worker = stack.workers[0].name
     print(f"\nafter 10,000 requests ({summary['throughput']:.0f} req/s), Beagle's keys: {found}")
-    assert found == sorted([keys.stream("digits"), keys.stream("digits", 1), keys.model("digits"),
-                            keys.live("digits"), keys.models(), keys.worker(worker),
-                            keys.metrics("counters"), keys.metrics("histograms")])
+    assert found == sorted(
+        [
+            keys.stream("digits"),
+            keys.stream("digits", 1),
+            keys.model("digits"),
+            keys.live("digits"),
+            keys.models(),
+            keys.worker(worker),
+            keys.metrics("counters"),
+            keys.metrics("histograms"),
+        ]
+    )
     # The metrics hashes grow with models and label values, never with requests.
     assert client.hlen(keys.metrics("counters")) <= 4
     assert client.hlen(keys.metrics("histograms")) <= 4 * (len(SECONDS) + 3)

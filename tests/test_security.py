@@ -1,5 +1,6 @@
 """Security: Redis locked down as rendered, API keys, secrets kept out of logs, Apache
 hardening."""
+
 import csv
 import json
 import os
@@ -10,17 +11,25 @@ import sys
 import pytest
 import redis
 import requests
-
-from app import config_files, settings as settings_module
-from tools.devstack import RedisServer
-from app.settings import PROJECT_ROOT
 from conftest import predict, public_tempdir, sample
 
+from app import config
+from app.config import PROJECT_ROOT
+from provisioning import config_files
+from tools.devstack import RedisServer
 
-DANGEROUS = [("CONFIG", "GET", "*"), ("CONFIG", "SET", "maxmemory", "0"), ("KEYS", "*"),
-             ("FLUSHALL",), ("FLUSHDB",), ("ACL", "SETUSER", "default", "+@all"),
-             ("REPLICAOF", "10.9.9.9", "6379"), ("SHUTDOWN",), ("SAVE",),
-             ("CLIENT", "KILL", "TYPE", "normal")]
+DANGEROUS = [
+    ("CONFIG", "GET", "*"),
+    ("CONFIG", "SET", "maxmemory", "0"),
+    ("KEYS", "*"),
+    ("FLUSHALL",),
+    ("FLUSHDB",),
+    ("ACL", "SETUSER", "default", "+@all"),
+    ("REPLICAOF", "10.9.9.9", "6379"),
+    ("SHUTDOWN",),
+    ("SAVE",),
+    ("CLIENT", "KILL", "TYPE", "normal"),
+]
 
 
 def test_rendered_redis_config_is_locked_down():
@@ -55,7 +64,7 @@ def test_a_full_redis_refuses_admission_instead_of_evicting(redis_server):
     try:
         client = redis.Redis.from_url(server.url)
         with pytest.raises(redis.ResponseError, match="used memory > 'maxmemory'"):
-            for n in range(100):
+            for _ in range(100):
                 client.xadd("beagle:stream:m", {"pixels": b"x" * 100_000})
         assert client.xlen("beagle:stream:m") > 0  # nothing evicted
     finally:
@@ -72,15 +81,20 @@ def keyed_stack(start_stack):
 
 def test_api_keys_guard_predict_but_not_health(keyed_stack):
     url = keyed_stack.url
-    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic " + API_KEYS[0]},
-                    {"Authorization": "Bearer " + API_KEYS[0][:-1]}):
+    for headers in (
+        {},
+        {"Authorization": "Bearer wrong"},
+        {"Authorization": "Basic " + API_KEYS[0]},
+        {"Authorization": "Bearer " + API_KEYS[0][:-1]},
+    ):
         response = requests.post(url + "/predict", files={"image": sample(3)}, headers=headers)
         assert response.status_code == 401 and response.json()["success"] is False
         assert response.headers["WWW-Authenticate"].startswith("Bearer")
         assert API_KEYS[0] not in response.text
     for key in API_KEYS:
-        response = requests.post(url + "/predict", files={"image": sample(3)},
-                                 headers={"Authorization": f"Bearer {key}"})
+        response = requests.post(
+            url + "/predict", files={"image": sample(3)}, headers={"Authorization": f"Bearer {key}"}
+        )
         assert response.json()["predictions"][0]["label"] == "3"
     assert requests.get(url + "/healthz").status_code == 200
     assert requests.get(url + "/readyz").status_code == 200
@@ -92,14 +106,29 @@ def tool(*args, keys=None, timeout=120):
     env = {k: v for k, v in os.environ.items() if k != "BEAGLE_API_KEYS"}
     if keys:
         env["BEAGLE_API_KEYS"] = keys
-    return subprocess.run([sys.executable, *map(str, args)], cwd=PROJECT_ROOT, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, *map(str, args)],
+        cwd=PROJECT_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def test_beagles_own_tools_send_a_key_when_keys_are_on(keyed_stack, tmp_path):
     url, keys = keyed_stack.url, ",".join(API_KEYS)
-    stress = ["-m", "stress.stress_test", "--url", url + "/predict", "--requests", 40,
-              "--concurrency", 4, "--json"]
+    stress = [
+        "-m",
+        "stress.stress_test",
+        "--url",
+        url + "/predict",
+        "--requests",
+        40,
+        "--concurrency",
+        4,
+        "--json",
+    ]
     from_env = tool(*stress, keys=keys)
     assert json.loads(from_env.stdout)["statuses"] == {"200": 40}, from_env.stderr
     explicit = tool(*stress, "--api-key", API_KEYS[1])
@@ -112,9 +141,25 @@ def test_beagles_own_tools_send_a_key_when_keys_are_on(keyed_stack, tmp_path):
     refused = tool("-m", "scripts.simple_request", "--url", url)
     assert refused.returncode == 1 and "error 401" in refused.stderr
 
-    locust = tool("-m", "locust", "-f", "stress/locustfile.py", "--host", url, "--headless",
-                  "-u", "2", "-r", "2", "-t", "3s", "--only-summary", "--csv", tmp_path / "l",
-                  keys=keys)
+    locust = tool(
+        "-m",
+        "locust",
+        "-f",
+        "stress/locustfile.py",
+        "--host",
+        url,
+        "--headless",
+        "-u",
+        "2",
+        "-r",
+        "2",
+        "-t",
+        "3s",
+        "--only-summary",
+        "--csv",
+        tmp_path / "l",
+        keys=keys,
+    )
     assert locust.returncode == 0, locust.stderr[-2000:]
     with open(tmp_path / "l_stats.csv") as stats:
         row = next(r for r in csv.DictReader(stats) if r["Name"] == "/predict")
@@ -123,14 +168,26 @@ def test_beagles_own_tools_send_a_key_when_keys_are_on(keyed_stack, tmp_path):
 
 def test_secrets_never_reach_the_logs(keyed_stack, redis_server):
     url = keyed_stack.url
-    requests.post(url + "/predict", files={"image": sample(3)},
-                  headers={"Authorization": "Bearer " + API_KEYS[1]})
-    requests.post(url + "/predict", files={"image": sample(3)},
-                  headers={"Authorization": "Bearer guess-" + API_KEYS[0]})
-    requests.post(url + "/predict", data=b"junk", headers={"Authorization": "Bearer " + API_KEYS[0]})
+    requests.post(
+        url + "/predict",
+        files={"image": sample(3)},
+        headers={"Authorization": "Bearer " + API_KEYS[1]},
+    )
+    requests.post(
+        url + "/predict",
+        files={"image": sample(3)},
+        headers={"Authorization": "Bearer guess-" + API_KEYS[0]},
+    )
+    requests.post(
+        url + "/predict", data=b"junk", headers={"Authorization": "Bearer " + API_KEYS[0]}
+    )
     keyed_stack.workers[0].stop()
-    logs = [keyed_stack.apache.error_log, keyed_stack.apache.error_log.with_name("access.log"),
-            keyed_stack.workers[0].log_path, keyed_stack.apache.run_dir / "beagle.conf"]
+    logs = [
+        keyed_stack.apache.error_log,
+        keyed_stack.apache.error_log.with_name("access.log"),
+        keyed_stack.workers[0].log_path,
+        keyed_stack.apache.run_dir / "beagle.conf",
+    ]
     text = "".join(path.read_text() for path in logs)
     assert "POST /predict" in text  # the logs are there and were written
     for secret in (*API_KEYS, redis_server.password):
@@ -142,7 +199,7 @@ def test_wrong_redis_password_is_a_503_that_names_no_secret(start_stack, redis_s
     # Point the web tier at the right Redis with the wrong password: restart only Apache.
     stack.apache.stop()
     wrong = redis_server.url.replace(redis_server.password, "not-the-password")
-    stack.apache.settings = settings_module.replace(stack.apache.settings, redis_url=wrong)
+    stack.apache.settings = config.replace(stack.apache.settings, redis_url=wrong)
     stack.apache.start()
     response = predict(stack.url, sample(1))
     assert response.status_code == 503 and "Redis is unavailable" in response.json()["error"]
@@ -166,11 +223,17 @@ def test_apache_is_hardened(stack):
     many_headers = "".join(f"X-H{n}: v\r\n" for n in range(100))
     reply = raw_request(port, f"GET /healthz HTTP/1.1\r\nHost: x\r\n{many_headers}\r\n".encode())
     assert reply.startswith("HTTP/1.1 400") and '"success": false' in reply
-    reply = raw_request(port, f"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: {'a' * 9000}\r\n\r\n"
-                        .encode())
+    reply = raw_request(
+        port, f"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: {'a' * 9000}\r\n\r\n".encode()
+    )
     assert reply.startswith("HTTP/1.1 400")
-    for path in ("/wsgi/beagle.wsgi", "/code/app/settings.py", "/beagle.conf", "/httpd.conf",
-                 "/_beagle_errors/../wsgi/beagle.wsgi"):
+    for path in (
+        "/wsgi/beagle.wsgi",
+        "/code/app/config.py",
+        "/beagle.conf",
+        "/httpd.conf",
+        "/_beagle_errors/../wsgi/beagle.wsgi",
+    ):
         response = requests.get(stack.url + path)
         assert response.status_code == 404 and "application" not in response.text
     assert requests.get(stack.url + "/healthz").headers["Server"] == "Apache"

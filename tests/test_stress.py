@@ -1,16 +1,22 @@
 """The stress test, run as a user runs it, against a real stack."""
+
 import json
 import subprocess
 import sys
 
-from app.settings import PROJECT_ROOT
+from app.config import PROJECT_ROOT
 
 STRESS = PROJECT_ROOT / "stress" / "stress_test.py"
 
 
 def stress(*args, timeout=300):
-    return subprocess.run([sys.executable, "-m", "stress.stress_test", *map(str, args)],
-                          cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "stress.stress_test", *map(str, args)],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def test_open_loop_like_the_classic_stress_test(stack):
@@ -23,8 +29,17 @@ def test_open_loop_like_the_classic_stress_test(stack):
 
 
 def test_closed_loop_reports_json(stack):
-    done = stress("--url", stack.url + "/predict", "--requests", 300, "--concurrency", 16,
-                  "--image", PROJECT_ROOT / "stress/images/digit_3.png", "--json")
+    done = stress(
+        "--url",
+        stack.url + "/predict",
+        "--requests",
+        300,
+        "--concurrency",
+        16,
+        "--image",
+        PROJECT_ROOT / "stress/images/digit_3.png",
+        "--json",
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     summary = json.loads(done.stdout)
     assert summary["requests"] == 300 and summary["statuses"] == {"200": 300}
@@ -33,7 +48,8 @@ def test_closed_loop_reports_json(stack):
 
 
 def test_failures_make_it_exit_non_zero(stack):
-    done = stress("--url", stack.url + "/predict", "--requests", 5, "--interval", 0.01,
-                  "--image", STRESS)
+    done = stress(
+        "--url", stack.url + "/predict", "--requests", 5, "--interval", 0.01, "--image", STRESS
+    )
     assert done.returncode == 1
     assert "  400: 5" in done.stdout and "not an image" in done.stdout

@@ -1,4 +1,5 @@
 """POST /predict, /healthz and /readyz through real Apache + mod_wsgi, Redis and workers."""
+
 import base64
 import io
 import signal
@@ -8,9 +9,8 @@ from pathlib import Path
 
 import pytest
 import requests
-from PIL import Image
-
 from conftest import predict, sample
+from PIL import Image
 
 
 def error_of(response, status):
@@ -41,8 +41,12 @@ def test_options_model_version_top_k(stack):
     assert len(body["predictions"]) == 2
     as_json = predict(stack.url, sample(4), "json", model="digits", version=1, top_k=1).json()
     assert len(as_json["predictions"]) == 1
-    as_query = requests.post(stack.url + "/predict?top_k=3", data=sample(4),
-                             headers={"Content-Type": "image/png"}, timeout=10).json()
+    as_query = requests.post(
+        stack.url + "/predict?top_k=3",
+        data=sample(4),
+        headers={"Content-Type": "image/png"},
+        timeout=10,
+    ).json()
     assert len(as_query["predictions"]) == 3
 
 
@@ -71,8 +75,15 @@ def test_bad_input_gets_json_4xx_and_the_worker_stays_up(stack):
         (requests.post(stack.url + "/predict", json={"picture": "x"}), 400, "JSON body"),
         (requests.post(stack.url + "/predict", json=[1, 2]), 400, "JSON body"),
         (requests.post(stack.url + "/predict", json={"image": "%%%not base64"}), 400, "base64"),
-        (requests.post(stack.url + "/predict", data=b"{not json",
-                       headers={"Content-Type": "application/json"}), 400, "JSON body"),
+        (
+            requests.post(
+                stack.url + "/predict",
+                data=b"{not json",
+                headers={"Content-Type": "application/json"},
+            ),
+            400,
+            "JSON body",
+        ),
         (requests.get(stack.url + "/predict"), 405, ""),
         (requests.get(stack.url + "/nowhere"), 404, ""),
     ]
@@ -82,8 +93,11 @@ def test_bad_input_gets_json_4xx_and_the_worker_stays_up(stack):
     assert "limit is" in error_of(predict(stack.url, b"\xff" * (limit + 1), "image/jpeg"), 413)
     refused_by_apache = predict(stack.url, b"\xff" * (limit * 2), "image/jpeg")
     assert "too large" in error_of(refused_by_apache, 413)
-    chunked = requests.post(stack.url + "/predict", data=iter([sample(5)[:100], sample(5)[100:]]),
-                            headers={"Content-Type": "image/png"})
+    chunked = requests.post(
+        stack.url + "/predict",
+        data=iter([sample(5)[:100], sample(5)[100:]]),
+        headers={"Content-Type": "image/png"},
+    )
     assert chunked.json()["predictions"][0]["label"] == "5"
     assert "model must be" in error_of(predict(stack.url, sample(1), model="../etc"), 400)
     assert all(p.poll() is None for p in stack.processes)
@@ -100,7 +114,12 @@ def test_health_and_readiness(stack):
 def test_apache_reveals_nothing_and_serves_no_code(stack):
     response = requests.get(stack.url + "/healthz")
     assert response.headers["Server"] == "Apache"
-    for path in ("/wsgi/beagle.wsgi", "/app/web.py", "/code/app/web.py", "/apache/"):
+    for path in (
+        "/wsgi/beagle.wsgi",
+        "/app/web/__init__.py",
+        "/code/app/web/__init__.py",
+        "/apache/",
+    ):
         assert requests.get(stack.url + path).status_code == 404
 
 
@@ -148,8 +167,10 @@ def test_deadline_504_and_full_queue_503(start_stack):
     worker.signal(signal.SIGSTOP)  # alive to the registry, answering nothing
     try:
         slow = []
-        threads = [threading.Thread(target=lambda: slow.append(predict(stack.url, sample(3))))
-                   for _ in range(2)]
+        threads = [
+            threading.Thread(target=lambda: slow.append(predict(stack.url, sample(3))))
+            for _ in range(2)
+        ]
         began = time.monotonic()
         for thread in threads:
             thread.start()

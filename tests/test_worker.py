@@ -1,5 +1,6 @@
 """The worker: its classify step on the real bundled model, and real worker processes
 under SIGTERM (warm stop finishes the batch; a second signal stops at once)."""
+
 import io
 import random
 import signal
@@ -9,17 +10,17 @@ import uuid
 
 import pytest
 import redis
+from conftest import make_settings, sample, wait_result
+from old_redis import old_redis_server
 from PIL import Image
 
-from tools.devstack import WorkerProcess, free_port, wait_until
+from app.config import model_pins
 from app.keys import GROUP, Keys
-from app.loaded_models import LoadedModels
-from app.settings import model_pins
 from app.queue import Entry, Queue, Request, server_version
-from app.worker import Worker
-from conftest import make_settings, sample, wait_result
+from app.worker.loaded_models import LoadedModels
+from app.worker.loop import Worker
 from models import slow_model
-from old_redis import old_redis_server
+from tools.devstack import WorkerProcess, free_port, wait_until
 
 
 def digit_pixels(digit, side=32):
@@ -29,16 +30,25 @@ def digit_pixels(digit, side=32):
 
 def entry(digit=3, timeout_s=10.0, version=None, top_k=3, deliveries=1, model="digits"):
     """An entry queued now (its id carries the time), for ``version`` (None: newest)."""
-    request = Request(uuid.uuid4().hex, int(timeout_s * 1000), top_k, (32, 32, 1),
-                      digit_pixels(digit))
+    request = Request(
+        uuid.uuid4().hex, int(timeout_s * 1000), top_k, (32, 32, 1), digit_pixels(digit)
+    )
     stream = Keys("test").stream(model, version)
-    return Entry(stream, model, version, f"{int(time.time() * 1000)}-0".encode(), request,
-                 deliveries, request_id=request.request_id)
+    return Entry(
+        stream,
+        model,
+        version,
+        f"{int(time.time() * 1000)}-0".encode(),
+        request,
+        deliveries,
+        request_id=request.request_id,
+    )
 
 
 @pytest.fixture(scope="module")
 def digits_models():
-    from app.settings import PROJECT_ROOT
+    from app.config import PROJECT_ROOT
+
     models = LoadedModels(PROJECT_ROOT / "models", model_pins("digits"))
     models.refresh()
     return models
@@ -70,8 +80,11 @@ def test_classify_skips_expired_and_refuses_unknown_versions(worker):
     answers, skipped = worker.classify([expired, unknown, good])
     assert skipped == [expired] and worker.stats["expired"] == 1
     by_entry = {id(e): a for e, a in answers}
-    assert by_entry[id(unknown)] == {"ok": False, "status": 404,
-                                     "error": "model digits version 9 is not served"}
+    assert by_entry[id(unknown)] == {
+        "ok": False,
+        "status": 404,
+        "error": "model digits version 9 is not served",
+    }
     assert len(by_entry[id(good)]["probabilities"]) == 10  # top_k 0: the whole vector
 
 
@@ -98,8 +111,9 @@ def test_malformed_entry_is_answered_and_dropped(redis_server, settings, client,
 def submit(queue, model, count, shape, timeout_s=30.0):
     ids = []
     for _ in range(count):
-        request = Request(uuid.uuid4().hex, int(timeout_s * 1000), 1, shape,
-                          bytes(shape[0] * shape[1] * shape[2]))
+        request = Request(
+            uuid.uuid4().hex, int(timeout_s * 1000), 1, shape, bytes(shape[0] * shape[1] * shape[2])
+        )
         assert queue.submit(model, None, [request], 100, 60) is None
         ids.append(request.request_id)
     return ids
@@ -116,8 +130,9 @@ def wait_pending(client, stream, count, timeout=60):
 @pytest.fixture
 def slow_worker(tmp_path, redis_server, client):
     slow_model(tmp_path)
-    settings = make_settings(redis_server.url, model_repository=str(tmp_path), max_batch_size=8,
-                             claim_idle=1.0)
+    settings = make_settings(
+        redis_server.url, model_repository=str(tmp_path), max_batch_size=8, claim_idle=1.0
+    )
     workers = []
 
     def start(name):
@@ -181,8 +196,7 @@ def test_an_idle_worker_stops_on_the_first_signal_at_any_moment(idle, redis_serv
     """Idle with Redis unreachable (retrying every second) or with no model to serve (waiting
     for one): a SIGTERM or SIGINT at any moment is a clean stop within a few seconds."""
     rng = random.Random(idle)
-    url = f"redis://127.0.0.1:{free_port()}/0" if idle == "redis_unreachable" else \
-        redis_server.url
+    url = f"redis://127.0.0.1:{free_port()}/0" if idle == "redis_unreachable" else redis_server.url
     settings = make_settings(url, model_repository=str(tmp_path / "empty"))
     stops = []
     for n in range(16):
@@ -209,9 +223,22 @@ def test_an_idle_worker_stops_on_the_first_signal_at_any_moment(idle, redis_serv
 
 def test_a_redis_too_old_stops_the_worker_for_good_with_a_clear_message(tmp_path):
     port = free_port()
-    server = subprocess.Popen([str(old_redis_server()), "--port", str(port), "--bind",
-                               "127.0.0.1", "--requirepass", "pw", "--save", "", "--dir",
-                               str(tmp_path)], stdout=subprocess.DEVNULL)
+    server = subprocess.Popen(
+        [
+            str(old_redis_server()),
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--requirepass",
+            "pw",
+            "--save",
+            "",
+            "--dir",
+            str(tmp_path),
+        ],
+        stdout=subprocess.DEVNULL,
+    )
     try:
         url = f"redis://:pw@127.0.0.1:{port}/0"
 
@@ -220,26 +247,34 @@ def test_a_redis_too_old_stops_the_worker_for_good_with_a_clear_message(tmp_path
                 return server_version(url) == "5.0.6"
             except redis.ConnectionError:
                 return False
+
         wait_until(answers, server, 10, "redis-server 5.0.6")
         worker = WorkerProcess(make_settings(url), "old", tmp_path / "old.log").start(wait=False)
         # 78 is EX_CONFIG, which the unit's RestartPreventExitStatus keeps from restarting
         assert worker.process.wait(120) == 78
     finally:
         server.terminate()
-    assert ("Redis 5.0.6 is too old: Beagle needs 6.2 or newer (XAUTOCLAIM, which recovers "
-            "a dead worker's requests)") in worker.log_path.read_text()
+    assert (
+        "Redis 5.0.6 is too old: Beagle needs 6.2 or newer (XAUTOCLAIM, which recovers "
+        "a dead worker's requests)"
+    ) in worker.log_path.read_text()
 
 
 def test_entries_whose_numbers_are_not_numbers_are_answered_and_the_worker_goes_on(
-        redis_server, client, tmp_path):
+    redis_server, client, tmp_path
+):
     settings = make_settings(redis_server.url)
     keys = Keys(settings.key_prefix)
     queue, stream = Queue(client, keys), keys.stream("digits")
     worker = WorkerProcess(settings, "picky", tmp_path / "picky.log").start()
     try:
         good = Request(uuid.uuid4().hex, 30_000, 1, (32, 32, 1), digit_pixels(3))
-        for field, value in (("timeout_ms", "x"), ("top_k", "1.5"), ("top_k", "²"),
-                             ("shape", "32,32,١")):
+        for field, value in (
+            ("timeout_ms", "x"),
+            ("top_k", "1.5"),
+            ("top_k", "²"),
+            ("shape", "32,32,١"),
+        ):
             bad = {**good.fields(), "id": uuid.uuid4().hex, field: value}
             client.xadd(stream, bad)
             answer = wait_result(queue, bad["id"], 10)
@@ -253,8 +288,10 @@ def test_entries_whose_numbers_are_not_numbers_are_answered_and_the_worker_goes_
 
 def test_version_folders_not_named_by_ascii_digits_are_ignored(tmp_path):
     import shutil
-    from app import repository
-    from app.settings import PROJECT_ROOT
+
+    from app.config import PROJECT_ROOT
+    from app.worker import repository
+
     for name in ("1", "²", "١٢", "3a"):
         shutil.copytree(PROJECT_ROOT / "models" / "digits" / "1", tmp_path / "digits" / name)
     assert repository.versions(tmp_path, "digits") == [1]

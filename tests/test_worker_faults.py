@@ -1,6 +1,7 @@
 """Workers never fail or repeat good work, and readiness says what is served now: Redis
 failing mid forward pass, batches slower than claim_idle, workers on different versions,
 a worker whose clock runs ahead, a model whose only worker stopped. Real processes."""
+
 import json
 import shutil
 import socket
@@ -9,15 +10,15 @@ import time
 
 import pytest
 import requests
+from conftest import make_settings, predict, public_tempdir, sample, wait_result
+from test_observability import scrape, value
+from test_worker import submit, wait_pending
 
-from tools.devstack import WorkerProcess, free_port
+from app.config import PROJECT_ROOT
 from app.keys import Keys
 from app.queue import Queue
-from app.settings import PROJECT_ROOT
-from conftest import make_settings, predict, public_tempdir, sample, wait_result
 from models import slow_model
-from test_worker import submit, wait_pending
-from test_observability import scrape, value
+from tools.devstack import WorkerProcess, free_port
 
 FAKETIME = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1"
 BUNDLED = PROJECT_ROOT / "models" / "digits" / "1"
@@ -32,8 +33,12 @@ class Proxy:
 
     def start(self):
         self.process = subprocess.Popen(
-            ["socat", f"TCP-LISTEN:{self.port},bind=127.0.0.1,fork,reuseaddr",
-             f"TCP:127.0.0.1:{self.target}"])
+            [
+                "socat",
+                f"TCP-LISTEN:{self.port},bind=127.0.0.1,fork,reuseaddr",
+                f"TCP:127.0.0.1:{self.target}",
+            ]
+        )
         for _ in range(100):
             with socket.socket() as probe:
                 if probe.connect_ex(("127.0.0.1", self.port)) == 0:
@@ -52,7 +57,8 @@ def worker_status(client, settings, name):
 
 
 def test_redis_failing_mid_forward_pass_fails_nothing_and_runs_nothing_twice(
-        tmp_path, redis_server, client):
+    tmp_path, redis_server, client
+):
     slow_model(tmp_path)
     proxy = Proxy(redis_server.port).start()
     through_proxy = redis_server.url.replace(f":{redis_server.port}/", f":{proxy.port}/")
@@ -63,29 +69,33 @@ def test_redis_failing_mid_forward_pass_fails_nothing_and_runs_nothing_twice(
     worker = WorkerProcess(settings, "blip", tmp_path / "blip.log").start()
     try:
         wait_pending(client, Keys(settings.key_prefix).stream("slow"), 8)
-        time.sleep(0.2)   # the forward pass of 8 (about 2 s here) is under way
+        time.sleep(0.2)  # the forward pass of 8 (about 2 s here) is under way
         proxy.stop()
-        time.sleep(1.5)   # a heartbeat fails meanwhile
+        time.sleep(1.5)  # a heartbeat fails meanwhile
         proxy.start()
         answers = [wait_result(queue, request_id, 60) for request_id in ids]
     finally:
         worker.stop()
         proxy.stop()
     log = worker.log_path.read_text()
-    print(f"\nRedis unreachable for 1.5 s mid forward pass: {[a['ok'] for a in answers]}; "
-          + log[log.index("stopped after"):].splitlines()[0])
+    print(
+        f"\nRedis unreachable for 1.5 s mid forward pass: {[a['ok'] for a in answers]}; "
+        + log[log.index("stopped after") :].splitlines()[0]
+    )
     assert all(answer and answer["ok"] for answer in answers), answers
     assert "inference failed" not in log and "1 batches, 8 requests" in log
 
 
 def test_a_batch_slower_than_claim_idle_keeps_its_claim(tmp_path, redis_server, client):
     slow_model(tmp_path)
-    settings = make_settings(redis_server.url, model_repository=str(tmp_path), max_batch_size=4,
-                             claim_idle=0.5)  # a batch of 4 takes 2-3 times as long
+    settings = make_settings(
+        redis_server.url, model_repository=str(tmp_path), max_batch_size=4, claim_idle=0.5
+    )  # a batch of 4 takes 2-3 times as long
     keys = Keys(settings.key_prefix)
     queue = Queue(client, keys)
-    workers = [WorkerProcess(settings, f"w{n}", tmp_path / f"w{n}.log").start(wait=False)
-               for n in range(2)]
+    workers = [
+        WorkerProcess(settings, f"w{n}", tmp_path / f"w{n}.log").start(wait=False) for n in range(2)
+    ]
     try:
         for worker in workers:
             worker.wait_live()
@@ -97,8 +107,10 @@ def test_a_batch_slower_than_claim_idle_keeps_its_claim(tmp_path, redis_server, 
     finally:
         for worker in workers:
             worker.stop()
-    print(f"\nbatches slower than claim_idle, 2 workers: 16 requests, {ran} forward-passed, "
-          f"{len(leftovers)} extra answers")
+    print(
+        f"\nbatches slower than claim_idle, 2 workers: 16 requests, {ran} forward-passed, "
+        f"{len(leftovers)} extra answers"
+    )
     assert all(answer and answer["ok"] for answer in answers)
     assert ran == 16 and leftovers == []
 
@@ -125,11 +137,14 @@ def two_models():
     shutil.rmtree(repo, ignore_errors=True)
 
 
-def test_workers_on_different_versions_each_serve_their_own(two_versions, start_stack,
-                                                            tmp_path):
+def test_workers_on_different_versions_each_serve_their_own(two_versions, start_stack, tmp_path):
     stack = start_stack(model_repository=str(two_versions), models="digits:1")
-    on_two = make_settings(stack.settings.redis_url, key_prefix=stack.settings.key_prefix,
-                           model_repository=str(two_versions), models="digits:2")
+    on_two = make_settings(
+        stack.settings.redis_url,
+        key_prefix=stack.settings.key_prefix,
+        model_repository=str(two_versions),
+        models="digits:2",
+    )
     other = WorkerProcess(on_two, "on-v2", tmp_path / "v2.log").start()
     try:
         time.sleep(2.5)  # both announced, the web's registry cache refreshed
@@ -137,8 +152,7 @@ def test_workers_on_different_versions_each_serve_their_own(two_versions, start_
         for n in range(60):
             asked = (1, 2, None)[n % 3]
             body = predict(stack.url, sample(6), **({"version": asked} if asked else {}))
-            answers.append((asked, body.status_code, body.json().get("model", {})
-                            .get("version")))
+            answers.append((asked, body.status_code, body.json().get("model", {}).get("version")))
     finally:
         other.stop()
     print(f"\nworkers on v1 and v2: {sorted(set(answers), key=str)}")
@@ -147,18 +161,22 @@ def test_workers_on_different_versions_each_serve_their_own(two_versions, start_
 
 
 def test_a_worker_whose_clock_runs_ahead_still_answers_in_time(start_stack):
-    stack = start_stack(worker_env={"LD_PRELOAD": FAKETIME, "FAKETIME": "+30s"},
-                        request_timeout=10.0)
+    stack = start_stack(
+        worker_env={"LD_PRELOAD": FAKETIME, "FAKETIME": "+30s"}, request_timeout=10.0
+    )
     statuses = [predict(stack.url, sample(2)).status_code for _ in range(20)]
     assert statuses == [200] * 20
 
 
-def test_a_model_without_workers_does_not_make_the_host_unready(two_models, start_stack,
-                                                                tmp_path):
+def test_a_model_without_workers_does_not_make_the_host_unready(two_models, start_stack, tmp_path):
     stack = start_stack(model_repository=str(two_models), models="digits", heartbeat_ttl=2.0)
-    on_other = make_settings(stack.settings.redis_url, key_prefix=stack.settings.key_prefix,
-                             model_repository=str(two_models), models="other",
-                             heartbeat_ttl=2.0)
+    on_other = make_settings(
+        stack.settings.redis_url,
+        key_prefix=stack.settings.key_prefix,
+        model_repository=str(two_models),
+        models="other",
+        heartbeat_ttl=2.0,
+    )
     other = WorkerProcess(on_other, "other", tmp_path / "other.log").start()
     time.sleep(1.5)
     assert requests.get(stack.url + "/readyz").json()["models"]["other"]["live_workers"] == 1

@@ -10,6 +10,7 @@ or 503 itself, which it marks by the absence of the app's X-Request-ID (mod_wsgi
 while a graceful restart replaces its daemon process and recreates its socket). A
 timeout, or any answer from the app, error or not, is never retried.
 """
+
 import http.client
 import json
 import time
@@ -47,12 +48,20 @@ def post_image(pool, url, image, timeout, params=None, body="multipart", api_key
         try:
             if body == "raw":
                 response = pool.request(
-                    "POST", url + ("?" + urlencode(params) if params else ""), body=image,
+                    "POST",
+                    url + ("?" + urlencode(params) if params else ""),
+                    body=image,
                     headers={**headers, "Content-Type": "application/octet-stream"},
-                    timeout=timeout)
+                    timeout=timeout,
+                )
             else:
-                response = pool.request("POST", url, fields={**params, "image": ("image", image)},
-                                        headers=headers, timeout=timeout)
+                response = pool.request(
+                    "POST",
+                    url,
+                    fields={**params, "image": ("image", image)},
+                    headers=headers,
+                    timeout=timeout,
+                )
         except urllib3.exceptions.ProtocolError as exc:
             if attempt == 2 or not any(isinstance(arg, DROPPED) for arg in exc.args):
                 raise

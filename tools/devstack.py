@@ -4,6 +4,7 @@
 child runs in its own session, so Ctrl-C reaches only this launcher, which then stops
 what it started (and nothing else) in order: Apache, workers, its own Redis.
 """
+
 import logging
 import os
 import secrets
@@ -19,16 +20,18 @@ from pathlib import Path
 
 import redis
 
-from app import config_files, settings as settings_module
+from app import config
+from app.config import PROJECT_ROOT
 from app.keys import Keys
-from app.stop_signals import StopSignals
 from app.queue import redis_url
-from app.settings import PROJECT_ROOT
+from app.stop_signals import StopSignals
+from provisioning import config_files
 
 log = logging.getLogger("beagle.devstack")
 
 WEB_USER = "www-data"
 STAGED = ("app", "wsgi", "apache")  # what the web tier reads: its code and error pages
+NOT_STAGED = ("__pycache__", "*.pyc", "worker")  # app/worker/ runs in the workers only
 
 
 def free_port():
@@ -96,12 +99,18 @@ class RedisServer:
         self.port = self.port or free_port()
         config = self.work_dir / "redis.conf"
         config.touch(mode=0o600)
-        config.write_text(config_files.redis_conf(self.password, port=self.port,
-                                                  maxmemory=self.maxmemory,
-                                                  dir=self.work_dir))
+        config.write_text(
+            config_files.redis_conf(
+                self.password, port=self.port, maxmemory=self.maxmemory, dir=self.work_dir
+            )
+        )
         with open(self.work_dir / "redis.log", "ab") as out:
-            self.process = subprocess.Popen(["/usr/bin/redis-server", str(config)], stdout=out,
-                                            stderr=subprocess.STDOUT, start_new_session=True)
+            self.process = subprocess.Popen(
+                ["/usr/bin/redis-server", str(config)],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         wait_until(lambda: redis_answers(self.url), self.process, 10, "redis-server", stop)
         return self
 
@@ -137,18 +146,32 @@ class Apache:
         logs.mkdir(exist_ok=True)
         vhost = self.run_dir / "beagle.conf"
         vhost.write_text(config_files.apache_vhost(self.settings, code_dir, venv, logs))
-        self.config.write_text(config_files.apache_standalone(
-            self.settings, self.run_dir, vhost, logs))
+        self.config.write_text(
+            config_files.apache_standalone(self.settings, self.run_dir, vhost, logs)
+        )
         if os.geteuid() == 0:
             check_readable_by(WEB_USER, venv / "pyvenv.cfg", code_dir / "wsgi" / "beagle.wsgi")
-        env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8",
-               **config_files.WEB_ENVIRONMENT, **settings_module.as_environ(self.settings)}
+        env = {
+            "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
+            "LANG": "C.UTF-8",
+            **config_files.WEB_ENVIRONMENT,
+            **config.as_environ(self.settings),
+        }
         with open(logs / "apache-stdout.log", "ab") as out:
             self.process = subprocess.Popen(
-                ["/usr/sbin/apache2", "-f", str(self.config), "-DFOREGROUND"], env=env,
-                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-        wait_until(lambda: responds(self.url + "/healthz"), self.process, 60,
-                   f"Apache (see {self.error_log})", stop)
+                ["/usr/sbin/apache2", "-f", str(self.config), "-DFOREGROUND"],
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        wait_until(
+            lambda: responds(self.url + "/healthz"),
+            self.process,
+            60,
+            f"Apache (see {self.error_log})",
+            stop,
+        )
         return self
 
     def stage(self):
@@ -158,8 +181,9 @@ class Apache:
         code_dir = self.run_dir / "code"
         shutil.rmtree(code_dir, ignore_errors=True)
         for name in STAGED:
-            shutil.copytree(PROJECT_ROOT / name, code_dir / name,
-                            ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+            shutil.copytree(
+                PROJECT_ROOT / name, code_dir / name, ignore=shutil.ignore_patterns(*NOT_STAGED)
+            )
         return code_dir
 
     def graceful(self):
@@ -174,19 +198,28 @@ class WorkerProcess:
     """``python -m app.worker`` as a child process, known to Redis by ``name``."""
 
     def __init__(self, settings, name, log_path=None, env=None):
-        self.settings = settings_module.replace(settings, worker_name=name)
+        self.settings = config.replace(settings, worker_name=name)
         self.name = name
         self.log_path = log_path
         self.extra_env = env or {}
         self.process = None
 
     def start(self, wait=True, timeout=120):
-        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"),
-               **settings_module.as_environ(self.settings), **self.extra_env}
+        env = {
+            **os.environ,
+            "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"),
+            **config.as_environ(self.settings),
+            **self.extra_env,
+        }
         out = open(self.log_path, "ab") if self.log_path else None
-        self.process = subprocess.Popen([sys.executable, "-m", "app.worker"], cwd=PROJECT_ROOT,
-                                        env=env, stdout=out, stderr=subprocess.STDOUT if out
-                                        else None, start_new_session=True)
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "app.worker"],
+            cwd=PROJECT_ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT if out else None,
+            start_new_session=True,
+        )
         if out:
             out.close()
         if wait:
@@ -196,8 +229,7 @@ class WorkerProcess:
     def wait_live(self, timeout=120, stop=None):
         client = redis.Redis.from_url(self.settings.redis_url)
         key = Keys(self.settings.key_prefix).worker(self.name)
-        wait_until(lambda: client.exists(key), self.process, timeout, f"worker {self.name}",
-                   stop)
+        wait_until(lambda: client.exists(key), self.process, timeout, f"worker {self.name}", stop)
 
     def signal(self, signum):
         self.process.send_signal(signum)
@@ -210,8 +242,10 @@ def check_venv():
     """The venv running us, which Apache's mod_wsgi will run too: it must be made from
     the system Python that Debian's mod_wsgi is built for."""
     if sys.prefix == sys.base_prefix or Path(sys.base_prefix) != Path("/usr"):
-        raise SystemExit(f"run this from a venv made with /usr/bin/python3 (mod_wsgi is built "
-                         f"for it); this Python is {sys.executable} (base {sys.base_prefix})")
+        raise SystemExit(
+            f"run this from a venv made with /usr/bin/python3 (mod_wsgi is built "
+            f"for it); this Python is {sys.executable} (base {sys.base_prefix})"
+        )
     return Path(sys.prefix)
 
 
@@ -219,8 +253,10 @@ def check_readable_by(user, *paths):
     for path in paths:
         probe = subprocess.run(["/usr/sbin/runuser", "-u", user, "--", "test", "-r", str(path)])
         if probe.returncode != 0:
-            raise SystemExit(f"{user} (Apache's daemon user) cannot read {path}: every "
-                             f"directory above it needs o+x. Put the venv elsewhere (VENV=...)")
+            raise SystemExit(
+                f"{user} (Apache's daemon user) cannot read {path}: every "
+                f"directory above it needs o+x. Put the venv elsewhere (VENV=...)"
+            )
 
 
 def _stop(process, signum, timeout):
@@ -242,9 +278,14 @@ class Stack:
         self.settings = settings
         self.run_dir = Path(run_dir)
         self.workers = [
-            WorkerProcess(settings, f"{socket.gethostname()}-{settings.port}-{n}",
-                          self.run_dir / "logs" / f"worker-{n}.log", worker_env)
-            for n in range(workers)]
+            WorkerProcess(
+                settings,
+                f"{socket.gethostname()}-{settings.port}-{n}",
+                self.run_dir / "logs" / f"worker-{n}.log",
+                worker_env,
+            )
+            for n in range(workers)
+        ]
         self.apache = Apache(settings, self.run_dir)
 
     @property
@@ -274,7 +315,7 @@ class Stack:
 
 def main():
     """``make run``: serve the bundled model on http://<host>:<port> until Ctrl-C."""
-    settings = settings_module.load()
+    settings = config.load()
     logging.basicConfig(level=settings.log_level, format="%(levelname)s %(name)s: %(message)s")
     run_dir = Path(tempfile.gettempdir()) / f"beagle-run-{settings.port}"
     stop = StopSignals().install()  # a signal at any moment, start-up included
@@ -285,21 +326,24 @@ def main():
         else:
             own_redis = RedisServer(run_dir / "redis")
             own_redis.start(stop)
-            settings = settings_module.replace(settings, redis_url=own_redis.url)
+            settings = config.replace(settings, redis_url=own_redis.url)
             log.info("devstack: no Redis answered, started one on port %d", own_redis.port)
         if not _port_free(settings.host, settings.port):
             raise SystemExit(f"{settings.host}:{settings.port} is in use; set BEAGLE_PORT")
         stack = Stack(settings, run_dir)
         stack.start(stop=stop)
-        wait_until(lambda: responds(stack.url + "/readyz"), stack.apache.process, 60, "Apache",
-                   stop)
+        wait_until(
+            lambda: responds(stack.url + "/readyz"), stack.apache.process, 60, "Apache", stop
+        )
         sample = PROJECT_ROOT / "stress" / "images" / "digit_7.png"
-        print(f"\nBeagle is serving on {stack.url} (open it in a browser to try it)\n\n"
-              f"  curl -F image=@{sample} {stack.url}/predict\n\n"
-              f"Logs (Apache's and the worker's): cd {PROJECT_ROOT} && {sys.executable} "
-              f"-m scripts.tail_logs --follow\n"
-              f"Ctrl-C stops Apache, the worker{' and Redis' if own_redis else ''}.\n",
-              flush=True)
+        print(
+            f"\nBeagle is serving on {stack.url} (open it in a browser to try it)\n\n"
+            f"  curl -F image=@{sample} {stack.url}/predict\n\n"
+            f"Logs (Apache's and the worker's): cd {PROJECT_ROOT} && {sys.executable} "
+            f"-m scripts.tail_logs --follow\n"
+            f"Ctrl-C stops Apache, the worker{' and Redis' if own_redis else ''}.\n",
+            flush=True,
+        )
         while not stop.wait(1.0):
             if any(p.poll() is not None for p in stack.processes):
                 log.error("devstack: a process of the stack exited; stopping the rest")

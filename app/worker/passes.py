@@ -1,6 +1,7 @@
 """A batch's forward passes, as the worker runs them: `plan` splits the runnable entries
 into passes, `compute` runs them on the worker's inference thread, and `prediction` is
 the answer for one request (the queue's answer format, app/queue.py)."""
+
 import logging
 import time
 
@@ -20,8 +21,12 @@ def prediction(spec, probabilities, top_k):
         return answer
     best = np.argsort(probabilities)[::-1][:top_k]
     answer["predictions"] = [
-        {"label": spec.labels[i] if i < len(spec.labels) else str(i),
-         "probability": round(float(probabilities[i]), 6)} for i in best]
+        {
+            "label": spec.labels[i] if i < len(spec.labels) else str(i),
+            "probability": round(float(probabilities[i]), 6),
+        }
+        for i in best
+    ]
     return answer
 
 
@@ -40,8 +45,12 @@ def compute(passes, worker_name):
             if len(entries) == 1:
                 results.append((runner, entries, exc, 0.0))
                 continue
-            log.warning("worker %s: batch of %d failed (%s); running each alone",
-                        worker_name, len(entries), summary(exc))
+            log.warning(
+                "worker %s: batch of %d failed (%s); running each alone",
+                worker_name,
+                len(entries),
+                summary(exc),
+            )
             results += compute([(runner, [e]) for e in entries], worker_name)
     return results
 
@@ -57,7 +66,7 @@ def plan(runnable, max_batch_size):
     for runner, entries in groups.items():
         size = runner.spec.max_batch_size or max_batch_size
         together = [e for e in entries if e.deliveries == 1]
-        passes += [(runner, together[i:i + size]) for i in range(0, len(together), size)]
+        passes += [(runner, together[i : i + size]) for i in range(0, len(together), size)]
         passes += [(runner, [e]) for e in entries if e.deliveries > 1]
     return passes
 

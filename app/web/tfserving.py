@@ -14,12 +14,13 @@ of another size is resized like an image. Errors are {"error": "..."}, as TF Ser
 and name the instance at fault. One request carries at most a quarter of max_queue
 instances, so no client fills a model's queue alone; they are queued all or none.
 """
+
 from flask import Blueprint, abort, jsonify
 
-from app.bodies import json_body
 from app.imaging import BadImage, array_pixels, decode_base64
-from app.dispatch import in_flight_slot, pixels_of, resolve, submit_and_wait
-from app.resources import beagle, settings
+from app.web.bodies import json_body
+from app.web.dispatch import in_flight_slot, pixels_of, resolve, submit_and_wait
+from app.web.resources import beagle, current_settings
 
 bp = Blueprint("tfserving", __name__, url_prefix="/v1/models")
 
@@ -30,31 +31,38 @@ OUTPUT_NAME = "probabilities"
 @bp.post("/<name>:predict")
 @bp.post("/<name>/versions/<int:version>:predict")
 def predict(name, version=None):
-    body = json_body(settings().max_json_values)
+    body = json_body(current_settings().max_json_values)
     if not isinstance(body, dict):
         abort(400, "the request body must be a JSON object")
     if body.get("signature_name", "serving_default") != "serving_default":
-        abort(400, f"serving signature {body['signature_name']!r} does not exist; "
-                   "use serving_default")
+        abort(
+            400, f"serving signature {body['signature_name']!r} does not exist; use serving_default"
+        )
     if ("instances" in body) == ("inputs" in body):
         abort(400, 'the request must have exactly one of "instances" or "inputs"')
     columnar = "inputs" in body
     batch = _only_input(body["inputs"]) if columnar else body["instances"]
     if not isinstance(batch, list) or not batch:
         abort(400, "expected a non-empty list of instances")
-    limit = max(1, settings().max_queue // 4)
+    limit = max(1, current_settings().max_queue // 4)
     if len(batch) > limit:
-        abort(400, f"{len(batch)} instances in one request; the limit is {limit} "
-                   "(a quarter of max_queue)")
+        abort(
+            400,
+            f"{len(batch)} instances in one request; the limit is {limit} (a quarter of max_queue)",
+        )
     info, version, shape = resolve(name, version)
     field = "inputs" if columnar else "instances"
     with in_flight_slot():  # admitted before the work of decoding
-        images = [_pixels(_only_input(value), shape, f"{field}[{n}]: ")
-                  for n, value in enumerate(batch)]
-        vectors = [answer["probabilities"]
-                   for answer in submit_and_wait(name, info, version, shape, images, top_k=0)]
-    return jsonify({"outputs": vectors, "predictions": vectors} if columnar
-                   else {"predictions": vectors})
+        images = [
+            _pixels(_only_input(value), shape, f"{field}[{n}]: ") for n, value in enumerate(batch)
+        ]
+        vectors = [
+            answer["probabilities"]
+            for answer in submit_and_wait(name, info, version, shape, images, top_k=0)
+        ]
+    return jsonify(
+        {"outputs": vectors, "predictions": vectors} if columnar else {"predictions": vectors}
+    )
 
 
 @bp.get("/<name>")
@@ -63,9 +71,12 @@ def status(name, version=None):
     info = _model(name, version)
     state = "AVAILABLE" if info.live_workers else "END"
     versions = [version] if version is not None else sorted(info.versions)
-    return jsonify(model_version_status=[
-        {"version": str(v), "state": state, "status": {"error_code": "OK", "error_message": ""}}
-        for v in versions])
+    return jsonify(
+        model_version_status=[
+            {"version": str(v), "state": state, "status": {"error_code": "OK", "error_message": ""}}
+            for v in versions
+        ]
+    )
 
 
 @bp.get("/<name>/metadata")
@@ -77,15 +88,24 @@ def metadata(name, version=None):
     classes = info.versions[version].get("classes", -1)
 
     def tensor(name, dtype, dims):
-        return {"dtype": dtype, "name": name, "tensor_shape": {
-            "dim": [{"size": str(size), "name": ""} for size in dims], "unknown_rank": False}}
+        return {
+            "dtype": dtype,
+            "name": name,
+            "tensor_shape": {
+                "dim": [{"size": str(size), "name": ""} for size in dims],
+                "unknown_rank": False,
+            },
+        }
 
-    signature = {"inputs": {INPUT_NAME: tensor(INPUT_NAME, "DT_UINT8",
-                                               [-1, height, width, channels])},
-                 "outputs": {OUTPUT_NAME: tensor(OUTPUT_NAME, "DT_FLOAT", [-1, classes])},
-                 "method_name": "tensorflow/serving/predict"}
-    return jsonify(model_spec={"name": name, "signature_name": "", "version": str(version)},
-                   metadata={"signature_def": {"signature_def": {"serving_default": signature}}})
+    signature = {
+        "inputs": {INPUT_NAME: tensor(INPUT_NAME, "DT_UINT8", [-1, height, width, channels])},
+        "outputs": {OUTPUT_NAME: tensor(OUTPUT_NAME, "DT_FLOAT", [-1, classes])},
+        "method_name": "tensorflow/serving/predict",
+    }
+    return jsonify(
+        model_spec={"name": name, "signature_name": "", "version": str(version)},
+        metadata={"signature_def": {"signature_def": {"serving_default": signature}}},
+    )
 
 
 def _model(name, version):

@@ -11,6 +11,7 @@ counts prediction requests in /metrics. Views leave that last hook two notes in 
 makes up becomes a metric label), and ``shed_reason``, why a request was refused with a
 503 before it was queued (full, slow, busy, decoding, no_worker).
 """
+
 import hmac
 import logging
 import time
@@ -20,7 +21,8 @@ import redis
 from flask import Flask, abort, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from app import admin, api, openapi, resources, settings as settings_module, tfserving, ui
+from app import config
+from app.web import admin, api, openapi, resources, tfserving, ui
 
 log = logging.getLogger("beagle.web")
 
@@ -31,11 +33,11 @@ PROTECTED_PATHS = ("/predict", "/v1/")
 
 def create_app(test_config=None):
     """Build the app; ``test_config`` overrides settings by name."""
-    settings = settings_module.load(**(test_config or {}))
+    settings = config.load(**(test_config or {}))
     logging.basicConfig(level=settings.log_level, format="%(levelname)s %(name)s: %(message)s")
     app = Flask(__name__)
     app.config["BEAGLE"] = settings
-    app.config["MAX_CONTENT_LENGTH"] = settings_module.body_limit(settings)
+    app.config["MAX_CONTENT_LENGTH"] = config.body_limit(settings)
     resources.init_app(app)
     app.before_request(_start_request)  # first: every later hook and error has the id
     app.before_request(require_api_key)
@@ -50,7 +52,7 @@ def create_app(test_config=None):
 
 def require_api_key():
     """With api_keys set, /predict and /v1/... need one of them as a Bearer token."""
-    keys = resources.settings().api_keys
+    keys = resources.current_settings().api_keys
     if not keys or not request.path.startswith(PROTECTED_PATHS):
         return
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
@@ -66,8 +68,7 @@ def json_error(exc):
 
 
 def redis_error(exc):
-    log.error("request %s: Redis unavailable: %s: %s", g.get("request_id"), type(exc).__name__,
-              exc)
+    log.error("request %s: Redis unavailable: %s: %s", g.get("request_id"), type(exc).__name__, exc)
     return error_response(503, f"Redis is unavailable ({type(exc).__name__}); retry shortly")
 
 

@@ -15,6 +15,7 @@ max_batch_size (optional) caps this model's batches below the worker's setting: 
 runtime is often fastest at small batches (the benchmark shows which).
 A version counts once its model.json exists, so writers publish that file last.
 """
+
 import json
 import logging
 import re
@@ -76,8 +77,7 @@ def versions(root, name):
             found.append(int(path.name))
         elif path not in _ignored:
             _ignored.add(path)
-            log.warning("model %s: ignoring %s: a version folder's name is a number", name,
-                        path)
+            log.warning("model %s: ignoring %s: a version folder's name is a number", name, path)
     return sorted(found)
 
 
@@ -92,24 +92,45 @@ def read_spec(path, name, version):
     labels = tuple((path / "labels.txt").read_text().splitlines())
     size = meta["input"]
     spec = ModelSpec(
-        name=name, version=int(version), path=path, file=meta["file"],
-        height=int(size["height"]), width=int(size["width"]), channels=int(size["channels"]),
+        name=name,
+        version=int(version),
+        path=path,
+        file=meta["file"],
+        height=int(size["height"]),
+        width=int(size["width"]),
+        channels=int(size["channels"]),
         preprocessing=meta.get("preprocessing", "unit"),
         output=meta.get("output", "probabilities"),
-        runtime=meta.get("runtime", "tensorflow"), labels=labels,
-        max_batch_size=int(meta.get("max_batch_size", 0)))
+        runtime=meta.get("runtime", "tensorflow"),
+        labels=labels,
+        max_batch_size=int(meta.get("max_batch_size", 0)),
+    )
     _check(spec)
     return spec
 
 
-def publish(path, file, height, width, channels, labels, preprocessing="unit",
-            output="probabilities", runtime="tensorflow", max_batch_size=0):
+def publish(
+    path,
+    file,
+    height,
+    width,
+    channels,
+    labels,
+    preprocessing="unit",
+    output="probabilities",
+    runtime="tensorflow",
+    max_batch_size=0,
+):
     """Write labels.txt, then model.json (which makes the version visible) into ``path``."""
     path = Path(path)
     (path / "labels.txt").write_text("\n".join(labels) + "\n")
-    meta = {"file": file, "runtime": runtime,
-            "input": {"height": height, "width": width, "channels": channels},
-            "preprocessing": preprocessing, "output": output}
+    meta = {
+        "file": file,
+        "runtime": runtime,
+        "input": {"height": height, "width": width, "channels": channels},
+        "preprocessing": preprocessing,
+        "output": output,
+    }
     if max_batch_size:
         meta["max_batch_size"] = max_batch_size
     staging = path / "model.json.tmp"

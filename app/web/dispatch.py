@@ -4,6 +4,7 @@ every answer by the request's deadline (the workers run the models). Views hold 
 in-flight slot (`in_flight_slot`) from before they decode until the answers are in.
 Failures leave through ``abort(status, why)``, which each API renders in its own error
 shape."""
+
 import time
 from contextlib import contextmanager
 
@@ -11,7 +12,7 @@ from flask import abort, g
 
 from app.imaging import BadImage, Busy, to_pixels
 from app.queue import Request
-from app.resources import beagle, settings
+from app.web.resources import beagle, current_settings
 
 
 def resolve(model, version):
@@ -21,8 +22,11 @@ def resolve(model, version):
         abort(404, f"model {model!r} is not served")
     g.metric_model = model  # a served model: safe as a metric label (any name is not)
     if version is not None and version not in info.versions:
-        abort(404, f"model {model!r} has no version {version} "
-                   f"(served: {', '.join(map(str, sorted(info.versions)))})")
+        abort(
+            404,
+            f"model {model!r} has no version {version} "
+            f"(served: {', '.join(map(str, sorted(info.versions)))})",
+        )
     if not info.live_workers:
         g.shed_reason = "no_worker"
         abort(503, f"no live worker serves model {model!r}")
@@ -33,7 +37,7 @@ def pixels_of(data, shape, where=""):
     """Model-sized pixels from encoded image bytes; 4xx for anything that is not one,
     503 while the process's decode budget stays full. ``where`` prefixes errors."""
     try:
-        return to_pixels(data, shape, settings().max_image_pixels, beagle().decode_budget)
+        return to_pixels(data, shape, current_settings().max_image_pixels, beagle().decode_budget)
     except BadImage as exc:
         abort(exc.status, where + exc.message)
     except Busy as exc:
@@ -44,24 +48,36 @@ def pixels_of(data, shape, where=""):
 def submit_and_wait(model, info, version, shape, images, top_k):
     """Submit each image's pixels, all or none, and wait: the workers' answers, in order.
     ``top_k`` 0 asks for the whole probability vector."""
-    timeout = settings().request_timeout
+    timeout = current_settings().request_timeout
     deadline = g.started + timeout
     left = deadline - time.time()
     if left <= 0:  # spent decoding: queueing it now would only make a worker skip it
         abort(504, f"no answer within the {timeout:g}s deadline")
-    requests = [Request(request_id=f"{g.request_id}.{n}" if len(images) > 1 else g.request_id,
-                        timeout_ms=int(left * 1000), top_k=top_k, shape=shape, pixels=pixels)
-                for n, pixels in enumerate(images)]
+    requests = [
+        Request(
+            request_id=f"{g.request_id}.{n}" if len(images) > 1 else g.request_id,
+            timeout_ms=int(left * 1000),
+            top_k=top_k,
+            shape=shape,
+            pixels=pixels,
+        )
+        for n, pixels in enumerate(images)
+    ]
     # Refusing on queue wait is for overload. While no worker is taking requests (one is
     # restarting), the queue is stalled, not overloaded: requests wait for it instead,
     # until their deadline, and max_queue alone bounds the backlog.
-    max_wait = min(settings().max_queue_wait, timeout / 2) if info.active_workers else timeout
-    refused = beagle().queue.submit(model, version, requests, settings().max_queue, max_wait)
+    max_wait = (
+        min(current_settings().max_queue_wait, timeout / 2) if info.active_workers else timeout
+    )
+    refused = beagle().queue.submit(
+        model, version, requests, current_settings().max_queue, max_wait
+    )
     if refused:
         g.shed_reason, why = refused
         abort(503, f"{why}; retry shortly")
-    answers = beagle().queue.wait_results([r.request_id for r in requests],
-                                          lambda: deadline - time.time())
+    answers = beagle().queue.wait_results(
+        [r.request_id for r in requests], lambda: deadline - time.time()
+    )
     if len(answers) < len(requests):
         abort(504, f"no answer within the {timeout:g}s deadline")
     for answer in answers:

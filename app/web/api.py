@@ -1,12 +1,13 @@
 """The HTTP API: POST /predict, GET /healthz, GET /readyz (the README's HTTP API)."""
+
 import re
 
 from flask import Blueprint, abort, g, jsonify, request
 
-from app.bodies import int_param, json_body
 from app.imaging import BadImage, decode_base64
-from app.dispatch import in_flight_slot, pixels_of, resolve, submit_and_wait
-from app.resources import beagle, settings
+from app.web.bodies import int_param, json_body
+from app.web.dispatch import in_flight_slot, pixels_of, resolve, submit_and_wait
+from app.web.resources import beagle, current_settings
 
 bp = Blueprint("api", __name__)
 
@@ -18,20 +19,22 @@ MAX_VERSION = 2**63 - 1  # TF Serving's versions are int64
 @bp.post("/predict")
 def predict():
     data, params = read_image()
-    if len(data) > settings().max_image_bytes:
-        abort(413, f"image is {len(data)} bytes; the limit is {settings().max_image_bytes}")
-    model = params.get("model") or settings().default_model
+    if len(data) > current_settings().max_image_bytes:
+        abort(413, f"image is {len(data)} bytes; the limit is {current_settings().max_image_bytes}")
+    model = params.get("model") or current_settings().default_model
     if not isinstance(model, str) or not MODEL_NAME.fullmatch(model):
         abort(400, "model must be a name of letters, digits, '.', '_' or '-'")
     version = int_param(params, "version", 1, MAX_VERSION)
-    top_k = int_param(params, "top_k", 1, 1000) or settings().top_k
+    top_k = int_param(params, "top_k", 1, 1000) or current_settings().top_k
     info, version, shape = resolve(model, version)
     with in_flight_slot():  # admitted before the work of decoding
-        (answer,) = submit_and_wait(model, info, version, shape, [pixels_of(data, shape)],
-                                    top_k)
-    return jsonify(success=True, predictions=answer["predictions"],
-                   model={"name": answer["model"], "version": answer["version"]},
-                   request_id=g.request_id)
+        (answer,) = submit_and_wait(model, info, version, shape, [pixels_of(data, shape)], top_k)
+    return jsonify(
+        success=True,
+        predictions=answer["predictions"],
+        model={"name": answer["model"], "version": answer["version"]},
+        request_id=g.request_id,
+    )
 
 
 @bp.get("/healthz")
@@ -45,8 +48,9 @@ def readyz():
     all stopped is reported (live_workers 0), but does not make the host unready: a load
     balancer following /readyz would pull every web host at once for it."""
     models = beagle().directory.models()
-    report = {m.name: {"versions": sorted(m.versions), "live_workers": m.live_workers}
-              for m in models}
+    report = {
+        m.name: {"versions": sorted(m.versions), "live_workers": m.live_workers} for m in models
+    }
     ready = any(m.live_workers for m in models)
     response = jsonify(ready=ready, redis="ok", models=report)
     if not ready:
@@ -61,11 +65,14 @@ def read_image():
     if kind == "multipart/form-data":
         upload = request.files.get("image")
         if upload is None:
-            abort(400, "multipart body has no 'image' file field "
-                       f"(fields: {', '.join([*request.files, *request.form]) or 'none'})")
+            abort(
+                400,
+                "multipart body has no 'image' file field "
+                f"(fields: {', '.join([*request.files, *request.form]) or 'none'})",
+            )
         return upload.read(), {**request.args, **request.form}
     if kind == "application/json":
-        body = json_body(settings().max_json_values)
+        body = json_body(current_settings().max_json_values)
         if not isinstance(body, dict) or not isinstance(body.get("image"), str):
             abort(400, 'JSON body must be an object with "image": "<base64 image bytes>"')
         try:
@@ -74,5 +81,8 @@ def read_image():
             abort(exc.status, f'"image" is {exc.message}')
     if kind.startswith("image/") or kind in RAW_TYPES:
         return request.get_data(), request.args
-    abort(415, f"Content-Type {kind} is not accepted: send multipart/form-data with an "
-               "'image' field, a raw image/* body, or JSON {\"image\": \"<base64>\"}")
+    abort(
+        415,
+        f"Content-Type {kind} is not accepted: send multipart/form-data with an "
+        '\'image\' field, a raw image/* body, or JSON {"image": "<base64>"}',
+    )

@@ -5,10 +5,11 @@ with ``name:version`` in the ``models`` setting. `refresh` loads and warms a new
 version before it retires the one it replaces, so no request sees a gap; a version
 that fails to load is logged once and the previous one keeps serving.
 """
+
 import logging
 
-from app import repository, runtimes
 from app.metrics import Tally
+from app.worker import repository, runtimes
 
 log = logging.getLogger("beagle.models")
 
@@ -23,7 +24,7 @@ class LoadedModels:
             self.pins.setdefault(name, set()).update({version} - {None})
         self.tally = tally or Tally()  # counts loads, swaps and failures for /metrics
         self.load = load
-        self.runners = {}   # name -> {version: runner}
+        self.runners = {}  # name -> {version: runner}
         self._failed = set()
 
     def refresh(self):
@@ -62,12 +63,20 @@ class LoadedModels:
 
     def announcement(self):
         """What the registry should say this worker serves."""
-        return {name: {"versions": {str(v): {"shape": list(r.spec.shape),
-                                             "classes": len(r.spec.labels),
-                                             "runtime": r.spec.runtime}
-                                    for v, r in loaded.items()},
-                       "latest": max(loaded)}
-                for name, loaded in self.runners.items()}
+        return {
+            name: {
+                "versions": {
+                    str(v): {
+                        "shape": list(r.spec.shape),
+                        "classes": len(r.spec.labels),
+                        "runtime": r.spec.runtime,
+                    }
+                    for v, r in loaded.items()
+                },
+                "latest": max(loaded),
+            }
+            for name, loaded in self.runners.items()
+        }
 
     def versions(self):
         return _versions(self.runners)
@@ -89,8 +98,13 @@ class LoadedModels:
             return None
         try:
             spec = repository.load_spec(self.root, name, version)
-            log.info("model %s: loading version %d (%s) from %s", name, version, spec.runtime,
-                     spec.model_path)
+            log.info(
+                "model %s: loading version %d (%s) from %s",
+                name,
+                version,
+                spec.runtime,
+                spec.model_path,
+            )
             runner = self.load(spec)
         except Exception:
             log.exception("model %s: version %d failed to load; not serving it", name, version)

@@ -9,9 +9,10 @@ litert      a LiteRT (TFLite) flatbuffer exported the same way; the XNNPACK CPU 
 The worker hands over raw queue bytes and never calls ``model.predict``. TensorFlow,
 ONNX Runtime and LiteRT are imported here and in the worker only, never by the web tier.
 """
+
 import numpy as np
 
-from app.settings import per_core
+from app.config import per_core
 
 CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
 TORCH_MEAN = (0.485, 0.456, 0.406)
@@ -33,6 +34,7 @@ class TensorFlowRunner:
 
     def __init__(self, spec, threads, gpu_memory_mb=0):
         import tensorflow as tf
+
         if TensorFlowRunner._threads is None:
             TensorFlowRunner._threads = threads
             try:
@@ -41,7 +43,8 @@ class TensorFlowRunner:
                 for gpu in tf.config.list_physical_devices("GPU"):
                     if gpu_memory_mb:
                         tf.config.set_logical_device_configuration(
-                            gpu, [tf.config.LogicalDeviceConfiguration(gpu_memory_mb)])
+                            gpu, [tf.config.LogicalDeviceConfiguration(gpu_memory_mb)]
+                        )
                     else:
                         tf.config.experimental.set_memory_growth(gpu, True)
             except RuntimeError:  # this process already ran TensorFlow ops: pools are fixed
@@ -59,13 +62,15 @@ def onnx_providers(available, gpu_memory_mb=0):
     cuda = {"arena_extend_strategy": "kSameAsRequested"}
     if gpu_memory_mb:
         cuda["gpu_mem_limit"] = str(gpu_memory_mb * 1024 * 1024)
-    return ([("CUDAExecutionProvider", cuda)] * ("CUDAExecutionProvider" in available)
-            + ["CPUExecutionProvider"])
+    return [("CUDAExecutionProvider", cuda)] * ("CUDAExecutionProvider" in available) + [
+        "CPUExecutionProvider"
+    ]
 
 
 class OnnxRunner:
     def __init__(self, spec, threads, gpu_memory_mb=0):
         import onnxruntime as ort
+
         self.spec = spec
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
@@ -83,6 +88,7 @@ class LiteRTRunner:
 
     def __init__(self, spec, threads, gpu_memory_mb=0):  # CPU only: XNNPACK
         from ai_edge_litert.interpreter import Interpreter
+
         self.spec = spec
         self._interpreter = Interpreter(model_path=str(spec.model_path), num_threads=threads)
         self._input = self._interpreter.get_input_details()[0]["index"]
@@ -121,6 +127,7 @@ def load_tensorflow_model(spec):
     path = spec.model_path
     if path.is_dir():  # a SavedModel: call its serving signature
         import tensorflow as tf
+
         loaded = tf.saved_model.load(str(path))  # owns the variables: keep it referenced
         signature = loaded.signatures["serving_default"]
         (input_name,) = signature.structured_input_signature[1].keys()
@@ -128,8 +135,10 @@ def load_tensorflow_model(spec):
         def call(x, loaded=loaded):
             (output,) = signature(**{input_name: x}).values()
             return output
+
         return call
     import keras
+
     model = keras.saving.load_model(str(path), compile=False)
     return lambda x: model(x, training=False)
 

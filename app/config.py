@@ -6,12 +6,13 @@ the README lists every one (tests/test_settings.py checks it). `load` reads each
 once, into its type (API keys as a tuple, networks, model pins, a set of cores), and
 returns an immutable `Settings`; `replace` makes a copy with changes.
 """
+
 import dataclasses
 import ipaddress
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -43,7 +44,7 @@ def _networks(text):
 
 
 def model_pins(text):
-    """"digits, resnet50:2" -> (("digits", None), ("resnet50", 2)): a model's newest
+    """ "digits, resnet50:2" -> (("digits", None), ("resnet50", 2)): a model's newest
     version, or the one pinned."""
     pins = []
     for item in _items(text):
@@ -57,7 +58,7 @@ def _pins_text(pins):
 
 
 def cpu_set(text):
-    """"0-3,6" -> frozenset({0, 1, 2, 3, 6})."""
+    """ "0-3,6" -> frozenset({0, 1, 2, 3, 6})."""
     cpus = set()
     for item in _items(text):
         first, _, last = item.partition("-")
@@ -99,60 +100,114 @@ def _expected(read, exc):
 
 
 SETTINGS = (
-    Setting("redis_url", "redis://127.0.0.1:6379/0",
-            "Redis for the queue, results and heartbeats; redis://:password@host:port/db"),
+    Setting(
+        "redis_url",
+        "redis://127.0.0.1:6379/0",
+        "Redis for the queue, results and heartbeats; redis://:password@host:port/db",
+    ),
     Setting("key_prefix", "beagle", "prefix of every Redis key Beagle writes"),
     Setting("host", "127.0.0.1", "address Apache listens on for `make run`"),
     Setting("port", 8080, "port Apache listens on"),
-    Setting("model_repository", str(PROJECT_ROOT / "models"),
-            "folder holding models/<name>/<version>/ (read by workers only)"),
-    Setting("models", "",
-            "models a worker serves, comma-separated, name or name:version to pin; empty = all",
-            model_pins, _pins_text),
+    Setting(
+        "model_repository",
+        str(PROJECT_ROOT / "models"),
+        "folder holding models/<name>/<version>/ (read by workers only)",
+    ),
+    Setting(
+        "models",
+        "",
+        "models a worker serves, comma-separated, name or name:version to pin; empty = all",
+        model_pins,
+        _pins_text,
+    ),
     Setting("default_model", "digits", "model /predict uses when the request names none"),
     Setting("max_batch_size", 32, "most requests a worker runs in one forward pass"),
-    Setting("batch_timeout", 0.0,
-            "seconds a worker waits for more requests once it has some (0 = take what is queued)"),
-    Setting("request_timeout", 10.0,
-            "seconds from admission to answer; past it the web answers 504 and workers skip it"),
+    Setting(
+        "batch_timeout",
+        0.0,
+        "seconds a worker waits for more requests once it has some (0 = take what is queued)",
+    ),
+    Setting(
+        "request_timeout",
+        10.0,
+        "seconds from admission to answer; past it the web answers 504 and workers skip it",
+    ),
     Setting("max_queue", 256, "backlog per model beyond which /predict answers 503"),
-    Setting("max_queue_wait", 5.0,
-            "seconds the oldest queued request may wait before /predict answers 503 "
-            "(<= timeout/2)"),
+    Setting(
+        "max_queue_wait",
+        5.0,
+        "seconds the oldest queued request may wait before /predict answers 503 (<= timeout/2)",
+    ),
     Setting("top_k", 5, "predictions returned when the request does not say"),
     Setting("max_image_bytes", 10 * 1024 * 1024, "largest encoded image accepted (413 beyond)"),
-    Setting("max_image_pixels", 25_000_000,
-            "largest width x height accepted, checked before decoding (413 beyond)"),
-    Setting("decode_budget_mb", 512,
-            "MB of pixels a web process may decode at once; beyond, decodes wait, then 503"),
-    Setting("max_json_values", 1_048_576,
-            "most values a JSON body may hold, counted before parsing (413 beyond)"),
-    Setting("web_processes", 0,
-            "mod_wsgi daemon processes (0 = one per core of the web host)"),
-    Setting("web_threads", 128,
-            "threads per mod_wsgi daemon process; all but 2 of each may wait on answers at once"),
-    Setting("worker_threads", 0,
-            "CPU threads a worker's runtime uses (0 = one per core it may run on)"),
-    Setting("worker_gpu_memory_mb", 0,
-            "GPU memory a worker's runtime may take, MB (0 = only what it needs, grown on use)"),
-    Setting("worker_cpus", "",
-            "cores a worker runs on, like 0-1 or 2,3 (empty = all), so workers can split them",
-            cpu_set, _cpus_text),
+    Setting(
+        "max_image_pixels",
+        25_000_000,
+        "largest width x height accepted, checked before decoding (413 beyond)",
+    ),
+    Setting(
+        "decode_budget_mb",
+        512,
+        "MB of pixels a web process may decode at once; beyond, decodes wait, then 503",
+    ),
+    Setting(
+        "max_json_values",
+        1_048_576,
+        "most values a JSON body may hold, counted before parsing (413 beyond)",
+    ),
+    Setting("web_processes", 0, "mod_wsgi daemon processes (0 = one per core of the web host)"),
+    Setting(
+        "web_threads",
+        128,
+        "threads per mod_wsgi daemon process; all but 2 of each may wait on answers at once",
+    ),
+    Setting(
+        "worker_threads", 0, "CPU threads a worker's runtime uses (0 = one per core it may run on)"
+    ),
+    Setting(
+        "worker_gpu_memory_mb",
+        0,
+        "GPU memory a worker's runtime may take, MB (0 = only what it needs, grown on use)",
+    ),
+    Setting(
+        "worker_cpus",
+        "",
+        "cores a worker runs on, like 0-1 or 2,3 (empty = all), so workers can split them",
+        cpu_set,
+        _cpus_text,
+    ),
     Setting("worker_name", "", "consumer name of a worker in the Redis group (default host-pid)"),
-    Setting("heartbeat_ttl", 10.0,
-            "seconds after its last heartbeat a silent worker stops counting as live"),
-    Setting("claim_idle", 5.0,
-            "seconds a delivered request may stay unacknowledged before another worker claims it"),
-    Setting("max_attempts", 3,
-            "deliveries of one request before it is answered with an error and dropped"),
+    Setting(
+        "heartbeat_ttl",
+        10.0,
+        "seconds after its last heartbeat a silent worker stops counting as live",
+    ),
+    Setting(
+        "claim_idle",
+        5.0,
+        "seconds a delivered request may stay unacknowledged before another worker claims it",
+    ),
+    Setting(
+        "max_attempts",
+        3,
+        "deliveries of one request before it is answered with an error and dropped",
+    ),
     Setting("result_ttl", 30.0, "seconds an unread result stays in Redis"),
     Setting("repository_poll", 2.0, "seconds between a worker's scans of the model repository"),
-    Setting("api_keys", "",
-            "comma-separated keys; when set, /predict and /v1 need 'Authorization: Bearer <key>'",
-            _items, _joined),
-    Setting("admin_networks", "127.0.0.1/32,::1/128",
-            "client networks allowed to read /metrics (comma-separated CIDRs)", _networks,
-            _joined),
+    Setting(
+        "api_keys",
+        "",
+        "comma-separated keys; when set, /predict and /v1 need 'Authorization: Bearer <key>'",
+        _items,
+        _joined,
+    ),
+    Setting(
+        "admin_networks",
+        "127.0.0.1/32,::1/128",
+        "client networks allowed to read /metrics (comma-separated CIDRs)",
+        _networks,
+        _joined,
+    ),
     Setting("log_level", "INFO", "Python logging level for web and worker"),
 )
 
@@ -164,8 +219,10 @@ def load(environ=None, **overrides):
     """Settings from defaults, then ``BEAGLE_*`` environment variables, then overrides
     (values, or text to read)."""
     environ = os.environ if environ is None else environ
-    values = {setting.name: setting.parse(environ.get(setting.env_var, str(setting.default)))
-              for setting in SETTINGS}
+    values = {
+        setting.name: setting.parse(environ.get(setting.env_var, str(setting.default)))
+        for setting in SETTINGS
+    }
     return Settings(**{**values, **_read(overrides)})
 
 
@@ -194,5 +251,7 @@ def _read(values):
     unknown = set(values) - set(BY_NAME)
     if unknown:
         raise KeyError(f"unknown settings: {', '.join(sorted(unknown))}")
-    return {name: BY_NAME[name].parse(value) if isinstance(value, str) else value
-            for name, value in values.items()}
+    return {
+        name: BY_NAME[name].parse(value) if isinstance(value, str) else value
+        for name, value in values.items()
+    }

@@ -1,6 +1,7 @@
 """What the views share, registered on the app by `init_app`, and the accessors they reach
 it by: `beagle()` (Redis, the queue, the registry's view, the decode budget, the
-in-flight slots, the process's metrics tally) and `settings()`."""
+in-flight slots, the process's metrics tally) and `current_settings()`."""
+
 import threading
 from types import SimpleNamespace
 
@@ -20,23 +21,29 @@ def init_app(app):
     settings = app.config["BEAGLE"]
     budget = settings.decode_budget_mb * 1024 * 1024
     if budget < largest_decode(settings.max_image_pixels):
-        raise ValueError(f"decode_budget_mb={settings.decode_budget_mb} cannot hold one image "
-                         f"of max_image_pixels={settings.max_image_pixels}: give it at least "
-                         f"{-(-largest_decode(settings.max_image_pixels) >> 20)} MB")
+        raise ValueError(
+            f"decode_budget_mb={settings.decode_budget_mb} cannot hold one image "
+            f"of max_image_pixels={settings.max_image_pixels}: give it at least "
+            f"{-(-largest_decode(settings.max_image_pixels) >> 20)} MB"
+        )
     client = connect(settings.redis_url, socket_timeout=settings.request_timeout + 2)
     keys = Keys(settings.key_prefix)
     tally = Tally()
     flush_every(METRICS_FLUSH_S, tally, client, keys)
     app.extensions["beagle"] = SimpleNamespace(
-        redis=client, keys=keys, queue=Queue(client, keys), tally=tally,
+        redis=client,
+        keys=keys,
+        queue=Queue(client, keys),
+        tally=tally,
         directory=Directory(client, keys, settings.heartbeat_ttl),
         decode_budget=DecodeBudget(budget),
-        slots=threading.BoundedSemaphore(max(1, settings.web_threads - SPARE_THREADS)))
+        slots=threading.BoundedSemaphore(max(1, settings.web_threads - SPARE_THREADS)),
+    )
 
 
 def beagle():
     return current_app.extensions["beagle"]
 
 
-def settings():
+def current_settings():
     return current_app.config["BEAGLE"]

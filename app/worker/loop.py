@@ -15,6 +15,7 @@ the claim on the batch in hand fresh, so no other worker takes it however long t
 takes. If Redis fails meanwhile, the pass goes on: its answers are sent once Redis is
 back (or the entries stay pending for another worker), never answered as a failure.
 """
+
 import functools
 import logging
 import os
@@ -22,23 +23,25 @@ import signal
 import socket
 import time
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor, TimeoutError as FutureTimeout
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 
 import redis
 
-from app import metrics, registry, runtimes, settings as settings_module
+from app import config, metrics, registry
 from app.keys import Keys
-from app.loaded_models import LoadedModels
-from app.passes import compute, plan, prediction, summary
 from app.queue import Queue, connect, error_answer, server_version, version_problem
 from app.stop_signals import StopSignals
+from app.worker import runtimes
+from app.worker.loaded_models import LoadedModels
+from app.worker.passes import compute, plan, prediction, summary
 
 log = logging.getLogger("beagle.worker")
 
-BLOCK_MS = 1000          # longest wait on Redis, so stop requests are seen within a second
-CONSUMER_IDLE_S = 3600   # consumers of dead workers are forgotten after this
-EX_CONFIG = 78           # exit status for "fix the configuration": the unit does not restart it
-READ_AT = 0.9            # of a pass's expected duration: then the next batch is read
+BLOCK_MS = 1000  # longest wait on Redis, so stop requests are seen within a second
+CONSUMER_IDLE_S = 3600  # consumers of dead workers are forgotten after this
+EX_CONFIG = 78  # exit status for "fix the configuration": the unit does not restart it
+READ_AT = 0.9  # of a pass's expected duration: then the next batch is read
 
 
 class Worker:
@@ -49,10 +52,14 @@ class Worker:
         self.queue = Queue(self.redis, self.keys)
         self.name = settings.worker_name or f"{socket.gethostname()}-{os.getpid()}"
         self.tally = metrics.Tally()  # written with each heartbeat
-        load = functools.partial(runtimes.load, threads=settings.worker_threads,
-                                 gpu_memory_mb=settings.worker_gpu_memory_mb)
-        self.models = models or LoadedModels(settings.model_repository, settings.models,
-                                             self.tally, load)
+        load = functools.partial(
+            runtimes.load,
+            threads=settings.worker_threads,
+            gpu_memory_mb=settings.worker_gpu_memory_mb,
+        )
+        self.models = models or LoadedModels(
+            settings.model_repository, settings.models, self.tally, load
+        )
         self.stats = Counter()
         self.started = time.time()
         self._stop = StopSignals(then_default=True, announce=self._announce_stop)
@@ -62,14 +69,14 @@ class Worker:
         self._inference = ThreadPoolExecutor(1, thread_name_prefix="inference")
         self._next = Counter()  # monotonic time each periodic step is next due
         self._beat_s = min(1.0, settings.heartbeat_ttl / 3, settings.claim_idle / 3)
-        self._joined = False    # consumer groups exist for every stream it reads
+        self._joined = False  # consumer groups exist for every stream it reads
         self._redis_clock_offset = 0.0
-        self._reclaim = False   # entries this consumer held before a restart may wait
-        self._holding = []      # entries taken and not yet acknowledged
-        self._unsent = None     # (answers, skipped) that Redis was down to receive
-        self._pass = None       # the running forward passes: a future of compute()
+        self._reclaim = False  # entries this consumer held before a restart may wait
+        self._holding = []  # entries taken and not yet acknowledged
+        self._unsent = None  # (answers, skipped) that Redis was down to receive
+        self._pass = None  # the running forward passes: a future of compute()
         self._pass_began = 0.0  # monotonic time the running passes began
-        self._pass_s = 0.0      # how long passes take, a moving average
+        self._pass_s = 0.0  # how long passes take, a moving average
 
     # -- the loop -----------------------------------------------------------------
 
@@ -94,8 +101,11 @@ class Worker:
                 except redis.ResponseError as exc:
                     if "NOGROUP" not in str(exc):
                         raise
-                    log.warning("worker %s: a stream or group is gone (Redis restarted or "
-                                "flushed?); joining again", self.name)
+                    log.warning(
+                        "worker %s: a stream or group is gone (Redis restarted or "
+                        "flushed?); joining again",
+                        self.name,
+                    )
                     self._joined, self._unsent, self._holding = False, None, []
         finally:
             self.teardown()
@@ -103,16 +113,27 @@ class Worker:
     def startup(self):
         if self.settings.worker_cpus:
             os.sched_setaffinity(0, self.settings.worker_cpus)
-        log.info("worker %s: on cores %s, %d runtime threads", self.name,
-                 ",".join(map(str, sorted(os.sched_getaffinity(0)))),
-                 settings_module.per_core(self.settings.worker_threads))
+        log.info(
+            "worker %s: on cores %s, %d runtime threads",
+            self.name,
+            ",".join(map(str, sorted(os.sched_getaffinity(0)))),
+            config.per_core(self.settings.worker_threads),
+        )
         self._await(self._inference.submit(self.models.refresh), heartbeat=False)
         if not self.models.names():
-            log.warning("worker %s: no model to serve in %s (models=%r); waiting for one",
-                        self.name, self.settings.model_repository, self.settings.models)
-        log.info("worker %s: serving %s, max batch %d, batch timeout %.3fs", self.name,
-                 self._describe_models(), self.settings.max_batch_size,
-                 self.settings.batch_timeout)
+            log.warning(
+                "worker %s: no model to serve in %s (models=%r); waiting for one",
+                self.name,
+                self.settings.model_repository,
+                self.settings.models,
+            )
+        log.info(
+            "worker %s: serving %s, max batch %d, batch timeout %.3fs",
+            self.name,
+            self._describe_models(),
+            self.settings.max_batch_size,
+            self.settings.batch_timeout,
+        )
 
     def maintain(self):
         """Periodic steps: join the streams' groups, heartbeat, repository poll."""
@@ -203,11 +224,20 @@ class Worker:
         except redis.RedisError as exc:
             log.warning("worker %s: could not retire from the registry: %s", self.name, exc)
         s = self.stats
-        log.info("worker %s: stopped after %.0fs: %d batches, %d requests (mean batch %.1f), "
-                 "%d answered, %d failed, %d expired, %d poisoned, %d malformed", self.name,
-                 time.time() - self.started, s["batches"], s["requests"],
-                 s["requests"] / max(1, s["batches"]), s["answered"], s["failed"],
-                 s["expired"], s["poisoned"], s["malformed"])
+        log.info(
+            "worker %s: stopped after %.0fs: %d batches, %d requests (mean batch %.1f), "
+            "%d answered, %d failed, %d expired, %d poisoned, %d malformed",
+            self.name,
+            time.time() - self.started,
+            s["batches"],
+            s["requests"],
+            s["requests"] / max(1, s["batches"]),
+            s["answered"],
+            s["failed"],
+            s["expired"],
+            s["poisoned"],
+            s["malformed"],
+        )
 
     # -- the steps of a pass --------------------------------------------------------
 
@@ -220,8 +250,13 @@ class Worker:
         for entry in batch:
             if entry.request is None:
                 self._count("malformed", entry)
-                log.error("worker %s: dropping entry %s of %s: %s", self.name,
-                          entry.entry_id.decode(), entry.stream, entry.problem)
+                log.error(
+                    "worker %s: dropping entry %s of %s: %s",
+                    self.name,
+                    entry.entry_id.decode(),
+                    entry.stream,
+                    entry.problem,
+                )
                 if entry.request_id:
                     answers.append((entry, error_answer(400, entry.problem)))
                 else:
@@ -231,14 +266,31 @@ class Worker:
                 skipped.append(entry)
             elif entry.deliveries > self.settings.max_attempts:
                 self._count("poisoned", entry)
-                log.error("worker %s: request %s was delivered %d times; answering with an "
-                          "error", self.name, entry.request_id, entry.deliveries)
-                answers.append((entry, error_answer(
-                    500, f"inference failed {entry.deliveries - 1} times on this input; "
-                         "giving up")))
+                log.error(
+                    "worker %s: request %s was delivered %d times; answering with an error",
+                    self.name,
+                    entry.request_id,
+                    entry.deliveries,
+                )
+                answers.append(
+                    (
+                        entry,
+                        error_answer(
+                            500,
+                            f"inference failed {entry.deliveries - 1} times on this input; "
+                            "giving up",
+                        ),
+                    )
+                )
             elif (runner := self.models.get(entry.model, entry.version)) is None:
-                answers.append((entry, error_answer(
-                    404, f"model {entry.model} version {entry.version} is not served")))
+                answers.append(
+                    (
+                        entry,
+                        error_answer(
+                            404, f"model {entry.model} version {entry.version} is not served"
+                        ),
+                    )
+                )
             else:
                 runnable.append((entry, runner))
         return answers, skipped, runnable
@@ -249,11 +301,18 @@ class Worker:
         if isinstance(outcome, Exception):
             self.stats["failed"] += 1
             self.tally.count("failed", model=spec.name)
-            log.error("worker %s: inference failed for request %s: %s", self.name,
-                      entries[0].request_id, summary(outcome))
+            log.error(
+                "worker %s: inference failed for request %s: %s",
+                self.name,
+                entries[0].request_id,
+                summary(outcome),
+            )
             return [(entries[0], error_answer(500, f"inference failed: {summary(outcome)}"))]
         self._observe(spec, entries, took)
-        return [(e, prediction(spec, row, e.request.top_k)) for e, row in zip(entries, outcome)]
+        return [
+            (e, prediction(spec, row, e.request.top_k))
+            for e, row in zip(entries, outcome, strict=True)
+        ]
 
     # -- signals --------------------------------------------------------------------
 
@@ -264,15 +323,21 @@ class Worker:
         self._stop.install()
 
     def _announce_stop(self, signum):
-        log.info("worker %s: %s, finishing the batch in hand (send again to stop now)",
-                 self.name, signal.Signals(signum).name)
+        log.info(
+            "worker %s: %s, finishing the batch in hand (send again to stop now)",
+            self.name,
+            signal.Signals(signum).name,
+        )
 
     # -- helpers --------------------------------------------------------------------
 
     def _streams(self):
         """The streams of the models and versions it holds."""
-        return [self.keys.stream(name, version) for name, versions in
-                self.models.versions().items() for version in (None, *versions)]
+        return [
+            self.keys.stream(name, version)
+            for name, versions in self.models.versions().items()
+            for version in (None, *versions)
+        ]
 
     def _heartbeat(self):
         now = time.monotonic()
@@ -280,8 +345,14 @@ class Worker:
             return
         self._next["heartbeat"] = now + self._beat_s
         pipe = self.redis.pipeline(transaction=False)
-        registry.announce(pipe, self.keys, self.name, self.models.announcement(),
-                          self._status(), self.settings.heartbeat_ttl)
+        registry.announce(
+            pipe,
+            self.keys,
+            self.name,
+            self.models.announcement(),
+            self._status(),
+            self.settings.heartbeat_ttl,
+        )
         self.queue.hold(pipe, self.name, self._holding)
         self.tally.flush(pipe, self.keys)
         pipe.time()
@@ -297,8 +368,12 @@ class Worker:
         """Stop for good, not in a restart loop, on a Redis too old for Beagle's commands."""
         problem = version_problem(server_version(self.settings.redis_url))
         if problem:
-            log.error("worker %s: %s; stopping with exit status %d, which systemd does not "
-                      "restart", self.name, problem, EX_CONFIG)
+            log.error(
+                "worker %s: %s; stopping with exit status %d, which systemd does not restart",
+                self.name,
+                problem,
+                EX_CONFIG,
+            )
             raise SystemExit(EX_CONFIG)
 
     def _await(self, future, heartbeat=True, until=None):
@@ -317,8 +392,12 @@ class Worker:
                 try:
                     self._heartbeat()
                 except redis.RedisError as exc:  # the pass goes on; its answers wait
-                    log.warning("worker %s: heartbeat failed (%s: %s) during a forward pass",
-                                self.name, type(exc).__name__, exc)
+                    log.warning(
+                        "worker %s: heartbeat failed (%s: %s) during a forward pass",
+                        self.name,
+                        type(exc).__name__,
+                        exc,
+                    )
 
     def _read(self, wait):
         """New entries: when ``wait``, up to BLOCK_MS for the first and batch_timeout for
@@ -330,10 +409,10 @@ class Worker:
             return []
         batch = self.queue.read_new(streams, self.name, size, BLOCK_MS if wait else None)
         window_ends = time.monotonic() + self.settings.batch_timeout
-        while (wait and batch and len(batch) < size
-               and (left := window_ends - time.monotonic()) > 0):
-            more = self.queue.read_new(streams, self.name, size - len(batch),
-                                       max(1, int(left * 1000)))
+        while wait and batch and len(batch) < size and (left := window_ends - time.monotonic()) > 0:
+            more = self.queue.read_new(
+                streams, self.name, size - len(batch), max(1, int(left * 1000))
+            )
             if not more:
                 break
             batch += more
@@ -342,23 +421,28 @@ class Worker:
     def _recover(self):
         size, streams = self.settings.max_batch_size, self._streams()
         if self._reclaim:
-            own = [e for stream in streams
-                   for e in self.queue.reclaim_own(stream, self.name, size)]
+            own = [e for stream in streams for e in self.queue.reclaim_own(stream, self.name, size)]
             self._reclaim = bool(own)  # again until none is left
             if own:
-                log.warning("worker %s: took back %d requests it held before a restart",
-                            self.name, len(own))
+                log.warning(
+                    "worker %s: took back %d requests it held before a restart", self.name, len(own)
+                )
                 return own
         now = time.monotonic()
         if now < self._next["claim"]:
             return []
         self._next["claim"] = now + self.settings.claim_idle / 2
-        claimed = [e for stream in streams
-                   for e in self.queue.claim_stale(stream, self.name, self.settings.claim_idle,
-                                                   size)]
+        claimed = [
+            e
+            for stream in streams
+            for e in self.queue.claim_stale(stream, self.name, self.settings.claim_idle, size)
+        ]
         if claimed:
-            log.warning("worker %s: claimed %d requests left pending by another worker",
-                        self.name, len(claimed))
+            log.warning(
+                "worker %s: claimed %d requests left pending by another worker",
+                self.name,
+                len(claimed),
+            )
             self._next["claim"] = now  # there may be more
         return claimed
 
@@ -373,29 +457,45 @@ class Worker:
         self.tally.observe("inference_seconds", took, model=spec.name)
         redis_now = self._redis_now()
         for entry in entries:
-            self.tally.observe("queue_wait_seconds",
-                               max(0.0, redis_now - took - entry.queued_ms / 1000),
-                               model=spec.name)
-        log.debug("worker %s: batch of %d for %s v%d in %.1f ms: %s", self.name, len(entries),
-                  spec.name, spec.version, took * 1000,
-                  " ".join(e.request_id for e in entries))
+            self.tally.observe(
+                "queue_wait_seconds",
+                max(0.0, redis_now - took - entry.queued_ms / 1000),
+                model=spec.name,
+            )
+        log.debug(
+            "worker %s: batch of %d for %s v%d in %.1f ms: %s",
+            self.name,
+            len(entries),
+            spec.name,
+            spec.version,
+            took * 1000,
+            " ".join(e.request_id for e in entries),
+        )
 
     def _status(self):
-        return {"id": self.name, "host": socket.gethostname(), "pid": os.getpid(),
-                "started": self.started, "models": self.models.versions(),
-                "batches": self.stats["batches"], "requests": self.stats["requests"]}
+        return {
+            "id": self.name,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "started": self.started,
+            "models": self.models.versions(),
+            "batches": self.stats["batches"],
+            "requests": self.stats["requests"],
+        }
 
     def _describe_models(self):
-        return ", ".join(f"{name} v{','.join(map(str, versions))}"
-                         for name, versions in self.models.versions().items()) or "nothing"
+        return (
+            ", ".join(
+                f"{name} v{','.join(map(str, versions))}"
+                for name, versions in self.models.versions().items()
+            )
+            or "nothing"
+        )
 
 
 def main():
-    settings = settings_module.load()
-    logging.basicConfig(level=settings.log_level,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = config.load()
+    logging.basicConfig(
+        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     Worker(settings).work()
-
-
-if __name__ == "__main__":
-    main()

@@ -7,6 +7,7 @@ with 413: parsing millions of numbers holds the GIL for seconds, stalling every 
 the process. Nesting too deep for the parser is a 400. `int_param` takes an integer
 parameter from a form, a query string or JSON, and names the parameter in every error.
 """
+
 import json
 import re
 

@@ -1,0 +1,5 @@
+"""``python -m app.worker``: run one worker until SIGTERM."""
+
+from app.worker.loop import main
+
+main()
