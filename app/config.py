@@ -212,7 +212,10 @@ SETTINGS = (
 )
 
 BY_NAME = {setting.name: setting for setting in SETTINGS}
-Settings = dataclasses.make_dataclass("Settings", [s.name for s in SETTINGS], frozen=True)
+if TYPE_CHECKING:  # made at run time from SETTINGS, so typed loosely
+    Settings = Any
+else:
+    Settings = dataclasses.make_dataclass("Settings", [s.name for s in SETTINGS], frozen=True)
 
 
 def load(environ=None, **overrides):

@@ -7,8 +7,7 @@ instances); `fit` brings a decoded image to a model's shape, for them and for th
 web tier never answers a 5xx for bad input. Pillow, NumPy and simplejpeg only: the web
 tier never imports TensorFlow. Pillow reads every header and decodes every format; an
 upright JPEG in the model's own mode, what clients send most, is decoded by simplejpeg
-(libjpeg-turbo straight into NumPy: 130 us against Pillow's 420 for a 224x224 photo,
-the same pixels).
+(libjpeg-turbo straight into NumPy, the same pixels at a fraction of Pillow's cost).
 
 Decoding is bounded in memory per process: `DecodeBudget` holds the bytes that decodes
 in flight may use (a 95 KB PNG can decode to 100 MB). A decode waits for room, briefly,
@@ -41,8 +40,8 @@ TURBO_COLORSPACES = {"L": "GRAY", "RGB": "RGB"}  # Pillow's JPEG modes simplejpe
 HIGH_DEPTH = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
 TRANSPARENT = ("RGBA", "LA", "PA", "RGBa", "La")  # P with a transparent index too
 # Peak bytes per pixel while converting, on top of the pixel as decoded (Pillow keeps 3-
-# and 4-band pixels in 4 bytes). The worst, measured: a palette image with a transparent
-# colour, 1 byte, becomes RGBA (4) and is premultiplied to resize (4): 218 MB at 25 MP.
+# and 4-band pixels in 4 bytes). The worst case: a palette image with a transparent
+# colour, 1 byte, becomes RGBA (4) and is premultiplied to resize (4).
 CONVERSION_BYTES = 9
 
 
@@ -202,7 +201,7 @@ def _open(data):
 def _draft(image, mode, width, height):
     """Whether the JPEG is upright (no EXIF rotation or flip)."""
     # Decode the JPEG at 1/2, 1/4 or 1/8 scale when that still gives at least 90% of the
-    # target on each side: 2-4x faster and far less memory, at the cost of at most a 10%
+    # target on each side: much less work and memory, at the cost of at most a 10%
     # upscale on one side. The target is swapped when EXIF says rotate by 90 degrees.
     orientation = image.getexif().get(EXIF_ORIENTATION, 1)
     if orientation in (5, 6, 7, 8):

@@ -20,6 +20,7 @@ Operators: `backlog`, `oldest_waiting`, `flush`.
 
 import json
 from dataclasses import dataclass
+from typing import NamedTuple
 from urllib.parse import urlsplit
 
 import redis
@@ -52,8 +53,8 @@ local function oldest_waiting(stream, group, mine)
   return now[1] * 1000 + math.floor(now[2] / 1000) - tonumber(string.match(head[1][1], '^(%d+)'))
 end
 """
-# Run in one MULTI right after the request's XADDs, so that the pixels (150 KB for
-# 224x224x3) never pass through Lua, which costs Redis ~10x a plain XADD to copy them in.
+# Run in one MULTI right after the request's XADDs, so that the pixels never pass through
+# Lua: copying them into a script costs Redis far more than a plain XADD.
 # KEYS[1] stream; ARGV: max_queue, max_wait_ms, group, entries just added. Refused: the
 # entries just added (the newest, as nothing runs between them and this) are deleted.
 ADMIT_SCRIPT = (
@@ -124,6 +125,17 @@ def connect(url, socket_timeout):
     )
 
 
+class Shed(Exception):
+    """A request refused before it was queued: the web answers 503 with Retry-After and
+    counts ``reason`` (full, slow, busy, decoding, no_worker: beagle_shed_total's label);
+    ``why`` is what the client reads."""
+
+    def __init__(self, reason: str, why: str):
+        super().__init__(why)
+        self.reason = reason
+        self.why = why
+
+
 def error_answer(status, message):
     return {"ok": False, "status": status, "error": message}
 
@@ -173,6 +185,16 @@ class Entry:
         return self.queued_ms + self.request.timeout_ms < now_ms
 
 
+Answer = tuple[Entry, dict]  # an entry and the answer for its request
+
+
+class Outgoing(NamedTuple):
+    """What a worker sends back: answers, and entries to drop unanswered (expired)."""
+
+    answers: list[Answer]
+    skipped: list[Entry]
+
+
 class Queue:
     def __init__(self, client, keys):
         self.redis = client
@@ -181,9 +203,16 @@ class Queue:
 
     # -- web side ------------------------------------------------------------------
 
-    def submit(self, model, version, requests, max_queue, max_wait_s):
-        """Queue ``requests`` (all or none): None, or (reason, why) when refused, reason
-        being "full" (max_queue entries) or "slow" (the oldest waiting waited max_wait_s)."""
+    def submit(
+        self,
+        model: str,
+        version: int | None,
+        requests: list[Request],
+        max_queue: int,
+        max_wait_s: float,
+    ) -> None:
+        """Queue ``requests``, all or none; refused, none is queued and `Shed` says why:
+        "full" (max_queue entries) or "slow" (the oldest waiting waited max_wait_s)."""
         stream = self.keys.stream(model, version)
         # EVAL, not EVALSHA: a script missing after a Redis restart would fail inside EXEC,
         # after the XADDs; Redis finds the compiled script by the body's hash anyway.
@@ -192,11 +221,12 @@ class Queue:
             pipe.xadd(stream, request.fields())
         pipe.eval(ADMIT_SCRIPT, 1, stream, max_queue, int(max_wait_s * 1000), GROUP, len(requests))
         verdict, detail = pipe.execute()[-1]
-        if verdict == b"ok":
-            return None
         if verdict == b"full":
-            return "full", f"model {model!r} has {detail} requests waiting"
-        return "slow", f"model {model!r}'s oldest waiting request has waited {detail / 1000:.1f}s"
+            raise Shed("full", f"model {model!r} has {detail} requests waiting")
+        if verdict == b"slow":
+            raise Shed(
+                "slow", f"model {model!r}'s oldest waiting request has waited {detail / 1000:.1f}s"
+            )
 
     def wait_results(self, request_ids, remaining):
         """The answers for ``request_ids``, in their order, as many as arrived while
@@ -244,15 +274,8 @@ class Queue:
             count = 0
             while not dry_run and (entries := self.redis.xrange(stream, count=500)):
                 pipe = self.redis.pipeline(transaction=False)
-                self.reply(
-                    pipe,
-                    [
-                        (self._entry(stream, entry_id, fields), answer)
-                        for entry_id, fields in entries
-                    ],
-                    [],
-                    result_ttl,
-                )
+                answers = [(self._entry(stream, i, fields), answer) for i, fields in entries]
+                self.reply(pipe, Outgoing(answers, []), result_ttl)
                 pipe.execute()
                 count += len(entries)
             removed[stream] = self.redis.xlen(stream) if dry_run else count
@@ -274,14 +297,20 @@ class Queue:
             if consumer["pending"] == 0 and consumer["idle"] > idle_s * 1000:
                 self.redis.xgroup_delconsumer(stream, GROUP, consumer["name"])
 
-    def read_new(self, streams, consumer, count, block_ms, pipe=None):
+    def read_new(
+        self, streams: list[str], consumer: str, count: int, block_ms: int | None
+    ) -> list[Entry]:
         """Up to ``count`` new entries across ``streams``, waiting at most ``block_ms``
-        (None: not at all). Given a ``pipe``, the read is added to it, and `entries` turns
-        its reply into entries."""
-        replies = (pipe or self.redis).xreadgroup(
+        (None: not at all)."""
+        return self.entries(self.add_read(self.redis, streams, consumer, count, block_ms))
+
+    @staticmethod
+    def add_read(pipe, streams, consumer, count, block_ms=None):
+        """Add to ``pipe`` a read of up to ``count`` new entries across ``streams``;
+        `entries` turns its reply into entries."""
+        return pipe.xreadgroup(
             GROUP, consumer, {s: ">" for s in streams}, count=count, block=block_ms
         )
-        return None if pipe else self.entries(replies)
 
     def entries(self, replies):
         """Entries from an XREADGROUP reply."""
@@ -333,9 +362,10 @@ class Queue:
         for stream, ids in self._by_stream(entries).items():
             pipe.xclaim(stream, GROUP, consumer, 0, ids, justid=True)
 
-    def reply(self, pipe, answers, skipped, result_ttl):
-        """Add to ``pipe``: push each (entry, answer); acknowledge and delete those and
-        the ``skipped``."""
+    def reply(self, pipe, outgoing: Outgoing, result_ttl: float) -> None:
+        """Add to ``pipe``: push each answer; acknowledge and delete the answered entries
+        and the skipped ones."""
+        answers, skipped = outgoing
         for entry, answer in answers:
             if entry.request_id:
                 key = self.keys.result(entry.request_id)

@@ -12,12 +12,11 @@ ERROR_STATUSES = (400, 403, 404, 405, 408, 413, 500, 502, 503, 504)
 REQUEST_GRACE_S = 5
 # Apache's environment, hence the mod_wsgi daemon's. glibc normally raises its mmap
 # threshold after a large buffer is freed, so the next decoded image comes from a thread's
-# heap arena and stays resident after it is freed too: 24 concurrent 25 MP uploads then
-# peak at +446 MB over a 320 MB decode budget. Fixed at 1 MB, every decoded photo is
-# mmapped and handed back on free (+212 MB), while a model's input pixels (150 KB at
-# 224x224x3, under 1 MB up to 512x512x3) come from the heap. Fixing it also fixes the trim
-# threshold at 128 KB, which gave each request's 150 KB buffers back to the kernel and
-# faulted them in again (a third of the web tier's CPU per request): 2 MB keeps them.
+# heap arena and stays resident after it is freed too. Fixed at 1 MB, every decoded photo
+# is mmapped and handed back on free, while a model's input pixels (under 1 MB up to
+# 512x512x3) come from the heap. Fixing it also fixes the trim threshold at 128 KB, which
+# would hand each request's buffers back to the kernel and fault them in again: 2 MB keeps
+# them. docs/performance.md has what each saved.
 WEB_ENVIRONMENT = {"MALLOC_MMAP_THRESHOLD_": "1048576", "MALLOC_TRIM_THRESHOLD_": "2097152"}
 # mod_reqtimeout: seconds for a request's headers, seconds before its body must flow, and
 # the slowest flow then (bytes/s): a phone uploading a photo sends tens of KB/s.

@@ -18,12 +18,14 @@ import ipaddress
 import json
 import secrets
 import sys
+from dataclasses import dataclass
 
 from fabric import Connection, task
 from invoke import Collection
 from invoke.exceptions import Exit
 
 from app import config, queue
+from app.config import Settings
 from provisioning import host
 from provisioning.bundle import Bundle
 from provisioning.plan import Plan
@@ -71,8 +73,20 @@ def say(c, step, changes):
     print(f"{c.host}: {step}: {'; '.join(changes) if changes else 'unchanged'}", flush=True)
 
 
-def cluster(c):
-    """(plan, [(connection, roles)], Redis password, Redis address, deployed settings)."""
+@dataclass(frozen=True)
+class Cluster:
+    """A deployment as the tasks see it: the plan, the hosts with their roles (Redis hosts
+    first, then workers, then web hosts), the Redis password, the address the others reach
+    Redis on, and the settings every host's env file gets."""
+
+    plan: Plan
+    hosts: list[tuple[Connection, set[str]]]
+    redis_password: str
+    redis_address: str
+    settings: Settings
+
+
+def cluster(c: Connection) -> Cluster:
     plan = Plan.from_config(c.config)
     hosts = targets(c, plan)
     redis_hosts = [conn for conn, roles in hosts if "redis" in roles]
@@ -91,7 +105,7 @@ def cluster(c):
         )
     except (KeyError, ValueError) as exc:
         raise Exit(f"beagle.settings: {exc}") from None
-    return plan, hosts, password, address, deployed
+    return Cluster(plan, hosts, password, address, deployed)
 
 
 def redis_address(plan, host_count):
@@ -123,13 +137,13 @@ def redis_address(plan, host_count):
 
 
 def _hosts_with(c, role):
-    """(connection, plan, password, address, deployed settings) for each host with
-    ``role``, its settings file brought up to date first."""
-    plan, hosts, password, address, deployed = cluster(c)
-    for conn, roles in hosts:
+    """(connection, the cluster) for each host with ``role``, its settings file brought up
+    to date first."""
+    deployment = cluster(c)
+    for conn, roles in deployment.hosts:
         if role in roles:
-            _settings(conn, plan, deployed)
-            yield conn, plan, password, address, deployed
+            _settings(conn, deployment.plan, deployment.settings)
+            yield conn, deployment
 
 
 @task
@@ -138,22 +152,22 @@ def deploy(c):
 
     Packages, code and venv, settings, Redis, CUDA, workers, Apache. Running it again
     changes nothing."""
-    plan, hosts, password, address, deployed = cluster(c)
-    release = bundle()
-    for conn, roles in hosts:
+    deployment = cluster(c)
+    plan, release = deployment.plan, bundle()
+    for conn, roles in deployment.hosts:
         _packages(conn, plan, roles)
         gpus = host.has_gpu(conn) if "worker" in roles else 0
         moved = _code(conn, plan, release, gpus)
-        _settings(conn, plan, deployed)
+        _settings(conn, plan, deployment.settings)
         if "redis" in roles:
-            _redis(conn, plan, password, address)
+            _redis(conn, deployment)
         if "worker" in roles:
             _cuda(conn, plan, gpus)
             _workers(conn, plan, gpus, restart=moved)
         if "web" in roles:
-            _apache(conn, plan, deployed, reload_code=moved)
+            _apache(conn, plan, deployment.settings, reload_code=moved)
         say(conn, "releases", host.prune(conn, plan))
-    _smoke(hosts, plan)
+    _smoke(deployment.hosts, plan)
 
 
 @task
@@ -191,22 +205,22 @@ def venv(c):
 @task
 def redis(c):
     """Beagle's Redis: its configuration, password and service."""
-    for conn, plan, password, address, _ in _hosts_with(c, "redis"):
-        _redis(conn, plan, password, address)
+    for conn, deployment in _hosts_with(c, "redis"):
+        _redis(conn, deployment)
 
 
 @task
 def workers(c, restart=False):
     """The worker units, running; --restart restarts them one at a time."""
-    for conn, plan, *_ in _hosts_with(c, "worker"):
-        _workers(conn, plan, host.has_gpu(conn), restart=restart)
+    for conn, deployment in _hosts_with(c, "worker"):
+        _workers(conn, deployment.plan, host.has_gpu(conn), restart=restart)
 
 
 @task
 def apache(c):
     """The Apache virtual host, modules and environment; reloaded gracefully on change."""
-    for conn, plan, _, _, deployed in _hosts_with(c, "web"):
-        _apache(conn, plan, deployed, reload_code=False)
+    for conn, deployment in _hosts_with(c, "web"):
+        _apache(conn, deployment.plan, deployment.settings, reload_code=False)
 
 
 @task
@@ -331,8 +345,10 @@ def _settings(conn, plan, deployed):
     say(conn, "settings", host.env_file(conn, plan, deployed))
 
 
-def _redis(conn, plan, password, address):
-    say(conn, "redis", host.redis(conn, plan, password, bind=address))
+def _redis(conn, deployment):
+    plan = deployment.plan
+    changes = host.redis(conn, plan, deployment.redis_password, bind=deployment.redis_address)
+    say(conn, "redis", changes)
 
 
 def _workers(conn, plan, gpus, restart):

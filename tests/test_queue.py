@@ -7,7 +7,7 @@ import pytest
 from conftest import wait_result
 
 from app.keys import GROUP, Keys
-from app.queue import Queue, Request
+from app.queue import Outgoing, Queue, Request, Shed
 
 
 @pytest.fixture
@@ -23,8 +23,7 @@ def request(timeout_s=10.0):
 
 
 def put(queue, *sent, version=None, max_queue=10, max_wait_s=60):
-    refused = queue.submit("m", version, list(sent) or [request()], max_queue, max_wait_s)
-    assert refused is None, refused
+    queue.submit("m", version, list(sent) or [request()], max_queue, max_wait_s)
 
 
 def take(queue, consumer="w1", count=10, block_ms=100, version=None):
@@ -33,22 +32,24 @@ def take(queue, consumer="w1", count=10, block_ms=100, version=None):
 
 def reply(queue, answers, skipped):
     pipe = queue.redis.pipeline()
-    queue.reply(pipe, answers, skipped, result_ttl=5)
+    queue.reply(pipe, Outgoing(answers, skipped), result_ttl=5)
     pipe.execute()
 
 
 def test_submit_refuses_beyond_the_backlog_bound(queue):
     put(queue, max_queue=2)
     put(queue, max_queue=2)
-    refused = queue.submit("m", None, [request()], 2, 60)
-    assert refused == ("full", "model 'm' has 2 requests waiting")
+    with pytest.raises(Shed) as refused:
+        queue.submit("m", None, [request()], 2, 60)
+    assert (refused.value.reason, refused.value.why) == ("full", "model 'm' has 2 requests waiting")
     assert queue.backlog("m") == 2
 
 
 def test_a_request_of_several_images_is_queued_whole_or_not_at_all(queue):
     put(queue, request(), request(), max_queue=3)
-    refused = queue.submit("m", None, [request(), request()], 3, 60)
-    assert refused[0] == "full" and queue.backlog("m") == 2  # not 3: nothing half-queued
+    with pytest.raises(Shed, match="has 2 requests waiting"):
+        queue.submit("m", None, [request(), request()], 3, 60)
+    assert queue.backlog("m") == 2  # not 3: nothing half-queued
     put(queue, request(), max_queue=3)
     assert queue.backlog("m") == 3
 
@@ -56,8 +57,10 @@ def test_a_request_of_several_images_is_queued_whole_or_not_at_all(queue):
 def test_submit_refuses_when_the_oldest_undelivered_request_waited_too_long(queue):
     put(queue)
     time.sleep(0.06)
-    reason, why = queue.submit("m", None, [request()], 10, max_wait_s=0.05)
-    assert reason == "slow" and "oldest waiting request has waited 0." in why
+    with pytest.raises(Shed) as refused:
+        queue.submit("m", None, [request()], 10, max_wait_s=0.05)
+    assert refused.value.reason == "slow"
+    assert "oldest waiting request has waited 0." in refused.value.why
     assert 0.05 <= queue.oldest_waiting("m") < 1.0
     # Once a worker has taken it, it no longer counts as waiting.
     take(queue, count=1, block_ms=10)

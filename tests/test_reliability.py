@@ -114,7 +114,7 @@ def test_poison_input_is_answered_removed_and_spares_its_batch(poison_stack, cli
                 (32, 32, 1),
                 to_pixels(marker_png(poisoned), (32, 32, 1), 10**6, BUDGET),
             )
-            assert queue.submit("poison", None, [request], 100, 60) is None
+            queue.submit("poison", None, [request], 100, 60)
             ids.append(request.request_id)
     finally:
         stack.workers[0].signal(signal.SIGCONT)

@@ -72,13 +72,13 @@ def test_classify_answers_each_sample_with_its_digit(worker):
     labels = [answer["predictions"][0]["label"] for _, answer in answers]
     assert labels == [str(d) for d in range(10)]
     assert all(len(answer["predictions"]) == 3 for _, answer in answers)
-    assert worker.stats["batches"] == 1 and worker.stats["requests"] == 10
+    assert worker.outcomes.stats["batches"] == 1 and worker.outcomes.stats["requests"] == 10
 
 
 def test_classify_skips_expired_and_refuses_unknown_versions(worker):
     expired, unknown, good = entry(timeout_s=-1), entry(version=9), entry(7, top_k=0)
     answers, skipped = worker.classify([expired, unknown, good])
-    assert skipped == [expired] and worker.stats["expired"] == 1
+    assert skipped == [expired] and worker.outcomes.stats["expired"] == 1
     by_entry = {id(e): a for e, a in answers}
     assert by_entry[id(unknown)] == {
         "ok": False,
@@ -103,7 +103,7 @@ def test_malformed_entry_is_answered_and_dropped(redis_server, settings, client,
     client.xadd(stream, {"id": "abc", "shape": "not,a,shape"})
     batch = queue.read_new([stream], "w", 10, 100)
     assert batch[0].request is None and "malformed" in batch[0].problem
-    worker.reply(*worker.classify(batch))
+    worker.reply(worker.classify(batch))
     assert wait_result(queue, "abc", 1)["status"] == 400
     assert client.xlen(stream) == 0
 
@@ -114,7 +114,7 @@ def submit(queue, model, count, shape, timeout_s=30.0):
         request = Request(
             uuid.uuid4().hex, int(timeout_s * 1000), 1, shape, bytes(shape[0] * shape[1] * shape[2])
         )
-        assert queue.submit(model, None, [request], 100, 60) is None
+        queue.submit(model, None, [request], 100, 60)
         ids.append(request.request_id)
     return ids
 
@@ -279,7 +279,7 @@ def test_entries_whose_numbers_are_not_numbers_are_answered_and_the_worker_goes_
             client.xadd(stream, bad)
             answer = wait_result(queue, bad["id"], 10)
             assert answer["status"] == 400 and "malformed" in answer["error"], answer
-        assert queue.submit("digits", None, [good], 100, 60) is None
+        queue.submit("digits", None, [good], 100, 60)
         assert wait_result(queue, good.request_id, 10)["ok"]
         assert worker.process.poll() is None
     finally:

@@ -1,7 +1,7 @@
 """HTTP client side of Beagle's own tools (the stress test, scripts/simple_request.py).
 
 urllib3 rather than requests: a load generator shares the cores with what it measures,
-and requests costs about 1 ms more per call here.
+and requests adds work to every call.
 
 /predict changes nothing, so sending it again is always safe. Beagle's tools do so once
 when the app never answered: the connection was dropped without a response (Apache

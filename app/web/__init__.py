@@ -6,10 +6,9 @@ tier imports Pillow, NumPy and redis-py, never TensorFlow.
 
 App-wide hooks, in order: `_start_request` gives the request its id and start time;
 `require_api_key` guards both prediction APIs; `_finish_request` sets X-Request-ID and
-counts prediction requests in /metrics. Views leave that last hook two notes in flask.g:
-``metric_model``, the model once it is known to be served (so that no name a client
-makes up becomes a metric label), and ``shed_reason``, why a request was refused with a
-503 before it was queued (full, slow, busy, decoding, no_worker).
+counts prediction requests in /metrics, under ``g.metric_model``: the model once a view
+knows it is served (so that no name a client makes up becomes a metric label). A request
+refused before it was queued raises `Shed`, whose handler counts its reason.
 """
 
 import hmac
@@ -22,6 +21,7 @@ from flask import Flask, abort, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from app import config
+from app.queue import Shed
 from app.web import admin, api, openapi, resources, tfserving, ui
 
 log = logging.getLogger("beagle.web")
@@ -45,6 +45,7 @@ def create_app(test_config=None):
     for blueprint in (api.bp, tfserving.bp, admin.bp, ui.bp, openapi.bp):
         app.register_blueprint(blueprint)
     app.register_error_handler(HTTPException, json_error)
+    app.register_error_handler(Shed, shed_error)
     app.register_error_handler(redis.RedisError, redis_error)
     app.register_error_handler(Exception, unexpected_error)
     return app
@@ -65,6 +66,11 @@ def require_api_key():
 
 def json_error(exc):
     return error_response(exc.code, exc.description)
+
+
+def shed_error(exc):
+    resources.beagle().tally.count("shed", model=g.get("metric_model", "-"), reason=exc.reason)
+    return error_response(503, f"{exc.why}; retry shortly")
 
 
 def redis_error(exc):
@@ -107,5 +113,3 @@ def _count_request(status):
     tally = resources.beagle().tally  # written to Redis once a second (app/metrics.py)
     tally.count("requests", model=model, code=status)
     tally.observe("request_duration_seconds", time.time() - g.started, model=model)
-    if g.get("shed_reason"):
-        tally.count("shed", model=model, reason=g.shed_reason)

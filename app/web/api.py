@@ -26,9 +26,9 @@ def predict():
         abort(400, "model must be a name of letters, digits, '.', '_' or '-'")
     version = int_param(params, "version", 1, MAX_VERSION)
     top_k = int_param(params, "top_k", 1, 1000) or current_settings().top_k
-    info, version, shape = resolve(model, version)
+    target = resolve(model, version)
     with in_flight_slot():  # admitted before the work of decoding
-        (answer,) = submit_and_wait(model, info, version, shape, [pixels_of(data, shape)], top_k)
+        (answer,) = submit_and_wait(target, [pixels_of(data, target.shape)], top_k)
     return jsonify(
         success=True,
         predictions=answer["predictions"],

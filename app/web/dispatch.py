@@ -3,20 +3,36 @@ images within the process's budget, submit them to the queue all at once and wai
 every answer by the request's deadline (the workers run the models). Views hold an
 in-flight slot (`in_flight_slot`) from before they decode until the answers are in.
 Failures leave through ``abort(status, why)``, which each API renders in its own error
-shape."""
+shape; a request refused before it is queued raises `Shed`, which the app's error handler
+counts and answers with 503."""
 
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 from flask import abort, g
 
 from app.imaging import BadImage, Busy, to_pixels
-from app.queue import Request
+from app.queue import Request, Shed
+from app.registry import ModelInfo
 from app.web.resources import beagle, current_settings
 
 
-def resolve(model, version):
-    """(ModelInfo, version to run or None for the newest, its input shape)."""
+@dataclass(frozen=True)
+class Target:
+    """What a request runs on: the model as the registry serves it, the version asked for
+    (None: the newest a worker holds) and the input shape its pixels are sized to."""
+
+    model: str
+    info: ModelInfo
+    version: int | None
+    shape: tuple[int, int, int]
+
+
+def resolve(model: str, version: int | None) -> Target:
+    """The target of a request for ``model`` (and ``version``): 404 if not served, 503
+    (Shed) if no live worker serves it."""
     info = beagle().directory.lookup(model)
     if info is None:
         abort(404, f"model {model!r} is not served")
@@ -28,12 +44,11 @@ def resolve(model, version):
             f"(served: {', '.join(map(str, sorted(info.versions)))})",
         )
     if not info.live_workers:
-        g.shed_reason = "no_worker"
-        abort(503, f"no live worker serves model {model!r}")
-    return info, version, info.shape(info.latest if version is None else version)
+        raise Shed("no_worker", f"no live worker serves model {model!r}")
+    return Target(model, info, version, info.shape(info.latest if version is None else version))
 
 
-def pixels_of(data, shape, where=""):
+def pixels_of(data: bytes, shape: tuple[int, int, int], where: str = "") -> bytes:
     """Model-sized pixels from encoded image bytes; 4xx for anything that is not one,
     503 while the process's decode budget stays full. ``where`` prefixes errors."""
     try:
@@ -41,11 +56,10 @@ def pixels_of(data, shape, where=""):
     except BadImage as exc:
         abort(exc.status, where + exc.message)
     except Busy as exc:
-        g.shed_reason = "decoding"
-        abort(503, str(exc))
+        raise Shed("decoding", str(exc)) from None
 
 
-def submit_and_wait(model, info, version, shape, images, top_k):
+def submit_and_wait(target: Target, images: list[bytes], top_k: int) -> list[dict]:
     """Submit each image's pixels, all or none, and wait: the workers' answers, in order.
     ``top_k`` 0 asks for the whole probability vector."""
     timeout = current_settings().request_timeout
@@ -58,7 +72,7 @@ def submit_and_wait(model, info, version, shape, images, top_k):
             request_id=f"{g.request_id}.{n}" if len(images) > 1 else g.request_id,
             timeout_ms=int(left * 1000),
             top_k=top_k,
-            shape=shape,
+            shape=target.shape,
             pixels=pixels,
         )
         for n, pixels in enumerate(images)
@@ -67,14 +81,13 @@ def submit_and_wait(model, info, version, shape, images, top_k):
     # restarting), the queue is stalled, not overloaded: requests wait for it instead,
     # until their deadline, and max_queue alone bounds the backlog.
     max_wait = (
-        min(current_settings().max_queue_wait, timeout / 2) if info.active_workers else timeout
+        min(current_settings().max_queue_wait, timeout / 2)
+        if target.info.active_workers
+        else timeout
     )
-    refused = beagle().queue.submit(
-        model, version, requests, current_settings().max_queue, max_wait
+    beagle().queue.submit(
+        target.model, target.version, requests, current_settings().max_queue, max_wait
     )
-    if refused:
-        g.shed_reason, why = refused
-        abort(503, f"{why}; retry shortly")
     answers = beagle().queue.wait_results(
         [r.request_id for r in requests], lambda: deadline - time.time()
     )
@@ -87,14 +100,13 @@ def submit_and_wait(model, info, version, shape, images, top_k):
 
 
 @contextmanager
-def in_flight_slot():
+def in_flight_slot() -> Iterator[None]:
     """Hold one of this process's in-flight slots. They are fewer than its threads, so a
     thread is always free to refuse the next request quickly instead of leaving it
     queued inside Apache."""
     slots = beagle().slots
     if not slots.acquire(blocking=False):
-        g.shed_reason = "busy"
-        abort(503, "this web process is at its limit of requests in flight; retry shortly")
+        raise Shed("busy", "this web process is at its limit of requests in flight")
     try:
         yield
     finally:

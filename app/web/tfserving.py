@@ -50,16 +50,14 @@ def predict(name, version=None):
             400,
             f"{len(batch)} instances in one request; the limit is {limit} (a quarter of max_queue)",
         )
-    info, version, shape = resolve(name, version)
+    target = resolve(name, version)
     field = "inputs" if columnar else "instances"
     with in_flight_slot():  # admitted before the work of decoding
         images = [
-            _pixels(_only_input(value), shape, f"{field}[{n}]: ") for n, value in enumerate(batch)
+            _pixels(_only_input(value), target.shape, f"{field}[{n}]: ")
+            for n, value in enumerate(batch)
         ]
-        vectors = [
-            answer["probabilities"]
-            for answer in submit_and_wait(name, info, version, shape, images, top_k=0)
-        ]
+        vectors = [answer["probabilities"] for answer in submit_and_wait(target, images, top_k=0)]
     return jsonify(
         {"outputs": vectors, "predictions": vectors} if columnar else {"predictions": vectors}
     )

@@ -1,7 +1,7 @@
 """The model-server worker: ``python -m app.worker``.
 
-Loop (after rq's Worker.work): heartbeat and housekeeping, take the next batch from
-Redis, finish the running forward passes, start the next batch's, reply with the
+Loop (after rq's Worker.work): each `step` does housekeeping, takes the next batch from
+Redis, finishes the running forward passes, starts the next batch's and replies with the
 finished ones' answers; finally tear down. The model thus does not wait for Redis: the
 next batch is read near the end of a pass (at READ_AT of its expected duration, from the
 last passes), and the last one's answers are written while the next pass runs; on a GPU
@@ -30,11 +30,20 @@ import redis
 
 from app import config, metrics, registry
 from app.keys import Keys
-from app.queue import Queue, connect, error_answer, server_version, version_problem
+from app.queue import (
+    Answer,
+    Entry,
+    Outgoing,
+    Queue,
+    connect,
+    server_version,
+    version_problem,
+)
 from app.stop_signals import StopSignals
 from app.worker import runtimes
 from app.worker.loaded_models import LoadedModels
-from app.worker.passes import compute, plan, prediction, summary
+from app.worker.outcomes import Outcomes
+from app.worker.passes import compute, plan
 
 log = logging.getLogger("beagle.worker")
 
@@ -60,7 +69,7 @@ class Worker:
         self.models = models or LoadedModels(
             settings.model_repository, settings.models, self.tally, load
         )
-        self.stats = Counter()
+        self.outcomes = Outcomes(self.name, settings.max_attempts, self.models, self.tally)
         self.started = time.time()
         self._stop = StopSignals(then_default=True, announce=self._announce_stop)
         # Forward passes and model loads run here, so the main thread, waiting on them,
@@ -73,28 +82,20 @@ class Worker:
         self._redis_clock_offset = 0.0
         self._reclaim = False  # entries this consumer held before a restart may wait
         self._holding = []  # entries taken and not yet acknowledged
-        self._unsent = None  # (answers, skipped) that Redis was down to receive
+        self._unsent = None  # an Outgoing that Redis was down to receive
         self._pass = None  # the running forward passes: a future of compute()
         self._pass_began = 0.0  # monotonic time the running passes began
         self._pass_s = 0.0  # how long passes take, a moving average
 
     # -- the loop -----------------------------------------------------------------
 
-    def work(self):
+    def work(self) -> None:
         self.install_signal_handlers()
         try:
             self.startup()
             while not self._stop.is_set() or self._pass:
                 try:
-                    self.maintain()
-                    if self._unsent:
-                        self.reply(*self._unsent)
-                    batch = self.next_batch()
-                    finished = self.finish_pass()
-                    if batch is None:  # the pass ended before its read: one round trip
-                        finished, batch = [], self.reply(finished, [], then_read=True)
-                    answers, skipped = self.start_pass(batch)
-                    self.reply(finished + answers, skipped)
+                    self.step()
                 except (redis.ConnectionError, redis.TimeoutError) as exc:
                     log.error("worker %s: Redis unreachable (%s); retrying in 1s", self.name, exc)
                     self._stop.wait(1.0)
@@ -110,7 +111,24 @@ class Worker:
         finally:
             self.teardown()
 
-    def startup(self):
+    def step(self) -> None:
+        """One turn: housekeeping; the next batch and the running pass's answers; the next
+        pass started; the answers sent while it runs."""
+        self.maintain()
+        if self._unsent:
+            self.reply(self._unsent)
+        if self._pass is None:
+            batch, finished = self.take_batch(), []
+        elif self._stop.is_set():
+            batch, finished = [], self.finish_pass()
+        elif self.runs_past_read_time():
+            batch, finished = self.read_queued(), self.finish_pass()
+        else:  # it ended first: its answers and the next read share a round trip
+            batch, finished = self.reply_and_read(self.finish_pass()), []
+        due = self.start_pass(batch)
+        self.reply(Outgoing(finished + due.answers, due.skipped))
+
+    def startup(self) -> None:
         if self.settings.worker_cpus:
             os.sched_setaffinity(0, self.settings.worker_cpus)
         log.info(
@@ -135,7 +153,7 @@ class Worker:
             self.settings.batch_timeout,
         )
 
-    def maintain(self):
+    def maintain(self) -> None:
         """Periodic steps: join the streams' groups, heartbeat, repository poll."""
         now = time.monotonic()
         if now >= self._next["poll"]:
@@ -152,69 +170,61 @@ class Worker:
             self._next["heartbeat"] = 0
         self._heartbeat()
 
-    def next_batch(self):
-        """Entries left pending by this worker before a restart or by dead workers first,
-        else new ones: up to max_batch_size. While a pass runs, only what is queued now:
-        what is queued near its end, or None if it ended first (a short pass: its answers
-        and the read then share a round trip); none once a stop was asked."""
+    def take_batch(self) -> list[Entry]:
+        """With no pass running: entries left pending by this worker before a restart or by
+        dead workers first, else new ones, waiting for them; up to max_batch_size. None once
+        a stop was asked."""
         if self._stop.is_set():
             return []
-        if self._pass is None:
-            batch = self._recover() or self._read(wait=True)
-        else:  # recovering now would take back what the running pass holds
-            self._await(self._pass, until=self._pass_began + READ_AT * self._pass_s)
-            if self._pass.done():
-                return None
-            batch = self._read(wait=False)
-        self._holding += batch
-        return batch
+        return self._hold(self._recover() or self._read(wait=True))
 
-    def finish_pass(self):
-        """The running passes' answers, once they end: [(entry, answer)]."""
-        if self._pass is None:
-            return []
+    def runs_past_read_time(self) -> bool:
+        """Wait until the running pass is near its expected end (READ_AT of it); True if
+        it still runs then."""
+        self._await(self._pass, until=self._pass_began + READ_AT * self._pass_s)
+        return not self._pass.done()
+
+    def read_queued(self) -> list[Entry]:
+        """What is queued now, without waiting (recovering now would take back what the
+        running pass holds)."""
+        return self._hold(self._read(wait=False))
+
+    def finish_pass(self) -> list[Answer]:
+        """The running pass's answers, once it ends."""
         results = self._await(self._pass)
         took = time.monotonic() - self._pass_began
         self._pass_s = (self._pass_s + took) / 2 if self._pass_s else took
         self._pass = None
-        return [answer for result in results for answer in self.answers(*result)]
+        now = self._redis_now()
+        return [answer for result in results for answer in self.outcomes.answers(result, now)]
 
-    def start_pass(self, batch):
-        """Sort the batch and start its forward passes on the inference thread: the
-        answers due at once (malformed, given up, not served) and the entries to drop
+    def start_pass(self, batch: list[Entry]) -> Outgoing:
+        """Sort the batch and start its forward passes on the inference thread; what is
+        due at once: answers (malformed, given up, not served) and entries to drop
         unanswered (expired)."""
-        answers, skipped, runnable = self.sort(batch)
+        due, runnable = self.outcomes.sort(batch, self._redis_now() * 1000)
         passes = plan(runnable, self.settings.max_batch_size)
         if passes:
             self._pass = self._inference.submit(compute, passes, self.name)
             self._pass_began = time.monotonic()
-        return answers, skipped
+        return due
 
-    def reply(self, answers, skipped, then_read=False):
+    def reply(self, outgoing: Outgoing) -> None:
         """Send the answers, acknowledge and delete their entries and the skipped ones, in
-        one pipeline; ``then_read``: with a read of what is queued, whose entries it
-        returns."""
-        if not answers and not skipped and not then_read:
-            return []
-        self._unsent = answers, skipped  # kept until Redis has them
-        pipe = self.redis.pipeline(transaction=False)
-        self.queue.reply(pipe, answers, skipped, self.settings.result_ttl)
-        streams = self._streams() if then_read else []
-        if streams:
-            self.queue.read_new(streams, self.name, self.settings.max_batch_size, None, pipe)
-        replies = pipe.execute()
-        done = {id(entry) for entry, _ in answers} | {id(entry) for entry in skipped}
-        self._unsent, self._holding = None, [e for e in self._holding if id(e) not in done]
-        self.stats["answered"] += len(answers)
-        batch = self.queue.entries(replies[-1]) if streams else []
-        self._holding += batch
-        return batch
+        one pipeline."""
+        if outgoing.answers or outgoing.skipped:
+            self._send(outgoing, read=False)
 
-    def classify(self, batch):
+    def reply_and_read(self, answers: list[Answer]) -> list[Entry]:
+        """`reply` with these answers and, in the same round trip, read what is queued: the
+        entries read."""
+        return self._hold(self._send(Outgoing(answers, []), read=True))
+
+    def classify(self, batch: list[Entry]) -> Outgoing:
         """The batch's answers and the entries to drop, without the overlap: one turn of
         the loop for one batch."""
-        answers, skipped = self.start_pass(batch)
-        return answers + self.finish_pass(), skipped
+        due = self.start_pass(batch)
+        return Outgoing(due.answers + (self.finish_pass() if self._pass else []), due.skipped)
 
     def teardown(self):
         self._inference.shutdown(wait=False)
@@ -223,96 +233,8 @@ class Worker:
             registry.retire(self.redis, self.keys, self.name)
         except redis.RedisError as exc:
             log.warning("worker %s: could not retire from the registry: %s", self.name, exc)
-        s = self.stats
-        log.info(
-            "worker %s: stopped after %.0fs: %d batches, %d requests (mean batch %.1f), "
-            "%d answered, %d failed, %d expired, %d poisoned, %d malformed",
-            self.name,
-            time.time() - self.started,
-            s["batches"],
-            s["requests"],
-            s["requests"] / max(1, s["batches"]),
-            s["answered"],
-            s["failed"],
-            s["expired"],
-            s["poisoned"],
-            s["malformed"],
-        )
-
-    # -- the steps of a pass --------------------------------------------------------
-
-    def sort(self, batch):
-        """The batch sorted: answers due now [(entry, answer)] (malformed, given up, not
-        served), entries to drop unanswered (expired, malformed without an id), and the
-        entries to run [(entry, runner)]."""
-        answers, skipped, runnable = [], [], []
-        now_ms = self._redis_now() * 1000
-        for entry in batch:
-            if entry.request is None:
-                self._count("malformed", entry)
-                log.error(
-                    "worker %s: dropping entry %s of %s: %s",
-                    self.name,
-                    entry.entry_id.decode(),
-                    entry.stream,
-                    entry.problem,
-                )
-                if entry.request_id:
-                    answers.append((entry, error_answer(400, entry.problem)))
-                else:
-                    skipped.append(entry)
-            elif entry.expired(now_ms):
-                self._count("expired", entry)
-                skipped.append(entry)
-            elif entry.deliveries > self.settings.max_attempts:
-                self._count("poisoned", entry)
-                log.error(
-                    "worker %s: request %s was delivered %d times; answering with an error",
-                    self.name,
-                    entry.request_id,
-                    entry.deliveries,
-                )
-                answers.append(
-                    (
-                        entry,
-                        error_answer(
-                            500,
-                            f"inference failed {entry.deliveries - 1} times on this input; "
-                            "giving up",
-                        ),
-                    )
-                )
-            elif (runner := self.models.get(entry.model, entry.version)) is None:
-                answers.append(
-                    (
-                        entry,
-                        error_answer(
-                            404, f"model {entry.model} version {entry.version} is not served"
-                        ),
-                    )
-                )
-            else:
-                runnable.append((entry, runner))
-        return answers, skipped, runnable
-
-    def answers(self, runner, entries, outcome, took):
-        """[(entry, answer)] for one pass of compute(): its predictions, or the error."""
-        spec = runner.spec
-        if isinstance(outcome, Exception):
-            self.stats["failed"] += 1
-            self.tally.count("failed", model=spec.name)
-            log.error(
-                "worker %s: inference failed for request %s: %s",
-                self.name,
-                entries[0].request_id,
-                summary(outcome),
-            )
-            return [(entries[0], error_answer(500, f"inference failed: {summary(outcome)}"))]
-        self._observe(spec, entries, took)
-        return [
-            (e, prediction(spec, row, e.request.top_k))
-            for e, row in zip(entries, outcome, strict=True)
-        ]
+        seconds = time.time() - self.started
+        log.info("worker %s: stopped after %.0fs: %s", self.name, seconds, self.outcomes.summary())
 
     # -- signals --------------------------------------------------------------------
 
@@ -418,6 +340,26 @@ class Worker:
             batch += more
         return batch
 
+    def _send(self, outgoing: Outgoing, read: bool) -> list[Entry]:
+        """`Queue.reply` with ``outgoing`` in one pipeline, and with a read of what is
+        queued when ``read``: the entries read. Kept until Redis has it."""
+        self._unsent = outgoing
+        pipe = self.redis.pipeline(transaction=False)
+        self.queue.reply(pipe, outgoing, self.settings.result_ttl)
+        streams = self._streams() if read else []
+        if streams:
+            self.queue.add_read(pipe, streams, self.name, self.settings.max_batch_size)
+        replies = pipe.execute()
+        done = {id(entry) for entry, _ in outgoing.answers} | {id(e) for e in outgoing.skipped}
+        self._unsent, self._holding = None, [e for e in self._holding if id(e) not in done]
+        self.outcomes.stats["answered"] += len(outgoing.answers)
+        return self.queue.entries(replies[-1]) if streams else []
+
+    def _hold(self, batch: list[Entry]) -> list[Entry]:
+        """``batch``, noted as taken and not yet acknowledged (its claim kept fresh)."""
+        self._holding += batch
+        return batch
+
     def _recover(self):
         size, streams = self.settings.max_batch_size, self._streams()
         if self._reclaim:
@@ -446,32 +388,6 @@ class Worker:
             self._next["claim"] = now  # there may be more
         return claimed
 
-    def _count(self, outcome, entry):
-        self.stats[outcome] += 1
-        self.tally.count(outcome, model=entry.model)
-
-    def _observe(self, spec, entries, took):
-        self.stats["batches"] += 1
-        self.stats["requests"] += len(entries)
-        self.tally.observe("batch_size", len(entries), model=spec.name)
-        self.tally.observe("inference_seconds", took, model=spec.name)
-        redis_now = self._redis_now()
-        for entry in entries:
-            self.tally.observe(
-                "queue_wait_seconds",
-                max(0.0, redis_now - took - entry.queued_ms / 1000),
-                model=spec.name,
-            )
-        log.debug(
-            "worker %s: batch of %d for %s v%d in %.1f ms: %s",
-            self.name,
-            len(entries),
-            spec.name,
-            spec.version,
-            took * 1000,
-            " ".join(e.request_id for e in entries),
-        )
-
     def _status(self):
         return {
             "id": self.name,
@@ -479,8 +395,8 @@ class Worker:
             "pid": os.getpid(),
             "started": self.started,
             "models": self.models.versions(),
-            "batches": self.stats["batches"],
-            "requests": self.stats["requests"],
+            "batches": self.outcomes.stats["batches"],
+            "requests": self.outcomes.stats["requests"],
         }
 
     def _describe_models(self):

@@ -4,6 +4,7 @@ the answer for one request (the queue's answer format, app/queue.py)."""
 
 import logging
 import time
+from typing import Any, NamedTuple
 
 import numpy as np
 from PIL import Image
@@ -11,6 +12,16 @@ from PIL import Image
 from app.imaging import MODES, fit
 
 log = logging.getLogger("beagle.worker")
+
+
+class PassResult(NamedTuple):
+    """One forward pass: its runner and entries, then the probabilities (one row per
+    entry) or the exception it raised, and how long it took."""
+
+    runner: Any
+    entries: list
+    outcome: Any
+    took: float
 
 
 def prediction(spec, probabilities, top_k):
@@ -30,20 +41,19 @@ def prediction(spec, probabilities, top_k):
     return answer
 
 
-def compute(passes, worker_name):
-    """Run each (runner, entries) forward pass, on the inference thread: [(runner,
-    entries, probabilities or the exception, seconds)]. A failing pass runs again one
-    entry at a time, so only the input at fault gets the error."""
+def compute(passes: list[tuple[Any, list]], worker_name: str) -> list[PassResult]:
+    """Run each (runner, entries) forward pass, on the inference thread. A failing pass
+    runs again one entry at a time, so only the input at fault gets the error."""
     results = []
     for runner, entries in passes:
         began = time.perf_counter()
         try:
             pixels = b"".join(_fit(e.request, runner.spec.shape) for e in entries)
             batch = np.frombuffer(pixels, np.uint8).reshape(len(entries), *runner.spec.shape)
-            results.append((runner, entries, runner(batch), time.perf_counter() - began))
+            results.append(PassResult(runner, entries, runner(batch), time.perf_counter() - began))
         except Exception as exc:
             if len(entries) == 1:
-                results.append((runner, entries, exc, 0.0))
+                results.append(PassResult(runner, entries, exc, 0.0))
                 continue
             log.warning(
                 "worker %s: batch of %d failed (%s); running each alone",
