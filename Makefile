@@ -4,7 +4,7 @@ VENV ?= /opt/beagle-dev/venv
 PYTHON := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup run test model bench
+.PHONY: setup run test lint model bench
 setup:
 	@scripts/bootstrap.sh $(VENV) requirements.txt requirements-dev.txt
 
@@ -12,8 +12,14 @@ run: setup
 	@$(PYTHON) -m tools.devstack
 
 test: export BEAGLE_APT_EXTRA = chromium openssh-server debootstrap nftables socat faketime wrk
-test: setup
+test: setup lint
 	$(PYTHON) -m pytest $(PYTEST_ARGS)
+
+# Fails fast, before the suite: ruff's lint and format, mypy on app/ and provisioning/.
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 
 # Retrain the bundled digits model (models/digits/1) and its sample images.
 model: setup

@@ -5,46 +5,14 @@ TensorFlow. Each test's settings get a fresh key prefix, so tests sharing one
 redis-server never see each other's keys.
 """
 
-import base64
-import secrets
 import shutil
 import subprocess
-import tempfile
-import time
-from pathlib import Path
 
 import pytest
 import redis
-import requests
+from helpers import make_settings, public_tempdir
 
-from app import config
-from app.config import PROJECT_ROOT
-from tools.devstack import RedisServer, Stack, free_port
-
-SAMPLES = PROJECT_ROOT / "stress" / "images"
-
-
-def make_settings(redis_url, **overrides):
-    """Defaults (never the caller's BEAGLE_* environment) plus ``overrides``."""
-    values = {
-        "redis_url": redis_url,
-        "key_prefix": f"test{secrets.token_hex(4)}",
-        "port": free_port(),
-        "web_processes": 1,
-        **overrides,
-    }
-    return config.load({}, **values)
-
-
-def sample(digit):
-    return (SAMPLES / f"digit_{digit}.png").read_bytes()
-
-
-def public_tempdir(prefix):
-    """A temp dir Apache's daemon user can traverse (pytest's own are mode 700)."""
-    path = Path(tempfile.mkdtemp(prefix=prefix))
-    path.chmod(0o755)
-    return path
+from tools.devstack import RedisServer, Stack
 
 
 @pytest.fixture(scope="session")
@@ -105,31 +73,3 @@ def stack(redis_server):
     yield shared
     shared.stop()
     shutil.rmtree(run_dir, ignore_errors=True)
-
-
-def wait_result(queue, request_id, timeout):
-    """The answer for ``request_id``, or None if none arrived within ``timeout`` s."""
-    deadline = time.monotonic() + timeout
-    answers = queue.wait_results([request_id], lambda: deadline - time.monotonic())
-    return answers[0] if answers else None
-
-
-def predict(url, data, content_type="multipart", timeout=30, **params):
-    """POST ``data`` to /predict the three ways the API accepts; the response."""
-    if content_type == "multipart":
-        return requests.post(
-            url + "/predict", files={"image": ("image", data)}, data=params, timeout=timeout
-        )
-    if content_type == "json":
-        return requests.post(
-            url + "/predict",
-            timeout=timeout,
-            json={"image": base64.b64encode(data).decode(), **params},
-        )
-    return requests.post(
-        url + "/predict",
-        data=data,
-        params=params,
-        timeout=timeout,
-        headers={"Content-Type": content_type} if content_type else {},
-    )

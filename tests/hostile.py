@@ -12,7 +12,7 @@ import struct
 import zlib
 
 import numpy as np
-from conftest import sample
+from helpers import sample
 from PIL import Image
 
 

@@ -141,12 +141,12 @@ def test_redis_binds_loopback_alone_and_a_given_private_address_in_a_cluster():
         redis_address(plan(redis_address="redis.example.com"), 2)
 
 
-def test_the_readme_lists_every_key_of_the_deployment_with_its_default():
-    readme = (PROJECT_ROOT / "README.md").read_text()
+def test_the_operations_doc_lists_every_key_of_the_deployment_with_its_default():
+    doc = (PROJECT_ROOT / "docs" / "operations.md").read_text()
     rows = dict(
         re.findall(
             r"^\| `(\w+)` \| `([^`]*)` \|",
-            readme.split("**Settings of the deployment**")[1].split("\n\n")[1],
+            doc.split("**Settings of the deployment**")[1].split("\n\n")[1],
             re.M,
         )
     )

@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 import requests
-from conftest import predict, sample
+from helpers import predict, sample
 from hostile import b64, big_cases, cases, digit, encode, exif_rotated_jpeg, json_cases
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings

@@ -4,7 +4,7 @@ import io
 
 import numpy as np
 import pytest
-from conftest import sample
+from helpers import sample
 from PIL import Image
 
 from app.imaging import DRAFT_SLACK, MODES, BadImage, DecodeBudget, fit, to_pixels

@@ -11,9 +11,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import requests
-from conftest import predict, sample
+from helpers import daemon_pids, predict, sample
 from hostile import b64, big_digit
-from test_web import daemon_pids
 
 from app.keys import Keys
 from app.registry import Directory

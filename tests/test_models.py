@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import requests
-from conftest import predict, public_tempdir, sample
+from helpers import predict, public_tempdir, sample
 
 from app import config
 from app.config import PROJECT_ROOT

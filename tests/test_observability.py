@@ -12,8 +12,7 @@ import time
 from pathlib import Path
 
 import requests
-from conftest import predict, sample
-from prometheus_client.parser import text_string_to_metric_families
+from helpers import metric_value, predict, sample, scrape
 
 from app.config import PROJECT_ROOT
 from app.keys import Keys
@@ -32,22 +31,6 @@ CHROMIUM_ARGS = [
 ]
 
 
-def scrape(url):
-    """{(metric sample name, frozenset of labels): value} from /metrics."""
-    response = requests.get(url + "/metrics")
-    assert response.status_code == 200
-    assert response.headers["Content-Type"].startswith("text/plain")
-    return {
-        (s.name, frozenset(s.labels.items())): s.value
-        for family in text_string_to_metric_families(response.text)
-        for s in family.samples
-    }
-
-
-def value(samples, name, **labels):
-    return sum(v for (n, ls), v in samples.items() if n == name and set(labels.items()) <= set(ls))
-
-
 def test_metrics_count_every_request_across_web_processes(start_stack, client):
     stack = start_stack(web_processes=2)
     summary = stress_test.run(stack.url + "/predict", sample(2), count=600, concurrency=16)
@@ -61,25 +44,25 @@ def test_metrics_count_every_request_across_web_processes(start_stack, client):
         f"\nmetrics after 600 requests: {status['batches']} batches, "
         f"mean {600 / status['batches']:.2f} per batch"
     )
-    assert value(m, "beagle_requests_total", model="digits", code="200") == 600
-    assert value(m, "beagle_requests_total", model="digits", code="400") == 1
-    assert value(m, "beagle_requests_total", model="-", code="404") == 1
-    assert value(m, "beagle_request_duration_seconds_count", model="digits") == 601
+    assert metric_value(m, "beagle_requests_total", model="digits", code="200") == 600
+    assert metric_value(m, "beagle_requests_total", model="digits", code="400") == 1
+    assert metric_value(m, "beagle_requests_total", model="-", code="404") == 1
+    assert metric_value(m, "beagle_request_duration_seconds_count", model="digits") == 601
     # The batch histogram agrees with the worker: one observation per forward pass,
     # summing to the requests it ran.
-    assert value(m, "beagle_batch_size_count", model="digits") == status["batches"]
-    assert value(m, "beagle_batch_size_sum", model="digits") == 600
-    assert value(m, "beagle_inference_seconds_count", model="digits") == status["batches"]
-    assert value(m, "beagle_queue_wait_seconds_count", model="digits") == 600
+    assert metric_value(m, "beagle_batch_size_count", model="digits") == status["batches"]
+    assert metric_value(m, "beagle_batch_size_sum", model="digits") == 600
+    assert metric_value(m, "beagle_inference_seconds_count", model="digits") == status["batches"]
+    assert metric_value(m, "beagle_queue_wait_seconds_count", model="digits") == 600
     buckets = sorted(
         (float(dict(ls)["le"]), v) for (n, ls), v in m.items() if n == "beagle_batch_size_bucket"
     )
     assert [v for _, v in buckets] == sorted(v for _, v in buckets)  # cumulative
     assert buckets[-1][1] == status["batches"]
-    assert value(m, "beagle_model_loads_total", model="digits") == 1
-    assert value(m, "beagle_live_workers", model="digits") == 1
-    assert value(m, "beagle_queue_depth", model="digits") == 0
-    assert value(m, "beagle_workers") == 1
+    assert metric_value(m, "beagle_model_loads_total", model="digits") == 1
+    assert metric_value(m, "beagle_live_workers", model="digits") == 1
+    assert metric_value(m, "beagle_queue_depth", model="digits") == 0
+    assert metric_value(m, "beagle_workers") == 1
 
 
 def test_shed_requests_are_counted_by_reason(start_stack):
@@ -94,9 +77,9 @@ def test_shed_requests_are_counted_by_reason(start_stack):
     finally:
         stack.workers[0].signal(signal.SIGCONT)
     m = scrape(stack.url)
-    assert value(m, "beagle_shed_total", model="digits", reason="full") == 1
-    assert value(m, "beagle_requests_total", model="digits", code="503") == 1
-    assert value(m, "beagle_requests_total", model="digits", code="504") == 1
+    assert metric_value(m, "beagle_shed_total", model="digits", reason="full") == 1
+    assert metric_value(m, "beagle_requests_total", model="digits", code="503") == 1
+    assert metric_value(m, "beagle_requests_total", model="digits", code="504") == 1
 
 
 def test_metrics_are_for_admin_networks_only(start_stack):

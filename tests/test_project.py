@@ -1,6 +1,7 @@
-"""The repository's own facts: every path named in a comment, a docstring or the README
-exists; the README's layout table is the tree; no module edits sys.path and no two
-modules import each other; pyproject.toml builds the project with requirements.txt's
+"""The repository's own facts: every path named in a comment, a docstring, the README or
+docs/ exists, and every link between them resolves; the README's layout table is the
+tree; no module edits sys.path, no two modules import each other and each room imports
+only what lies below it; pyproject.toml builds the project with requirements.txt's
 pins."""
 
 import ast
@@ -16,6 +17,7 @@ FOLDERS = (
     ".ci",
     "apache",
     "app",
+    "docs",
     "models",
     "provisioning",
     "reports",
@@ -68,16 +70,48 @@ def comments_of(path):
     return found
 
 
-def test_every_path_named_in_a_comment_or_the_readme_exists():
-    named = {
-        ("README.md", match) for match in PATH.findall((PROJECT_ROOT / "README.md").read_text())
-    }
+def documents():
+    """The README and every document in docs/."""
+    return [PROJECT_ROOT / "README.md", *sorted((PROJECT_ROOT / "docs").glob("*.md"))]
+
+
+def test_every_path_named_in_a_comment_the_readme_or_the_docs_exists():
+    named = {(doc.name, match) for doc in documents() for match in PATH.findall(doc.read_text())}
     for path in tracked(*SOURCES):
         for text in comments_of(path):
             named |= {(str(path.relative_to(PROJECT_ROOT)), match) for match in PATH.findall(text)}
     missing = sorted((where, name) for where, name in named if not (PROJECT_ROOT / name).exists())
-    print(f"\n{len(named)} repository paths named in comments, docstrings and the README")
+    print(f"\n{len(named)} repository paths named in comments, docstrings, README and docs")
     assert len(named) > 50 and missing == []
+
+
+LINK = re.compile(r"\]\(([^)\s]+)\)")
+
+
+def anchors(document):
+    """The anchors GitHub makes of a Markdown file's headings."""
+    found = set()
+    for heading in re.findall(r"^#+ (.*)$", document.read_text(), re.M):
+        text = re.sub(r"[`*_]|\[|\]\([^)]*\)", "", heading).strip().lower()
+        found.add(re.sub(r"[^\w\- ]", "", text).replace(" ", "-"))
+    return found
+
+
+def test_every_relative_link_in_the_readme_and_the_docs_resolves():
+    broken, count = [], 0
+    for doc in documents():
+        for target in LINK.findall(doc.read_text()):
+            if re.match(r"[a-z]+:", target):
+                continue  # http(s), mailto: not ours to check
+            count += 1
+            path, _, anchor = target.partition("#")
+            linked = (doc.parent / path).resolve() if path else doc
+            if not linked.exists():
+                broken.append((doc.name, target))
+            elif anchor and linked.suffix == ".md" and anchor not in anchors(linked):
+                broken.append((doc.name, target))
+    print(f"\n{count} relative links in README.md and docs/")
+    assert count > 20 and broken == []
 
 
 def test_the_readme_layout_table_is_the_tree():
@@ -85,14 +119,12 @@ def test_the_readme_layout_table_is_the_tree():
     rows = dict(re.findall(r"^\| `([\w.]+)/` \| (.*) \|$", readme.split("## Layout")[1], re.M))
     assert set(rows) == set(FOLDERS)
     for package in PACKAGES:
-        modules = {p.stem for p in (PROJECT_ROOT / package).glob("*.py")} - {"__init__"}
+        files = list((PROJECT_ROOT / package).rglob("*"))
+        modules = {p.stem for p in files if p.suffix == ".py"} - {"__init__", "__main__"}
         named = set(re.findall(r"`([\w.@-]+)/?`", rows[package]))
         assert modules <= named, (package, modules - named)
-        assert all(
-            (PROJECT_ROOT / package / n).exists() or (PROJECT_ROOT / package / f"{n}.py").exists()
-            for n in named
-            if n not in ("make", "fab")
-        ), (package, named)
+        stems = {p.stem for p in files} | {p.name for p in files}
+        assert all(n in stems for n in named if n not in ("make", "fab")), (package, named)
 
 
 def imports_of(path):

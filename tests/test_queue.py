@@ -4,7 +4,7 @@ import time
 import uuid
 
 import pytest
-from conftest import wait_result
+from helpers import wait_result
 
 from app.keys import GROUP, Keys
 from app.queue import Outgoing, Queue, Request, Shed

@@ -1,5 +1,5 @@
 """The reliability contract, fault by fault, on real processes. Each test prints the
-figures it measured (run pytest with -s to see them); the README quotes them."""
+figures it measured (run pytest with -s to see them); docs/architecture.md quotes them."""
 
 import io
 import re
@@ -11,7 +11,7 @@ import uuid
 
 import pytest
 import requests
-from conftest import make_settings, predict, public_tempdir, sample, wait_result
+from helpers import make_settings, predict, public_tempdir, sample, wait_result
 from PIL import Image
 
 from app.imaging import DecodeBudget, to_pixels

@@ -8,7 +8,7 @@ import uuid
 
 import numpy as np
 import pytest
-from conftest import wait_result
+from helpers import wait_result
 
 from app.config import PROJECT_ROOT, as_environ
 from app.keys import GROUP, Keys

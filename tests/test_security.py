@@ -11,7 +11,7 @@ import sys
 import pytest
 import redis
 import requests
-from conftest import predict, public_tempdir, sample
+from helpers import predict, public_tempdir, sample
 
 from app import config
 from app.config import PROJECT_ROOT

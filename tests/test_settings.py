@@ -1,5 +1,5 @@
 """Settings as data: defaults, BEAGLE_* overrides read once into their types, immutable,
-and the README documents each one."""
+and docs/settings.md, generated from them, documents each one."""
 
 import dataclasses
 import ipaddress
@@ -7,27 +7,18 @@ import ipaddress
 import pytest
 
 from app import config
-from app.config import PROJECT_ROOT, SETTINGS
+from app.config import SETTINGS
+from tools import settings_reference
 
 
-def documented_default(setting):
-    if setting.name == "model_repository":
-        return "`<checkout>/models`"
-    return f"`{setting.default}`" if setting.default != "" else '`""`'
-
-
-def test_readme_documents_every_setting():
-    rows = {
-        line.split("|")[1].strip(): line
-        for line in (PROJECT_ROOT / "README.md").read_text().splitlines()
-        if line.startswith("| `BEAGLE_")
-    }
-    for setting in SETTINGS:
-        row = rows.get(f"`{setting.env_var}`")
-        assert row, f"README has no row for {setting.env_var}"
-        assert documented_default(setting) in row, f"{setting.env_var}: default not in {row}"
-        assert setting.help.split()[0] in row
-    assert len(rows) == len(SETTINGS)
+def test_the_settings_reference_is_generated_from_the_definitions():
+    """docs/settings.md is what `python -m tools.settings_reference` writes (run it after
+    changing app/config.py), with one row per setting."""
+    assert settings_reference.REFERENCE.read_text() == settings_reference.render(), (
+        "docs/settings.md is stale: run python -m tools.settings_reference"
+    )
+    rows = [line for line in settings_reference.render().splitlines() if line.startswith("| `")]
+    assert [row.split("`")[1] for row in rows] == [s.env_var for s in SETTINGS]
 
 
 def test_environment_overrides_defaults_with_the_right_type():

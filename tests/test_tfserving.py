@@ -6,7 +6,7 @@ import io
 import numpy as np
 import pytest
 import requests
-from conftest import sample
+from helpers import sample
 from PIL import Image
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from conftest import predict, sample
+from helpers import daemon_pids, predict, sample
 from PIL import Image
 
 
@@ -121,20 +121,6 @@ def test_apache_reveals_nothing_and_serves_no_code(stack):
         "/apache/",
     ):
         assert requests.get(stack.url + path).status_code == 404
-
-
-def daemon_pids(apache_pid):
-    """mod_wsgi daemon processes (display-name "(wsgi:...)") started by this Apache."""
-    pids = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-            cmdline = (stat.parent / "cmdline").read_bytes()
-        except OSError:
-            continue
-        if int(fields[1]) == apache_pid and cmdline.startswith(b"(wsgi:"):
-            pids.append(int(stat.parent.name))
-    return pids
 
 
 def test_web_processes_run_python_without_tensorflow(stack):

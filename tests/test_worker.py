@@ -10,7 +10,7 @@ import uuid
 
 import pytest
 import redis
-from conftest import make_settings, sample, wait_result
+from helpers import make_settings, sample, submit, wait_pending, wait_result
 from old_redis import old_redis_server
 from PIL import Image
 
@@ -106,25 +106,6 @@ def test_malformed_entry_is_answered_and_dropped(redis_server, settings, client,
     worker.reply(worker.classify(batch))
     assert wait_result(queue, "abc", 1)["status"] == 400
     assert client.xlen(stream) == 0
-
-
-def submit(queue, model, count, shape, timeout_s=30.0):
-    ids = []
-    for _ in range(count):
-        request = Request(
-            uuid.uuid4().hex, int(timeout_s * 1000), 1, shape, bytes(shape[0] * shape[1] * shape[2])
-        )
-        queue.submit(model, None, [request], 100, 60)
-        ids.append(request.request_id)
-    return ids
-
-
-def wait_pending(client, stream, count, timeout=60):
-    for _ in range(int(timeout / 0.05)):
-        if client.xpending(stream, GROUP)["pending"] == count:
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"{count} entries never became pending")
 
 
 @pytest.fixture

@@ -10,9 +10,17 @@ import time
 
 import pytest
 import requests
-from conftest import make_settings, predict, public_tempdir, sample, wait_result
-from test_observability import scrape, value
-from test_worker import submit, wait_pending
+from helpers import (
+    make_settings,
+    metric_value,
+    predict,
+    public_tempdir,
+    sample,
+    scrape,
+    submit,
+    wait_pending,
+    wait_result,
+)
 
 from app.config import PROJECT_ROOT
 from app.keys import Keys
@@ -187,5 +195,5 @@ def test_a_model_without_workers_does_not_make_the_host_unready(two_models, star
     assert ready.status_code == 200 and ready.json()["ready"] is True
     assert ready.json()["models"]["other"]["live_workers"] == 0
     assert ready.json()["models"]["digits"]["live_workers"] == 1
-    assert value(scrape(stack.url), "beagle_live_workers", model="other") == 0
+    assert metric_value(scrape(stack.url), "beagle_live_workers", model="other") == 0
     assert predict(stack.url, sample(3)).status_code == 200
