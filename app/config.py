@@ -10,7 +10,7 @@ returns an immutable `Settings`; `replace` makes a copy with changes.
 import dataclasses
 import ipaddress
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -18,13 +18,13 @@ from typing import TYPE_CHECKING, Any
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
-def per_core(value):
+def per_core(value: int) -> int:
     """``value``, or for 0 one per core this process may run on (web_processes,
     worker_threads)."""
     return value or len(os.sched_getaffinity(0))
 
 
-def _bool(text):
+def _bool(text: str) -> bool:
     if text.lower() in ("1", "true", "yes", "on"):
         return True
     if text.lower() in ("0", "false", "no", "off", ""):
@@ -32,19 +32,19 @@ def _bool(text):
     raise ValueError("expected true or false")
 
 
-def _items(text):
+def _items(text: str) -> tuple[str, ...]:
     return tuple(item.strip() for item in text.split(",") if item.strip())
 
 
-def _joined(values):
+def _joined(values: Iterable[object]) -> str:
     return ",".join(map(str, values))
 
 
-def _networks(text):
+def _networks(text: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
     return tuple(ipaddress.ip_network(item) for item in _items(text))
 
 
-def model_pins(text):
+def model_pins(text: str) -> tuple[tuple[str, int | None], ...]:
     """ "digits, resnet50:2" -> (("digits", None), ("resnet50", 2)): a model's newest
     version, or the one pinned."""
     pins = []
@@ -54,21 +54,31 @@ def model_pins(text):
     return tuple(pins)
 
 
-def _pins_text(pins):
+def _pins_text(pins: Iterable[tuple[str, int | None]]) -> str:
     return ",".join(name if version is None else f"{name}:{version}" for name, version in pins)
 
 
-def cpu_set(text):
+def cpu_set(text: str) -> frozenset[int]:
     """ "0-3,6" -> frozenset({0, 1, 2, 3, 6})."""
-    cpus = set()
+    cpus: set[int] = set()
     for item in _items(text):
         first, _, last = item.partition("-")
         cpus.update(range(int(first), int(last or first) + 1))
     return frozenset(cpus)
 
 
-def _cpus_text(cpus):
+def _cpus_text(cpus: Iterable[int]) -> str:
     return _joined(sorted(cpus))
+
+
+READERS: dict[type, Callable[[str], Any]] = {bool: _bool}  # beyond the default's own type
+
+
+def _positive(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise ValueError("expected a number above 0")
+    return value
 
 
 @dataclass(frozen=True)
@@ -76,27 +86,27 @@ class Setting:
     name: str
     default: object  # as BEAGLE_<NAME> spells it (and the README shows it)
     help: str
-    read: Callable = None  # text -> value; None: into the default's own type
+    read: Callable | None = None  # text -> value; None: into the default's own type
     write: Callable = str  # value -> text
 
     @property
-    def env_var(self):
+    def env_var(self) -> str:
         return "BEAGLE_" + self.name.upper()
 
-    def parse(self, text):
-        read = self.read or {bool: _bool}.get(type(self.default), type(self.default))
+    def parse(self, text: str) -> Any:
+        read = self.read or READERS.get(type(self.default), type(self.default))
         try:
             return read(text)
         except ValueError as exc:
             raise ValueError(f"{self.env_var}={text!r}: {_expected(read, exc)}") from None
 
     @property
-    def value(self):
+    def value(self) -> Any:
         """The default, read."""
         return self.parse(str(self.default))
 
 
-def _expected(read, exc):
+def _expected(read: Callable[..., Any], exc: ValueError) -> str:
     return f"expected {read.__name__}" if read in (int, float, str) else str(exc)
 
 
@@ -182,11 +192,13 @@ SETTINGS = (
         "heartbeat_ttl",
         10.0,
         "seconds after its last heartbeat a silent worker stops counting as live",
+        _positive,
     ),
     Setting(
         "claim_idle",
         5.0,
         "seconds a delivered request may stay unacknowledged before another worker claims it",
+        _positive,
     ),
     Setting(
         "max_attempts",
@@ -219,7 +231,7 @@ else:
     Settings = dataclasses.make_dataclass("Settings", [s.name for s in SETTINGS], frozen=True)
 
 
-def load(environ=None, **overrides):
+def load(environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
     """Settings from defaults, then ``BEAGLE_*`` environment variables, then overrides
     (values, or text to read)."""
     environ = os.environ if environ is None else environ
@@ -230,12 +242,12 @@ def load(environ=None, **overrides):
     return Settings(**{**values, **_read(overrides)})
 
 
-def replace(settings, **changes):
+def replace(settings: Settings, **changes: object) -> Settings:
     """A copy of ``settings`` with ``changes`` (values, or text to read)."""
     return dataclasses.replace(settings, **_read(changes))
 
 
-def as_environ(settings, changed_only=False):
+def as_environ(settings: Settings, changed_only: bool = False) -> dict[str, str]:
     """The ``BEAGLE_*`` variables that reproduce ``settings`` in a child process (only
     those that differ from the defaults with ``changed_only``)."""
     environ = {}
@@ -246,12 +258,12 @@ def as_environ(settings, changed_only=False):
     return environ
 
 
-def body_limit(settings):
+def body_limit(settings: Settings) -> int:
     """Largest request body: one image in base64 (4/3 larger) plus room for the envelope."""
     return settings.max_image_bytes * 4 // 3 + 64 * 1024
 
 
-def _read(values):
+def _read(values: Mapping[str, object]) -> dict[str, Any]:
     unknown = set(values) - set(BY_NAME)
     if unknown:
         raise KeyError(f"unknown settings: {', '.join(sorted(unknown))}")

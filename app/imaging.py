@@ -18,6 +18,7 @@ import base64
 import binascii
 import io
 import threading
+from collections.abc import Iterator
 from contextlib import contextmanager
 
 import numpy as np
@@ -46,7 +47,7 @@ CONVERSION_BYTES = 9
 
 
 class BadImage(Exception):
-    def __init__(self, status, message):
+    def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
@@ -59,12 +60,12 @@ class Busy(Exception):
 class DecodeBudget:
     """Bytes of pixels this process's decodes may hold at once."""
 
-    def __init__(self, limit, wait_s=2.0):
+    def __init__(self, limit: int, wait_s: float = 2.0) -> None:
         self.limit, self.wait_s, self.used = limit, wait_s, 0
         self._room = threading.Condition()
 
     @contextmanager
-    def reserve(self, amount):
+    def reserve(self, amount: int) -> Iterator[None]:
         if amount > self.limit:
             raise BadImage(
                 413,
@@ -86,7 +87,9 @@ class DecodeBudget:
                 self._room.notify_all()
 
 
-def to_pixels(data, shape, max_pixels, budget):
+def to_pixels(
+    data: bytes, shape: tuple[int, int, int], max_pixels: int, budget: DecodeBudget
+) -> bytes:
     """Decode, orient, flatten and resize ``data`` to ``shape`` (h, w, c); HxWxC uint8
     bytes, row-major."""
     if not data:
@@ -118,7 +121,7 @@ def to_pixels(data, shape, max_pixels, budget):
             ) from None
 
 
-def array_pixels(value, shape):
+def array_pixels(value: object, shape: tuple[int, int, int]) -> bytes:
     """A nested list of 0-255 values, height x width x channels (or height x width), at
     ``shape``; BadImage 400 for anything else."""
     try:
@@ -144,7 +147,7 @@ def array_pixels(value, shape):
     return fit(Image.fromarray(pixels[..., 0] if pixels.shape[2] == 1 else pixels), shape)
 
 
-def fit(image, shape):
+def fit(image: Image.Image, shape: tuple[int, int, int]) -> bytes:
     """An 8-bit image as ``shape``'s pixels: its mode (L or RGB, transparency flattened
     onto white) and size."""
     height, width, channels = shape
@@ -163,7 +166,7 @@ def fit(image, shape):
     return image.tobytes()
 
 
-def decode_base64(text):
+def decode_base64(text: str) -> bytes:
     """Bytes from base64 as tools write it: plain or in a data: URL, in lines (MIME's 76
     columns) or not, padded or not. BadImage 400 for what is not base64."""
     if text.startswith("data:"):
@@ -175,7 +178,7 @@ def decode_base64(text):
         raise BadImage(400, "not valid base64") from None
 
 
-def _open(data):
+def _open(data: bytes) -> Image.Image:
     try:
         return Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)
     except Image.DecompressionBombError as exc:
@@ -198,7 +201,7 @@ def _open(data):
     raise BadImage(400, "not an image: the bytes are not JPEG, PNG, GIF, WebP, BMP or TIFF")
 
 
-def _draft(image, mode, width, height):
+def _draft(image: Image.Image, mode: str, width: int, height: int) -> bool:
     """Whether the JPEG is upright (no EXIF rotation or flip)."""
     # Decode the JPEG at 1/2, 1/4 or 1/8 scale when that still gives at least 90% of the
     # target on each side: much less work and memory, at the cost of at most a 10%
@@ -210,7 +213,7 @@ def _draft(image, mode, width, height):
     return orientation == 1
 
 
-def _turbo_jpeg(data, image, shape):
+def _turbo_jpeg(data: bytes, image: Image.Image, shape: tuple[int, int, int]) -> bytes:
     """The JPEG decoded by simplejpeg at the scale and mode Pillow's draft chose."""
     pixels = simplejpeg.decode_jpeg(
         data,
@@ -223,18 +226,18 @@ def _turbo_jpeg(data, image, shape):
     return fit(Image.fromarray(pixels[..., 0] if image.mode == "L" else pixels), shape)
 
 
-def largest_decode(pixels):
+def largest_decode(pixels: int) -> int:
     """The most a decode of an image of ``pixels`` pixels may take."""
     return pixels * (4 + CONVERSION_BYTES)
 
 
-def _decoded_bytes(image):
+def _decoded_bytes(image: Image.Image) -> int:
     """What decoding ``image`` (its size after any draft) may take at its peak."""
     stored = 1 if image.mode in ("1", "L", "P") else 2 if image.mode.startswith("I;16") else 4
     return image.width * image.height * (stored + CONVERSION_BYTES)
 
 
-def _eight_bit(image):
+def _eight_bit(image: Image.Image) -> Image.Image:
     """16- and 32-bit images (and floats) as 8-bit grey, values above 255 scaled down by
     256; others as they are. One writable copy, changed in place."""
     if image.mode not in HIGH_DEPTH:
@@ -246,6 +249,6 @@ def _eight_bit(image):
     return Image.fromarray(array.astype(np.uint8), "L")
 
 
-def _reason(exc):
+def _reason(exc: BaseException) -> str:
     text = str(exc).strip() or type(exc).__name__
     return text[:200]

@@ -18,36 +18,36 @@ GROUP = "workers"
 
 
 class Keys:
-    def __init__(self, prefix):
+    def __init__(self, prefix: str) -> None:
         self.prefix = prefix
 
-    def stream(self, model, version=None):
+    def stream(self, model: str, version: int | None = None) -> str:
         """The stream of ``model``'s requests for ``version`` (None: no version named)."""
         return f"{self.prefix}:stream:{model}" + ("" if version is None else f":v{version}")
 
-    def stream_of(self, key):
+    def stream_of(self, key: str) -> tuple[str, int | None]:
         """(model, version or None) of a stream key."""
         model, _, version = key.removeprefix(f"{self.prefix}:stream:").partition(":v")
         return model, int(version) if version else None
 
-    def result(self, request_id):
+    def result(self, request_id: str) -> str:
         return f"{self.prefix}:result:{request_id}"
 
-    def models(self):
+    def models(self) -> str:
         return f"{self.prefix}:models"
 
-    def model(self, model):
+    def model(self, model: str) -> str:
         return f"{self.prefix}:model:{model}"
 
-    def live(self, model):
+    def live(self, model: str) -> str:
         return f"{self.prefix}:live:{model}"
 
-    def worker(self, worker_id):
+    def worker(self, worker_id: str) -> str:
         return f"{self.prefix}:worker:{worker_id}"
 
-    def metrics(self, kind):
+    def metrics(self, kind: str) -> str:
         return f"{self.prefix}:metrics:{kind}"
 
-    def pattern(self, kind="*"):
+    def pattern(self, kind: str = "*") -> str:
         """Glob matching one kind of key ("stream", "result", ...) or all of Beagle's."""
         return f"{self.prefix}:*" if kind == "*" else f"{self.prefix}:{kind}:*"

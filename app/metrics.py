@@ -14,10 +14,18 @@ Every web host reports the same cluster-wide figures: scrape one of them.
 import atexit
 import threading
 from collections import Counter, defaultdict
+from collections.abc import Iterable, Iterator
+from typing import Any
 
 import redis
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.metrics_core import Metric
+from redis.client import Pipeline
+
+from app.keys import Keys
+from app.queue import Queue
+from app.registry import Directory
 
 PREFIX = "beagle_"
 METRICS_FLUSH_S = 1.0  # how often a process writes its metrics to Redis
@@ -53,35 +61,35 @@ HISTOGRAMS = {  # name: (labels, buckets, help)
 class Tally:
     """Metric updates gathered locally (from any thread), then written with one pipeline."""
 
-    def __init__(self):
-        self.counts = Counter()
-        self.observations = defaultdict(list)
+    def __init__(self) -> None:
+        self.counts: Counter[str] = Counter()
+        self.observations: defaultdict[str, list[float]] = defaultdict(list)
         self.lock = threading.Lock()
         self._updated = threading.Condition(self.lock)
 
-    def count(self, name, amount=1, **labels):
+    def count(self, name: str, amount: int = 1, **labels: str | int) -> None:
         with self.lock:
             self.counts[_field(name, labels)] += amount
             self._updated.notify()
 
-    def observe(self, name, value, **labels):
+    def observe(self, name: str, value: float, **labels: str | int) -> None:
         with self.lock:
             self.observations[_field(name, labels)].append(value)
             self._updated.notify()
 
-    def pending(self):
+    def pending(self) -> bool:
         with self.lock:
             return self._pending()
 
-    def wait_pending(self):
+    def wait_pending(self) -> None:
         """Block until there are updates to write."""
         with self.lock:
             self._updated.wait_for(self._pending)
 
-    def _pending(self):
+    def _pending(self) -> bool:
         return bool(self.counts or self.observations)
 
-    def flush(self, pipe, keys):
+    def flush(self, pipe: Pipeline, keys: Keys) -> None:
         """Add the updates to ``pipe`` and forget them."""
         with self.lock:
             counts, self.counts = self.counts, Counter()
@@ -96,7 +104,7 @@ class Tally:
             pipe.hincrby(keys.metrics("histograms"), f"{field}|count", len(values))
 
 
-def write(tally, client, keys):
+def write(tally: Tally, client: redis.Redis, keys: Keys) -> None:
     """Write ``tally``'s updates to Redis now; while Redis is down they are lost (the
     metrics, never an answer)."""
     if not tally.pending():
@@ -109,19 +117,19 @@ def write(tally, client, keys):
         pass
 
 
-def flush_every(seconds, tally, client, keys):
+def flush_every(seconds: float, tally: Tally, client: redis.Redis, keys: Keys) -> None:
     """Write ``tally`` from a daemon thread for the process's life: once updates arrive,
     those of the next ``seconds`` with them (an idle process's thread waits for the next
     update, it never wakes for nothing); at exit, what is left."""
     closing = threading.Event()
 
-    def loop():
+    def loop() -> None:
         while not closing.is_set():
             tally.wait_pending()
             closing.wait(seconds)
             write(tally, client, keys)
 
-    def close():
+    def close() -> None:
         closing.set()
         write(tally, client, keys)
 
@@ -129,7 +137,7 @@ def flush_every(seconds, tally, client, keys):
     atexit.register(close)
 
 
-def render(queue, directory):
+def render(queue: Queue, directory: Directory) -> bytes:
     """Prometheus text exposition of everything stored plus the scrape-time gauges."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_Collector(queue, directory))
@@ -137,16 +145,17 @@ def render(queue, directory):
 
 
 class _Collector:
-    def __init__(self, queue, directory):
+    def __init__(self, queue: Queue, directory: Directory) -> None:
         self.queue, self.directory = queue, directory
 
-    def collect(self):
+    def collect(self) -> Iterator[Metric]:
         client, keys = self.queue.redis, self.queue.keys
-        yield from _counters(client.hgetall(keys.metrics("counters")))
-        yield from _histograms(client.hgetall(keys.metrics("histograms")))
+        # redis-py types replies as bytes | str; this client gets bytes
+        yield from _counters(client.hgetall(keys.metrics("counters")))  # type: ignore[arg-type]
+        yield from _histograms(client.hgetall(keys.metrics("histograms")))  # type: ignore[arg-type]
         yield from self._gauges()
 
-    def _gauges(self):
+    def _gauges(self) -> Iterator[GaugeMetricFamily]:
         depth = GaugeMetricFamily(
             PREFIX + "queue_depth", "requests in Redis not yet answered", labels=["model"]
         )
@@ -167,17 +176,18 @@ class _Collector:
         yield from (depth, oldest, live, workers)
 
 
-def answered(client, keys):
+def answered(client: redis.Redis, keys: Keys) -> dict[str, int]:
     """{model: prediction requests answered so far, any status}, from the counters."""
-    totals = Counter()
+    totals: Counter[str] = Counter()
     for field, value in client.hgetall(keys.metrics("counters")).items():
-        name, labels = _parse(field.decode())
+        # redis-py types replies as bytes | str; this client gets bytes
+        name, labels = _parse(field.decode())  # type: ignore[union-attr]
         if name == "requests":
             totals[labels.get("model", "-")] += int(value)
     return dict(totals)
 
 
-def _counters(stored):
+def _counters(stored: dict[bytes, bytes]) -> Iterable[CounterMetricFamily]:
     families = {
         name: CounterMetricFamily(PREFIX + name, help, labels=list(labels))
         for name, (labels, help) in COUNTERS.items()
@@ -189,9 +199,11 @@ def _counters(stored):
     return families.values()
 
 
-def _histograms(stored):
+def _histograms(stored: dict[bytes, bytes]) -> Iterable[HistogramMetricFamily]:
     """Stored fields are "<name>|<labels>|le=<bound>", "...|sum" and "...|count"."""
-    series = defaultdict(lambda: {"buckets": Counter(), "sum": 0.0})
+    series: defaultdict[tuple[str, tuple[str, ...]], dict[str, Any]] = defaultdict(
+        lambda: {"buckets": Counter(), "sum": 0.0}
+    )
     for field, value in stored.items():
         series_field, _, part = field.decode().rpartition("|")
         name, labels = _parse(series_field)
@@ -215,19 +227,19 @@ def _histograms(stored):
     return families.values()
 
 
-def _bound(value):
+def _bound(value: float) -> str:
     return repr(float(value))
 
 
-def _bucket(value, buckets):
+def _bucket(value: float, buckets: Iterable[float]) -> str:
     return next((_bound(b) for b in buckets if value <= b), "+Inf")
 
 
-def _field(name, labels):
+def _field(name: str, labels: dict[str, str | int]) -> str:
     return "|".join([name, *(f"{k}={labels[k]}" for k in sorted(labels))])
 
 
-def _parse(field):
+def _parse(field: str) -> tuple[str, dict[str, str]]:
     name, *parts = field.split("|")
     labels = dict(part.partition("=")[::2] for part in parts)
     return name, labels

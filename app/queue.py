@@ -19,15 +19,18 @@ Operators: `backlog`, `oldest_waiting`, `flush`.
 """
 
 import json
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
 import redis
 from redis.backoff import NoBackoff
+from redis.client import Pipeline
 from redis.retry import Retry
+from redis.typing import EncodableT, FieldT
 
-from app.keys import GROUP
+from app.keys import GROUP, Keys
 
 # Milliseconds the oldest entry no consumer of the group has taken has waited (0 if none),
 # on Redis's clock and from entry ids, not counting the newest ``mine`` (the entries being
@@ -82,17 +85,17 @@ WAITED_SCRIPT = OLDEST_WAITING + "return oldest_waiting(KEYS[1], ARGV[1], 0)"
 MIN_REDIS_VERSION = (6, 2)
 
 
-def redis_url(password, host, port, db=0):
+def redis_url(password: str, host: str, port: int, db: int = 0) -> str:
     """Beagle's Redis URL: the default user, with its password."""
     host = f"[{host}]" if ":" in host else host
     return f"redis://:{password}@{host}:{port}/{db}"
 
 
-def url_password(url):
+def url_password(url: str) -> str | None:
     return urlsplit(url).password
 
 
-def version_problem(version):
+def version_problem(version: str) -> str | None:
     """None if a Redis of ``version`` ("7.0.15") runs Beagle, else what is wrong."""
     found = tuple(int(part) for part in version.split(".")[:2])
     if found >= MIN_REDIS_VERSION:
@@ -104,7 +107,7 @@ def version_problem(version):
     )
 
 
-def server_version(url):
+def server_version(url: str) -> str:
     """The version of the Redis at ``url``, asked over RESP2, which every Redis speaks
     (redis-py's RESP3 handshake, HELLO, fails before Redis 6)."""
     client = redis.Redis.from_url(url, protocol=2, socket_connect_timeout=1.0, socket_timeout=5)
@@ -114,7 +117,7 @@ def server_version(url):
         client.close()
 
 
-def connect(url, socket_timeout):
+def connect(url: str, socket_timeout: float) -> redis.Redis:
     """A client that fails fast when Redis is down: 1 s to connect, one immediate retry."""
     return redis.Redis.from_url(
         url,
@@ -130,13 +133,13 @@ class Shed(Exception):
     counts ``reason`` (full, slow, busy, decoding, no_worker: beagle_shed_total's label);
     ``why`` is what the client reads."""
 
-    def __init__(self, reason: str, why: str):
+    def __init__(self, reason: str, why: str) -> None:
         super().__init__(why)
         self.reason = reason
         self.why = why
 
 
-def error_answer(status, message):
+def error_answer(status: int, message: str) -> dict[str, Any]:
     return {"ok": False, "status": status, "error": message}
 
 
@@ -150,7 +153,7 @@ class Request:
     shape: tuple
     pixels: bytes
 
-    def fields(self):
+    def fields(self) -> dict[FieldT, EncodableT]:
         return {
             "id": self.request_id,
             "timeout_ms": self.timeout_ms,
@@ -177,11 +180,14 @@ class Entry:
     request_id: str = ""
 
     @property
-    def queued_ms(self):
+    def queued_ms(self) -> int:
         """When it was queued, in ms on Redis's clock."""
         return int(self.entry_id.split(b"-")[0])
 
-    def expired(self, now_ms):
+    def expired(self, now_ms: float) -> bool:
+        """Whether its deadline passed (only asked of a decoded entry)."""
+        if self.request is None:
+            raise ValueError("a malformed entry has no deadline")
         return self.queued_ms + self.request.timeout_ms < now_ms
 
 
@@ -196,7 +202,7 @@ class Outgoing(NamedTuple):
 
 
 class Queue:
-    def __init__(self, client, keys):
+    def __init__(self, client: redis.Redis, keys: Keys) -> None:
         self.redis = client
         self.keys = keys
         self._waited = client.register_script(WAITED_SCRIPT)
@@ -228,15 +234,17 @@ class Queue:
                 "slow", f"model {model!r}'s oldest waiting request has waited {detail / 1000:.1f}s"
             )
 
-    def wait_results(self, request_ids, remaining):
+    def wait_results(
+        self, request_ids: list[str], remaining: Callable[[], float]
+    ) -> list[dict[str, Any]]:
         """The answers for ``request_ids``, in their order, as many as arrived while
         ``remaining()`` (seconds left) stayed positive."""
         keys = {self.keys.result(request_id): request_id for request_id in request_ids}
-        answers = {}
+        answers: dict[str, Any] = {}
         # Below 1 ms, Redis would round the timeout down to 0, which means "forever".
         while len(answers) < len(keys) and (left := remaining()) >= 0.001:
             waiting = [key for key, request_id in keys.items() if request_id not in answers]
-            popped = self.redis.blpop(waiting, timeout=left)
+            popped: Any = self.redis.blpop(waiting, timeout=left)
             if popped is None:
                 break
             answers[keys[popped[0].decode()]] = json.loads(popped[1])
@@ -244,7 +252,7 @@ class Queue:
 
     # -- operators and metrics --------------------------------------------------------
 
-    def streams(self, model=None):
+    def streams(self, model: str | None = None) -> list[str]:
         """The streams that exist: ``model``'s, or every model's."""
         if model is None:
             return sorted(
@@ -254,27 +262,30 @@ class Queue:
         versioned = self.redis.scan_iter(match=self.keys.stream(model) + ":v*", count=500)
         return [self.keys.stream(model)] + sorted(k.decode() for k in versioned)
 
-    def backlog(self, model):
+    def backlog(self, model: str) -> int:
         """Requests of ``model`` waiting or being worked on."""
         pipe = self.redis.pipeline(transaction=False)
         for stream in self.streams(model):
             pipe.xlen(stream)
         return sum(pipe.execute())
 
-    def oldest_waiting(self, model):
+    def oldest_waiting(self, model: str) -> float:
         """Seconds the oldest of ``model``'s requests no worker has taken has waited."""
         return (
             max(self._waited(keys=[stream], args=[GROUP]) for stream in self.streams(model)) / 1000
         )
 
-    def flush(self, answer, result_ttl, dry_run=False):
+    def flush(
+        self, answer: dict[str, Any], result_ttl: float, dry_run: bool = False
+    ) -> dict[str, int]:
         """Answer every queued request with ``answer`` and remove it; {stream: count}."""
         removed = {}
         for stream in self.streams():
             count = 0
             while not dry_run and (entries := self.redis.xrange(stream, count=500)):
                 pipe = self.redis.pipeline(transaction=False)
-                answers = [(self._entry(stream, i, fields), answer) for i, fields in entries]
+                # redis-py types replies as bytes | str; this client gets bytes
+                answers = [(self._entry(stream, i, fields), answer) for i, fields in entries]  # type: ignore[arg-type]
                 self.reply(pipe, Outgoing(answers, []), result_ttl)
                 pipe.execute()
                 count += len(entries)
@@ -283,7 +294,7 @@ class Queue:
 
     # -- worker side ----------------------------------------------------------------
 
-    def ensure_group(self, stream):
+    def ensure_group(self, stream: str) -> None:
         """Create the consumer group (and stream); entries queued before it are kept."""
         try:
             self.redis.xgroup_create(stream, GROUP, id="0", mkstream=True)
@@ -291,7 +302,7 @@ class Queue:
             if "BUSYGROUP" not in str(exc):
                 raise
 
-    def prune_consumers(self, stream, idle_s):
+    def prune_consumers(self, stream: str, idle_s: float) -> None:
         """Forget consumers (dead workers) with nothing pending and idle for ``idle_s``."""
         for consumer in self.redis.xinfo_consumers(stream, GROUP):
             if consumer["pending"] == 0 and consumer["idle"] > idle_s * 1000:
@@ -305,14 +316,20 @@ class Queue:
         return self.entries(self.add_read(self.redis, streams, consumer, count, block_ms))
 
     @staticmethod
-    def add_read(pipe, streams, consumer, count, block_ms=None):
+    def add_read(
+        pipe: redis.Redis,
+        streams: list[str],
+        consumer: str,
+        count: int,
+        block_ms: int | None = None,
+    ) -> Any:
         """Add to ``pipe`` a read of up to ``count`` new entries across ``streams``;
         `entries` turns its reply into entries."""
         return pipe.xreadgroup(
             GROUP, consumer, {s: ">" for s in streams}, count=count, block=block_ms
         )
 
-    def entries(self, replies):
+    def entries(self, replies: Any) -> list[Entry]:
         """Entries from an XREADGROUP reply."""
         return [
             self._entry(stream.decode(), entry_id, fields)
@@ -321,20 +338,22 @@ class Queue:
             if fields
         ]
 
-    def reclaim_own(self, stream, consumer, count):
+    def reclaim_own(self, stream: str, consumer: str, count: int) -> list[Entry]:
         """Entries this consumer took before a restart and never acknowledged."""
-        pending = self.redis.xpending_range(stream, GROUP, "-", "+", count, consumername=consumer)
+        pending: Any = self.redis.xpending_range(
+            stream, GROUP, "-", "+", count, consumername=consumer
+        )
         if not pending:
             return []
         counts = {item["message_id"]: item["times_delivered"] + 1 for item in pending}
-        claimed = self.redis.xclaim(stream, GROUP, consumer, 0, list(counts))
+        claimed: Any = self.redis.xclaim(stream, GROUP, consumer, 0, list(counts))
         return [
             self._entry(stream, entry_id, fields, counts[entry_id])
             for entry_id, fields in claimed
             if fields
         ]
 
-    def claim_stale(self, stream, consumer, min_idle_s, count):
+    def claim_stale(self, stream: str, consumer: str, min_idle_s: float, count: int) -> list[Entry]:
         """Entries idle longer than ``min_idle_s`` in any consumer, now ours, with counts."""
         claimed = self.redis.xautoclaim(
             stream, GROUP, consumer, int(min_idle_s * 1000), start_id="0-0", count=count
@@ -342,7 +361,7 @@ class Queue:
         messages = [(entry_id, fields) for entry_id, fields in claimed[1] if fields]
         if not messages:
             return []
-        pending = self.redis.xpending_range(
+        pending: Any = self.redis.xpending_range(
             stream,
             GROUP,
             min=messages[0][0],
@@ -356,13 +375,14 @@ class Queue:
             for entry_id, fields in messages
         ]
 
-    def hold(self, pipe, consumer, entries):
+    def hold(self, pipe: Pipeline, consumer: str, entries: list[Entry]) -> None:
         """Add to ``pipe``: reset the idle time of ``entries``, which ``consumer`` is still
         working on, so no other worker claims them; their delivery counts stay."""
         for stream, ids in self._by_stream(entries).items():
-            pipe.xclaim(stream, GROUP, consumer, 0, ids, justid=True)
+            # redis-py types message_ids as an invariant list of StreamIdT; list[bytes] is valid
+            pipe.xclaim(stream, GROUP, consumer, 0, ids, justid=True)  # type: ignore[arg-type]
 
-    def reply(self, pipe, outgoing: Outgoing, result_ttl: float) -> None:
+    def reply(self, pipe: Pipeline, outgoing: Outgoing, result_ttl: float) -> None:
         """Add to ``pipe``: push each answer; acknowledge and delete the answered entries
         and the skipped ones."""
         answers, skipped = outgoing
@@ -376,13 +396,15 @@ class Queue:
             pipe.xdel(stream, *ids)
 
     @staticmethod
-    def _by_stream(entries):
-        grouped = {}
+    def _by_stream(entries: Iterable[Entry]) -> dict[str, list[bytes]]:
+        grouped: dict[str, list[bytes]] = {}
         for entry in entries:
             grouped.setdefault(entry.stream, []).append(entry.entry_id)
         return grouped
 
-    def _entry(self, stream, entry_id, fields, deliveries=1):
+    def _entry(
+        self, stream: str, entry_id: bytes, fields: dict[bytes, bytes], deliveries: int = 1
+    ) -> Entry:
         model, version = self.keys.stream_of(stream)
         request_id = fields.get(b"id", b"").decode("utf-8", "replace")
         try:

@@ -10,6 +10,12 @@ workers on different versions (one pinned, a rolling deploy) are all served.
 import json
 import threading
 import time
+from typing import Any, Self
+
+import redis
+from redis.client import Pipeline
+
+from app.keys import Keys
 
 MODEL_TTL = 24 * 3600  # what no worker has announced for a day disappears
 ACTIVE_S = 3.0  # a worker heartbeats every second, even mid-batch, while it consumes
@@ -29,7 +35,14 @@ for _, key in ipairs(KEYS) do redis.call('EXPIRE', key, ARGV[6]) end
 """
 
 
-def announce(pipe, keys, worker_id, models, status, ttl):
+def announce(
+    pipe: Pipeline,
+    keys: Keys,
+    worker_id: str,
+    models: dict[str, dict[str, Any]],
+    status: dict[str, Any],
+    ttl: float,
+) -> None:
     """Add the heartbeat to ``pipe``: ``models`` maps name ->
     {"versions": {v: {"shape": [h, w, c], ...}}, "latest": v}."""
     now = time.time()
@@ -50,7 +63,7 @@ def announce(pipe, keys, worker_id, models, status, ttl):
     pipe.set(keys.worker(worker_id), json.dumps(status), ex=max(1, int(ttl)))
 
 
-def retire(client, keys, worker_id):
+def retire(client: redis.Redis, keys: Keys, worker_id: str) -> None:
     """A worker stopping on purpose drops its status, but keeps counting as live until its
     heartbeat ages out: requests that arrive while it restarts wait for it, not fail."""
     client.delete(keys.worker(worker_id))
@@ -62,26 +75,39 @@ class ModelInfo:
     within heartbeat_ttl (requests wait for them), ``active_workers`` within ACTIVE_S
     (they are taking requests right now)."""
 
-    def __init__(self, name, versions, live_workers, active_workers):
+    def __init__(
+        self,
+        name: str,
+        versions: dict[int, dict[str, Any]],
+        live_workers: int,
+        active_workers: int,
+    ) -> None:
         self.name = name
         self.versions = versions
         self.live_workers = live_workers
         self.active_workers = active_workers
 
     @property
-    def latest(self):
+    def latest(self) -> int:
         return max(self.versions)
 
-    def shape(self, version):
+    def shape(self, version: int) -> tuple[int, int, int]:
         return tuple(self.versions[version]["shape"])
 
     @classmethod
-    def from_redis(cls, name, announced, heartbeats, now, heartbeat_ttl):
+    def from_redis(
+        cls,
+        name: str,
+        announced: dict[str, bytes],
+        heartbeats: list[tuple[str, float]],
+        now: float,
+        heartbeat_ttl: float,
+    ) -> Self:
         """From the model's hash {worker: JSON} and live set [(worker, time)]."""
         live = {worker for worker, seen in heartbeats if seen >= now - heartbeat_ttl}
         active = sum(seen >= now - ACTIVE_S for _, seen in heartbeats)
         held = [json.loads(meta) for worker, meta in announced.items() if worker in live]
-        versions = {}
+        versions: dict[int, dict[str, Any]] = {}
         for meta in held or map(json.loads, announced.values()):
             versions.update((int(v), spec) for v, spec in meta["versions"].items())
         return cls(name, versions, len(live), active)
@@ -94,30 +120,33 @@ class Directory:
     flushed) stays known, with no live worker, until a worker announces it again or a day
     passes: its requests get 503, not "not served"."""
 
-    def __init__(self, client, keys, heartbeat_ttl, max_age=1.0):
+    def __init__(
+        self, client: redis.Redis, keys: Keys, heartbeat_ttl: float, max_age: float = 1.0
+    ) -> None:
         self.redis = client
         self.keys = keys
         self.heartbeat_ttl = heartbeat_ttl
         self.max_age = max_age
-        self._models = {}
-        self._seen = {}  # name -> (ModelInfo, monotonic time Redis last had it)
+        self._models: dict[str, ModelInfo] = {}
+        # name -> (ModelInfo, monotonic time Redis last had it)
+        self._seen: dict[str, tuple[ModelInfo, float]] = {}
         self._fetched = float("-inf")
         self._lock = threading.Lock()
 
-    def lookup(self, name):
+    def lookup(self, name: str) -> ModelInfo | None:
         """ModelInfo for ``name``, or None if no worker has announced it."""
         return self._snapshot().get(name)
 
-    def models(self):
+    def models(self) -> list[ModelInfo]:
         """Every announced model, fresh from Redis."""
         return sorted(self._snapshot(fresh=True).values(), key=lambda info: info.name)
 
-    def workers(self):
+    def workers(self) -> list[dict[str, Any]]:
         """Status dicts of the live workers."""
         keys = list(self.redis.scan_iter(match=self.keys.pattern("worker"), count=100))
         return [json.loads(raw) for raw in self.redis.mget(keys) if raw] if keys else []
 
-    def _snapshot(self, fresh=False):
+    def _snapshot(self, fresh: bool = False) -> dict[str, ModelInfo]:
         with self._lock:
             if not fresh and time.monotonic() - self._fetched < self.max_age:
                 return self._models
@@ -136,14 +165,15 @@ class Directory:
             self._models, self._fetched = {**lost, **models}, now
             return self._models
 
-    def _fetch(self):
-        names = sorted(name.decode() for name in self.redis.smembers(self.keys.models()))
+    def _fetch(self) -> dict[str, ModelInfo]:
+        # redis-py types replies as bytes | str; this client gets bytes
+        names = sorted(name.decode() for name in self.redis.smembers(self.keys.models()))  # type: ignore[union-attr]
         pipe = self.redis.pipeline(transaction=False)
         for name in names:
             pipe.hgetall(self.keys.model(name))
             pipe.zrange(self.keys.live(name), 0, -1, withscores=True)
         replies, now = pipe.execute(), time.time()
-        models = {}
+        models: dict[str, ModelInfo] = {}
         for name, announced, heartbeats in zip(names, replies[::2], replies[1::2], strict=True):
             if announced:
                 models[name] = ModelInfo.from_redis(

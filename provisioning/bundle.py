@@ -13,8 +13,10 @@ import io
 import re
 import subprocess
 import tarfile
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Self
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET_NAMES = (
@@ -48,7 +50,7 @@ class Bundle:
     requirements: bytes
 
     @classmethod
-    def from_checkout(cls, root=ROOT):
+    def from_checkout(cls, root: Path = ROOT) -> Self:
         listed = subprocess.run(
             ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
             cwd=root,
@@ -77,13 +79,13 @@ class Bundle:
         )
 
 
-def secrets_among(root, files):
+def secrets_among(root: Path, files: Iterable[str]) -> list[str]:
     """The files, of ``files`` under ``root``, that look like secrets."""
 
-    def matches(name, patterns):
+    def matches(name: str, patterns: Iterable[str]) -> bool:
         return any(fnmatch.fnmatch(Path(name).name, pattern) for pattern in patterns)
 
-    def looks_secret(name):
+    def looks_secret(name: str) -> bool:
         data = (root / name).read_bytes()[:65536]
         return (
             matches(name, SECRET_NAMES)

@@ -2,10 +2,12 @@
 provisioning/ (and systemd/): the same templates for production, `make run` and tests."""
 
 import os
+from pathlib import Path
+from typing import Any
 
 import jinja2
 
-from app.config import PROJECT_ROOT, body_limit, per_core
+from app.config import PROJECT_ROOT, Settings, body_limit, per_core
 
 APACHE_MODULES = ("mpm_event", "authz_core", "alias", "mime", "headers", "reqtimeout", "wsgi")
 ERROR_STATUSES = (400, 403, 404, 405, 408, 413, 500, 502, 503, 504)
@@ -31,24 +33,24 @@ _templates = jinja2.Environment(
 )
 
 
-def render(template, **context):
+def render(template: str, **context: Any) -> str:
     """Render ``template`` (a path under the project root) with ``context``."""
     return _templates.get_template(template).render(**context)
 
 
 def apache_vhost(
-    settings,
-    code_dir,
-    venv,
-    log_dir,
-    listen=True,
-    log_name="",
-    process_group="beagle",
-    user="www-data",
-    group="www-data",
-    server_name=None,
-    cores=None,
-):
+    settings: Settings,
+    code_dir: str | Path,
+    venv: str | Path,
+    log_dir: str | Path,
+    listen: bool = True,
+    log_name: str = "",
+    process_group: str = "beagle",
+    user: str = "www-data",
+    group: str = "www-data",
+    server_name: str | None = None,
+    cores: int | None = None,
+) -> str:
     """The virtual host. ``user`` is the daemon user; it only applies when Apache starts
     as root, so it is dropped otherwise. ``cores``: the web host's (default this one's),
     for web_processes 0."""
@@ -79,7 +81,14 @@ def apache_vhost(
     )
 
 
-def apache_standalone(settings, run_dir, vhost, log_dir, user="www-data", group="www-data"):
+def apache_standalone(
+    settings: Settings,
+    run_dir: str | Path,
+    vhost: str | Path,
+    log_dir: str | Path,
+    user: str = "www-data",
+    group: str = "www-data",
+) -> str:
     """A whole server around ``vhost`` that needs nothing from /etc/apache2."""
     if os.geteuid() != 0:
         user = group = ""
@@ -95,12 +104,18 @@ def apache_standalone(settings, run_dir, vhost, log_dir, user="www-data", group=
     )
 
 
-def apache_environment(etc):
+def apache_environment(etc: str) -> str:
     """The systemd drop-in that gives Debian's apache2.service Beagle's environment."""
     return render("systemd/apache2-beagle.conf.j2", etc=etc, environment=WEB_ENVIRONMENT)
 
 
-def redis_conf(password, bind="127.0.0.1", port=6379, maxmemory="1gb", dir="/var/lib/redis"):
+def redis_conf(
+    password: str,
+    bind: str = "127.0.0.1",
+    port: int = 6379,
+    maxmemory: str = "1gb",
+    dir: str | Path = "/var/lib/redis",
+) -> str:
     """Redis for Beagle: loopback or a private address, a password, never evicting."""
     if not password:
         raise ValueError("Beagle's Redis needs a password")

@@ -9,6 +9,7 @@ nothing in the file is ever expanded or executed.
 """
 
 import re
+from collections.abc import Mapping
 
 NAME = re.compile(r"[A-Z_][A-Z0-9_]*")
 UNSAFE = re.compile(r"['\"\\$`\x00-\x1f\x7f]")
@@ -19,7 +20,7 @@ HEADER = (
 )
 
 
-def render(variables):
+def render(variables: Mapping[str, object]) -> str:
     """The file's text for ``variables`` (name -> value); ValueError names a bad one."""
     lines = []
     for name, value in variables.items():
@@ -36,7 +37,7 @@ def render(variables):
     return HEADER + "".join(lines)
 
 
-def parse(text):
+def parse(text: str) -> dict[str, str]:
     """The variables in a file ``render`` wrote (comments and blank lines skipped)."""
     variables = {}
     for line in text.splitlines():

@@ -18,10 +18,11 @@ import ipaddress
 import json
 import secrets
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from fabric import Connection, task
-from invoke import Collection
+from invoke import Collection, Context
 from invoke.exceptions import Exit
 
 from app import config, queue
@@ -43,14 +44,14 @@ PRIVATE_NETWORKS = tuple(
 )
 
 
-def bundle():
+def bundle() -> Bundle:
     try:
         return Bundle.from_checkout()
     except ValueError as exc:
         raise Exit(str(exc)) from None
 
 
-def targets(c, plan):
+def targets(c: Context, plan: Plan) -> list[tuple[Connection, set[str]]]:
     """[(connection, roles)]: the -H host with every role, or the hosts of beagle.roles,
     Redis hosts first, then workers, then web hosts."""
     if isinstance(c, Connection):
@@ -69,7 +70,7 @@ def targets(c, plan):
     ]
 
 
-def say(c, step, changes):
+def say(c: Connection, step: str, changes: list[str]) -> None:
     print(f"{c.host}: {step}: {'; '.join(changes) if changes else 'unchanged'}", flush=True)
 
 
@@ -86,7 +87,7 @@ class Cluster:
     settings: Settings
 
 
-def cluster(c: Connection) -> Cluster:
+def cluster(c: Context) -> Cluster:
     plan = Plan.from_config(c.config)
     hosts = targets(c, plan)
     redis_hosts = [conn for conn, roles in hosts if "redis" in roles]
@@ -108,7 +109,7 @@ def cluster(c: Connection) -> Cluster:
     return Cluster(plan, hosts, password, address, deployed)
 
 
-def redis_address(plan, host_count):
+def redis_address(plan: Plan, host_count: int) -> str:
     """Where Redis listens and the others reach it: loopback on one host; on several,
     the private address beagle.redis_address names."""
     if host_count == 1 and not plan.redis_address:
@@ -136,7 +137,7 @@ def redis_address(plan, host_count):
     return given
 
 
-def _hosts_with(c, role):
+def _hosts_with(c: Context, role: str) -> Iterator[tuple[Connection, Cluster]]:
     """(connection, the cluster) for each host with ``role``, its settings file brought up
     to date first."""
     deployment = cluster(c)
@@ -147,7 +148,7 @@ def _hosts_with(c, role):
 
 
 @task
-def deploy(c):
+def deploy(c: Context) -> None:
     """Everything, idempotent: all the steps, host by host, then a smoke request.
 
     Packages, code and venv, settings, Redis, CUDA, workers, Apache. Running it again
@@ -171,7 +172,7 @@ def deploy(c):
 
 
 @task
-def packages(c):
+def packages(c: Context) -> None:
     """Install the Debian packages the host's roles need."""
     plan = Plan.from_config(c.config)
     for conn, roles in targets(c, plan):
@@ -179,7 +180,7 @@ def packages(c):
 
 
 @task
-def code(c):
+def code(c: Context) -> None:
     """Ship the checkout as a new release and switch to it (rolling worker restart).
 
     The web code is reloaded and the workers are restarted one at a time."""
@@ -194,7 +195,7 @@ def code(c):
 
 
 @task
-def venv(c):
+def venv(c: Context) -> None:
     """Build the virtualenv for the checkout's requirements (shared by releases)."""
     plan, release = Plan.from_config(c.config), bundle()
     for conn, roles in targets(c, plan):
@@ -203,28 +204,28 @@ def venv(c):
 
 
 @task
-def redis(c):
+def redis(c: Context) -> None:
     """Beagle's Redis: its configuration, password and service."""
     for conn, deployment in _hosts_with(c, "redis"):
         _redis(conn, deployment)
 
 
 @task
-def workers(c, restart=False):
+def workers(c: Context, restart: bool = False) -> None:
     """The worker units, running; --restart restarts them one at a time."""
     for conn, deployment in _hosts_with(c, "worker"):
         _workers(conn, deployment.plan, host.has_gpu(conn), restart=restart)
 
 
 @task
-def apache(c):
+def apache(c: Context) -> None:
     """The Apache virtual host, modules and environment; reloaded gracefully on change."""
     for conn, deployment in _hosts_with(c, "web"):
         _apache(conn, deployment.plan, deployment.settings, reload_code=False)
 
 
 @task
-def cuda(c):
+def cuda(c: Context) -> None:
     """Register the CUDA libraries with the dynamic linker and check the runtimes see a GPU."""
     plan = Plan.from_config(c.config)
     for conn, roles in targets(c, plan):
@@ -233,7 +234,7 @@ def cuda(c):
 
 
 @task
-def rollback(c):
+def rollback(c: Context) -> None:
     """Point current back at the previous release; reload the web code, restart workers."""
     plan = Plan.from_config(c.config)
     hosts = targets(c, plan)
@@ -249,7 +250,7 @@ def rollback(c):
 
 
 @task
-def status(c):
+def status(c: Context) -> None:
     """Units, readiness, queue depth, worker heartbeats and the last errors."""
     plan = Plan.from_config(c.config)
     for conn, roles in targets(c, plan):
@@ -286,7 +287,7 @@ def status(c):
 
 
 @task
-def logs(c, lines=20, follow=False):
+def logs(c: Context, lines: int = 20, follow: bool = False) -> None:
     """The Apache error and access logs and the workers' journal (--follow, --lines N)."""
     plan = Plan.from_config(c.config)
     for conn, _ in targets(c, plan):
@@ -297,7 +298,7 @@ def logs(c, lines=20, follow=False):
 
 
 @task(name="flush-queue")
-def flush_queue(c, everything=False):
+def flush_queue(c: Context, everything: bool = False) -> None:
     """Answer every queued request with a 503 and remove it (Beagle's keys only)."""
     plan = Plan.from_config(c.config)
     conn = next(conn for conn, roles in targets(c, plan) if "redis" in roles or "web" in roles)
@@ -309,7 +310,7 @@ def flush_queue(c, everything=False):
 
 
 @task
-def stress(c, requests=500, concurrency=0):
+def stress(c: Context, requests: int = 500, concurrency: int = 0) -> None:
     """The stress test, run on a web host against its own Apache (with the first API key
     from the env file there when keys are on)."""
     plan = Plan.from_config(c.config)
@@ -328,11 +329,11 @@ def stress(c, requests=500, concurrency=0):
             )
 
 
-def _packages(conn, plan, roles):
+def _packages(conn: Connection, plan: Plan, roles: set[str]) -> None:
     say(conn, "packages", host.packages(conn, plan, roles))
 
 
-def _code(conn, plan, release, gpus):
+def _code(conn: Connection, plan: Plan, release: Bundle, gpus: int) -> bool:
     """Release, venv and switch; True if current moved to a new release."""
     path, changes = host.release(conn, plan, release, gpus)
     say(conn, "code", changes)
@@ -341,25 +342,25 @@ def _code(conn, plan, release, gpus):
     return moved
 
 
-def _settings(conn, plan, deployed):
+def _settings(conn: Connection, plan: Plan, deployed: Settings) -> None:
     say(conn, "settings", host.env_file(conn, plan, deployed))
 
 
-def _redis(conn, deployment):
+def _redis(conn: Connection, deployment: Cluster) -> None:
     plan = deployment.plan
     changes = host.redis(conn, plan, deployment.redis_password, bind=deployment.redis_address)
     say(conn, "redis", changes)
 
 
-def _workers(conn, plan, gpus, restart):
+def _workers(conn: Connection, plan: Plan, gpus: int, restart: bool) -> None:
     say(conn, "workers", host.service_user(conn) + host.workers(conn, plan, gpus, restart))
 
 
-def _apache(conn, plan, deployed, reload_code):
+def _apache(conn: Connection, plan: Plan, deployed: Settings, reload_code: bool) -> None:
     say(conn, "apache", host.apache(conn, plan, deployed, reload_code))
 
 
-def _cuda(conn, plan, gpus):
+def _cuda(conn: Connection, plan: Plan, gpus: int) -> None:
     if not gpus:
         say(
             conn,
@@ -376,7 +377,7 @@ def _cuda(conn, plan, gpus):
         raise Exit(f"{conn.host}: {problem}")
 
 
-def _smoke(hosts, plan):
+def _smoke(hosts: list[tuple[Connection, set[str]]], plan: Plan) -> None:
     for conn, roles in hosts:
         if "web" in roles:
             label = host.smoke(conn, plan)

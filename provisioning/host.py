@@ -15,10 +15,14 @@ import json
 import re
 from pathlib import Path
 
+from fabric import Connection
 from invoke.exceptions import Exit
 
 from app import config, queue
+from app.config import Settings
 from provisioning import config_files, envfile, wheels
+from provisioning.bundle import Bundle
+from provisioning.plan import Plan
 from provisioning.remote import exists, private_dir, put_if_changed, read, run
 
 PACKAGES = {
@@ -33,7 +37,7 @@ DEBIAN_REDIS = "redis-server"  # Debian's own unit: port 6379, no password
 CUDA_LIBRARIES = ("libcudnn", "libcublas")
 
 
-def packages(c, plan, roles):
+def packages(c: Connection, plan: Plan, roles: set[str]) -> list[str]:
     changes = _note_debian_redis(c, plan) if "redis" in roles else []
     wanted = [p for role in ("base", *sorted(roles)) for p in PACKAGES[role]]
     missing = [
@@ -55,7 +59,7 @@ def packages(c, plan, roles):
     return changes
 
 
-def _note_debian_redis(c, plan):
+def _note_debian_redis(c: Connection, plan: Plan) -> list[str]:
     """Before the first deploy installs redis-server (whose package starts Debian's own
     Redis on 6379 with no password), note whether that one was running: only then is it
     left running."""
@@ -74,7 +78,7 @@ def _note_debian_redis(c, plan):
     )
 
 
-def service_user(c):
+def service_user(c: Connection) -> list[str]:
     if run(c, "id -u beagle", warn=True).ok:
         return []
     run(
@@ -85,11 +89,11 @@ def service_user(c):
     return ["created user beagle"]
 
 
-def has_gpu(c):
+def has_gpu(c: Connection) -> int:
     return run(c, "nvidia-smi -L", warn=True).stdout.count("GPU ")
 
 
-def release(c, plan, bundle, gpus):
+def release(c: Connection, plan: Plan, bundle: Bundle, gpus: int) -> tuple[str, list[str]]:
     """Make <prefix>/releases/<id> unless it exists; (its path, changes)."""
     path = f"{plan.prefix}/releases/{bundle.id}"
     if exists(c, path):
@@ -112,16 +116,21 @@ def release(c, plan, bundle, gpus):
     return path, changes
 
 
-def gpu_requirements(requirements):
+def gpu_requirements(requirements: bytes) -> bytes:
     """The same pins for a GPU host: TensorFlow with its CUDA libraries from PyPI, and
     ONNX Runtime's CUDA build in place of its CPU one."""
     text = requirements.decode()
-    tensorflow = re.search(r"^tensorflow==(\S+)", text, re.M).group(1)
+    pin = re.search(r"^tensorflow==(\S+)", text, re.M)
+    if pin is None:
+        raise Exit(
+            "requirements.txt pins no tensorflow==<version>: a GPU host cannot get its CUDA build"
+        )
+    tensorflow = pin.group(1)
     text = re.sub(r"^onnxruntime==", "onnxruntime-gpu==", text, flags=re.M)
     return (text + f"\ntensorflow[and-cuda]=={tensorflow}\n").encode()
 
 
-def virtualenv(c, plan, requirements, gpus):
+def virtualenv(c: Connection, plan: Plan, requirements: bytes, gpus: int) -> tuple[str, list[str]]:
     """A venv made from /usr/bin/python3 for these requirements, shared by releases; its
     packages come from the host's package index, or from the operator's machine when
     beagle.wheels names a folder there (air-gapped hosts)."""
@@ -148,14 +157,14 @@ def virtualenv(c, plan, requirements, gpus):
     return venv, changes + [f"venv {venv} built" + (" with CUDA" if gpus else "")]
 
 
-def redis_password(c, plan):
+def redis_password(c: Connection, plan: Plan) -> str | None:
     """The password in this host's env file, or None."""
     text = read(c, plan.env_file)
     url = envfile.parse(text).get(config.BY_NAME["redis_url"].env_var) if text else None
     return queue.url_password(url) if url else None
 
 
-def env_file(c, plan, deployed):
+def env_file(c: Connection, plan: Plan, deployed: Settings) -> list[str]:
     """<etc>/beagle.env: the settings ``deployed`` that differ from the defaults."""
     try:
         text = envfile.render(config.as_environ(deployed, changed_only=True))
@@ -166,12 +175,15 @@ def env_file(c, plan, deployed):
     return ["settings changed"] if changed else []
 
 
-def redis_server_problem(version_output):
+def redis_server_problem(version_output: str) -> str | None:
     """What is wrong with the host's redis-server, from its ``--version``, or None."""
-    return queue.version_problem(re.search(r"v=(\d+\.\d+\.\d+)", version_output).group(1))
+    found = re.search(r"v=(\d+\.\d+\.\d+)", version_output)
+    if found is None:
+        return f"cannot read the version of redis-server from {version_output.strip()[:80]!r}"
+    return queue.version_problem(found.group(1))
 
 
-def redis(c, plan, password, bind):
+def redis(c: Connection, plan: Plan, password: str, bind: str) -> list[str]:
     problem = redis_server_problem(run(c, "redis-server --version").stdout)
     if problem:
         raise Exit(f"{c.host}: {problem}")
@@ -185,7 +197,7 @@ def redis(c, plan, password, bind):
     return _stop_debian_redis(c, plan) + _keep_running(c, plan, ["beagle-redis"], changed)
 
 
-def _stop_debian_redis(c, plan):
+def _stop_debian_redis(c: Connection, plan: Plan) -> list[str]:
     if read(c, plan.debian_redis_note).strip() != "stop":
         return []
     active, enabled = _is(c, plan, "active", DEBIAN_REDIS), _is(c, plan, "enabled", DEBIAN_REDIS)
@@ -202,7 +214,7 @@ def _stop_debian_redis(c, plan):
     ]
 
 
-def workers(c, plan, gpus, release_changed):
+def workers(c: Connection, plan: Plan, gpus: int, release_changed: bool) -> list[str]:
     """Units, one instance per GPU (else cpu_workers), and a rolling restart when needed."""
     # The host's name is written in, not left to systemd's %H, so that supervisors other
     # than systemd name the worker the same (a restarted worker takes back its requests).
@@ -227,7 +239,7 @@ def workers(c, plan, gpus, release_changed):
     return _keep_running(c, plan, names, changed, rolling=True, restart=release_changed)
 
 
-def cuda(c, plan, gpus):
+def cuda(c: Connection, plan: Plan, gpus: int) -> tuple[list[str], str | None]:
     """Register the venv's CUDA libraries with the dynamic linker, then check that ONNX
     Runtime has its CUDA provider and that TensorFlow sees the GPUs: (changes, the problem
     that must stop the deploy or None)."""
@@ -274,7 +286,7 @@ def cuda(c, plan, gpus):
     return changes + [f"TensorFlow sees {gpus} GPUs"], None
 
 
-def apache(c, plan, settings, release_changed):
+def apache(c: Connection, plan: Plan, settings: Settings, release_changed: bool) -> list[str]:
     changes = []
     enabled = run(c, "ls /etc/apache2/mods-enabled").stdout.split()
     missing = [m for m in APACHE_MODULES if f"{m}.load" not in enabled]
@@ -324,14 +336,14 @@ def apache(c, plan, settings, release_changed):
     return changes
 
 
-def reload_web_code(c, plan):
+def reload_web_code(c: Connection, plan: Plan) -> str:
     # New code only: restart just the mod_wsgi daemon; Apache keeps its socket open, so
     # not a request fails (an Apache graceful restart would drop a few).
     run(c, f"touch {plan.current}/wsgi/beagle.wsgi")
     return "web code reloaded"
 
 
-def switch(c, plan, path):
+def switch(c: Connection, plan: Plan, path: str) -> bool:
     """Point <prefix>/current at ``path``; True if it moved."""
     if run(c, f"readlink {plan.current}", warn=True).stdout.strip() == path:
         return False
@@ -343,7 +355,7 @@ def switch(c, plan, path):
     return True
 
 
-def previous_release(c, plan):
+def previous_release(c: Connection, plan: Plan) -> str:
     history = run(c, f"cat {plan.prefix}/releases/HISTORY", warn=True).stdout.split()
     current = Path(run(c, f"readlink {plan.current}").stdout.strip()).name
     earlier = [r for r in reversed(history) if r != current]
@@ -353,7 +365,7 @@ def previous_release(c, plan):
     return f"{plan.prefix}/releases/{existing[0]}"
 
 
-def prune(c, plan):
+def prune(c: Connection, plan: Plan) -> list[str]:
     """Remove releases beyond keep_releases, never the current one."""
     current = run(c, f"readlink {plan.current}").stdout.strip()
     listed = run(c, f"ls -1dt {plan.prefix}/releases/*/", warn=True).stdout.split()
@@ -363,7 +375,7 @@ def prune(c, plan):
     return [f"removed {len(old)} old releases"] if old else []
 
 
-def smoke(c, plan, attempts=30):
+def smoke(c: Connection, plan: Plan, attempts: int = 30) -> str:
     """A request through Apache on the host itself, with the first API key when keys are
     on (read there from the env file and handed to curl on its stdin, never on a command
     line); the answer's top label."""
@@ -381,12 +393,19 @@ def smoke(c, plan, attempts=30):
     raise Exit(f"{c.host}: the smoke request failed: {result.stderr.strip() or result.stdout}")
 
 
-def _is(c, plan, state, unit):
+def _is(c: Connection, plan: Plan, state: str, unit: str) -> bool:
     """Whether ``unit`` is ``state`` ("active", "enabled") on the host."""
     return run(c, f"{plan.systemctl} is-{state} {unit}", warn=True).stdout.strip() == state
 
 
-def _keep_running(c, plan, units, changed, rolling=False, restart=False):
+def _keep_running(
+    c: Connection,
+    plan: Plan,
+    units: list[str],
+    changed: bool,
+    rolling: bool = False,
+    restart: bool = False,
+) -> list[str]:
     """Enabled and running; restarted (one at a time when rolling) if their configuration
     changed or ``restart`` asks, e.g. for new code."""
     systemctl = plan.systemctl
@@ -408,7 +427,7 @@ def _keep_running(c, plan, units, changed, rolling=False, restart=False):
     return changes
 
 
-def _wait_live(c, plan, instance, since):
+def _wait_live(c: Connection, plan: Plan, instance: str, since: str) -> None:
     run(
         c,
         plan.with_env(
@@ -419,7 +438,7 @@ def _wait_live(c, plan, instance, since):
     )
 
 
-def _cores(n, count, cores):
+def _cores(n: int, count: int, cores: int) -> str:
     per = max(1, cores // count)
     first = (n * per) % cores
     return f"{first}-{first + per - 1}" if per > 1 else str(first)

@@ -7,6 +7,9 @@ defaults with Fabric, and the README lists them. The paths on a host follow from
 
 import dataclasses
 from dataclasses import dataclass, field
+from typing import Any, Self
+
+from invoke import Config
 
 
 @dataclass(frozen=True)
@@ -26,12 +29,12 @@ class Plan:
     redis_dir = "/var/lib/beagle-redis"  # Beagle's Redis's working folder (not a key)
 
     @classmethod
-    def defaults(cls):
+    def defaults(cls) -> dict[str, dict[str, Any]]:
         """Fabric's configuration defaults: {"beagle": {key: default}}."""
         return {"beagle": dataclasses.asdict(cls())}
 
     @classmethod
-    def from_config(cls, config):
+    def from_config(cls, config: Config) -> Self:
         """The plan Fabric's configuration gives, each value in its field's type."""
         given, default = config.beagle, cls()
         return cls(
@@ -42,22 +45,22 @@ class Plan:
         )
 
     @property
-    def current(self):
+    def current(self) -> str:
         return f"{self.prefix}/current"
 
     @property
-    def env_file(self):
+    def env_file(self) -> str:
         return f"{self.etc}/beagle.env"
 
     @property
-    def debian_redis_note(self):
+    def debian_redis_note(self) -> str:
         """Says whether Debian's redis-server ran before Beagle's first deploy."""
         return f"{self.etc}/debian-redis-server"
 
-    def python(self, module_and_args):
+    def python(self, module_and_args: str) -> str:
         """A shell command running the current release's ``python -m <module> <args>``."""
         return f"cd {self.current} && venv/bin/python -m {module_and_args}"
 
-    def with_env(self, command):
+    def with_env(self, command: str) -> str:
         """``command`` run with the env file's variables (it holds no shell syntax)."""
         return f"set -a && . {self.env_file} && set +a && {command}"

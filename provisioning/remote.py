@@ -14,14 +14,19 @@ under umask 077, renames them into place, and removes the directory whatever hap
 import hashlib
 import io
 import shlex
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from fabric import Connection
+from invoke.runners import Result
 
 # /var/tmp, not /tmp: disk-backed, so a GPU host's gigabytes of wheels fit.
 TEMPLATE = "/var/tmp/beagle-upload.XXXXXXXXXX"
 
 
-def run(c, command, **kwargs):
+def run(c: Connection, command: str, **kwargs: Any) -> Result:
     """Run ``command`` (a shell command line) as root; output hidden unless asked."""
     kwargs.setdefault("hide", True)
     if c.user == "root":
@@ -29,17 +34,17 @@ def run(c, command, **kwargs):
     return c.sudo("bash -c " + shlex.quote(command), **kwargs)
 
 
-def exists(c, path):
+def exists(c: Connection, path: str) -> bool:
     return run(c, f"test -e {shlex.quote(path)}", warn=True).ok
 
 
-def read(c, path):
+def read(c: Connection, path: str) -> str:
     """The text of a file only root may read, or "" if it does not exist."""
     return run(c, f"cat {shlex.quote(path)} 2>/dev/null", warn=True).stdout
 
 
 @contextmanager
-def private_dir(c):
+def private_dir(c: Connection) -> Iterator[str]:
     """A fresh directory on the host that only the login user can enter."""
     path = c.run(f"mktemp -d {TEMPLATE}", hide=True).stdout.strip()
     try:
@@ -48,12 +53,19 @@ def private_dir(c):
         c.run(f"rm -rf {shlex.quote(path)}", hide=True, warn=True)
 
 
-def upload(c, data, path, mode="644", owner="root:root"):
+def upload(
+    c: Connection, data: bytes, path: str, mode: str = "644", owner: str = "root:root"
+) -> None:
     """Install ``data`` (bytes) at ``path`` with ``mode`` and ``owner``, atomically."""
     install(c, [(data, path)], mode, owner)
 
 
-def install(c, files, mode="644", owner="root:root"):
+def install(
+    c: Connection,
+    files: Sequence[tuple[bytes | str | Path, str]],
+    mode: str = "644",
+    owner: str = "root:root",
+) -> None:
     """Install each (bytes or local file path, remote path) with ``mode`` and ``owner``.
     Each parent folder must exist or is made mode 755; each file appears whole."""
     if not files:
@@ -74,7 +86,9 @@ def install(c, files, mode="644", owner="root:root"):
         run(c, " && ".join(steps))
 
 
-def put_if_changed(c, path, content, mode="644", owner="root:root"):
+def put_if_changed(
+    c: Connection, path: str, content: str | bytes, mode: str = "644", owner: str = "root:root"
+) -> bool:
     """Install ``content`` at ``path`` unless it is there already, with that mode and
     owner; True if anything changed."""
     data = content.encode() if isinstance(content, str) else content

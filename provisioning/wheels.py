@@ -12,12 +12,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+from fabric import Connection
+
 from provisioning.remote import install, run
 
 MANYLINUX_LEGACY = {17: "manylinux2014", 12: "manylinux2010", 5: "manylinux1"}
 
 
-def target(c):
+def target(c: Connection) -> tuple[str, str, int]:
     """(python version "3.11", machine "x86_64", glibc minor 36) of the host."""
     python = run(c, "/usr/bin/python3 -c 'import sys; print(\"%d.%d\" % sys.version_info[:2])'")
     machine = run(c, "uname -m").stdout.strip()
@@ -25,7 +27,7 @@ def target(c):
     return python.stdout.strip(), machine, int(glibc.split(".")[1])
 
 
-def platforms(machine, glibc_minor):
+def platforms(machine: str, glibc_minor: int) -> list[str]:
     """Every manylinux tag a glibc 2.<minor> host accepts, newest first."""
     tags = [f"manylinux_2_{minor}_{machine}" for minor in range(glibc_minor, 4, -1)]
     tags += [
@@ -34,7 +36,9 @@ def platforms(machine, glibc_minor):
     return tags + [f"linux_{machine}"]
 
 
-def collect(folder, requirements, python, machine, glibc_minor):
+def collect(
+    folder: str, requirements: bytes, python: str, machine: str, glibc_minor: int
+) -> tuple[str, Path]:
     """Download the wheels for ``requirements`` on this machine; (key, local folder)."""
     key = hashlib.sha256(requirements + f"{python}-{machine}-{glibc_minor}".encode()).hexdigest()[
         :12
@@ -68,7 +72,7 @@ def collect(folder, requirements, python, machine, glibc_minor):
     return key, here
 
 
-def upload(c, here, there):
+def upload(c: Connection, here: Path, there: str) -> int:
     """Copy the wheels the host does not have yet; how many were copied."""
     run(c, f"install -d -m 755 {there}")
     present = set(run(c, f"ls -1 {there}").stdout.split())

@@ -15,9 +15,10 @@ import hmac
 import logging
 import time
 import uuid
+from typing import Any
 
 import redis
-from flask import Flask, abort, g, jsonify, request
+from flask import Flask, Response, abort, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from app import config
@@ -31,7 +32,7 @@ PREDICT_ENDPOINTS = ("api.predict", "tfserving.predict")
 PROTECTED_PATHS = ("/predict", "/v1/")
 
 
-def create_app(test_config=None):
+def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     """Build the app; ``test_config`` overrides settings by name."""
     settings = config.load(**(test_config or {}))
     logging.basicConfig(level=settings.log_level, format="%(levelname)s %(name)s: %(message)s")
@@ -51,11 +52,12 @@ def create_app(test_config=None):
     return app
 
 
-def require_api_key():
+def require_api_key() -> None:
     """With api_keys set, /predict and /v1/... need one of them as a Bearer token."""
     keys = resources.current_settings().api_keys
     if not keys or not request.path.startswith(PROTECTED_PATHS):
         return
+    token: str | bytes
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
     token = token.strip().encode()
     # Compare against every key, in constant time, so timing says nothing about any.
@@ -64,27 +66,27 @@ def require_api_key():
         abort(401, "this endpoint needs 'Authorization: Bearer <api key>'")
 
 
-def json_error(exc):
-    return error_response(exc.code, exc.description)
+def json_error(exc: HTTPException) -> Response:
+    return error_response(exc.code or 500, exc.description)
 
 
-def shed_error(exc):
+def shed_error(exc: Shed) -> Response:
     resources.beagle().tally.count("shed", model=g.get("metric_model", "-"), reason=exc.reason)
     return error_response(503, f"{exc.why}; retry shortly")
 
 
-def redis_error(exc):
+def redis_error(exc: redis.RedisError) -> Response:
     log.error("request %s: Redis unavailable: %s: %s", g.get("request_id"), type(exc).__name__, exc)
     return error_response(503, f"Redis is unavailable ({type(exc).__name__}); retry shortly")
 
 
-def unexpected_error(exc):
+def unexpected_error(exc: Exception) -> Response:
     log.exception("request %s: unexpected error", g.get("request_id"))
     return error_response(500, f"internal error ({type(exc).__name__}); see the server log")
 
 
-def error_response(status, message):
-    if request.path.startswith(tfserving.bp.url_prefix + "/"):
+def error_response(status: int, message: str | None) -> Response:
+    if request.path.startswith(tfserving.URL_PREFIX + "/"):
         response = jsonify(error=message)  # TensorFlow Serving's error shape
     else:
         response = jsonify(success=False, error=message, request_id=g.get("request_id"))
@@ -96,19 +98,19 @@ def error_response(status, message):
     return response
 
 
-def _start_request():
+def _start_request() -> None:
     g.request_id = uuid.uuid4().hex
     g.started = time.time()
 
 
-def _finish_request(response):
+def _finish_request(response: Response) -> Response:
     response.headers["X-Request-ID"] = g.get("request_id", "")
     if request.endpoint in PREDICT_ENDPOINTS:
         _count_request(response.status_code)
     return response
 
 
-def _count_request(status):
+def _count_request(status: int) -> None:
     model = g.get("metric_model", "-")
     tally = resources.beagle().tally  # written to Redis once a second (app/metrics.py)
     tally.count("requests", model=model, code=status)

@@ -13,10 +13,17 @@ from app.web.resources import beagle, current_settings
 bp = Blueprint("admin", __name__)
 
 
-@bp.get("/metrics")
-def prometheus():
+def from_admin_network() -> bool:
+    """Whether the client's address lies in admin_networks."""
+    if request.remote_addr is None:
+        return False
     address = ipaddress.ip_address(request.remote_addr)
-    if not any(address in network for network in current_settings().admin_networks):
+    return any(address in network for network in current_settings().admin_networks)
+
+
+@bp.get("/metrics")
+def prometheus() -> Response:
+    if not from_admin_network():
         abort(403, f"/metrics is open to admin_networks only, not to {request.remote_addr}")
     metrics.write(beagle().tally, beagle().redis, beagle().keys)  # this process's, now
     return Response(
@@ -25,7 +32,7 @@ def prometheus():
 
 
 @bp.get("/status")
-def status():
+def status() -> Response:
     """Models with their versions, live workers and queues; workers; request totals."""
     resources = beagle()
     models = [

@@ -1,8 +1,10 @@
 """The HTTP API: POST /predict, GET /healthz, GET /readyz (the README's HTTP API)."""
 
 import re
+from collections.abc import Mapping
+from typing import Any
 
-from flask import Blueprint, abort, g, jsonify, request
+from flask import Blueprint, Response, abort, g, jsonify, request
 
 from app.imaging import BadImage, decode_base64
 from app.web.bodies import int_param, json_body
@@ -17,7 +19,7 @@ MAX_VERSION = 2**63 - 1  # TF Serving's versions are int64
 
 
 @bp.post("/predict")
-def predict():
+def predict() -> Response:
     data, params = read_image()
     if len(data) > current_settings().max_image_bytes:
         abort(413, f"image is {len(data)} bytes; the limit is {current_settings().max_image_bytes}")
@@ -38,12 +40,12 @@ def predict():
 
 
 @bp.get("/healthz")
-def healthz():
+def healthz() -> Response:
     return jsonify(status="ok")
 
 
 @bp.get("/readyz")
-def readyz():
+def readyz() -> Response:
     """Ready when Redis answers and some model has a live worker. A model whose workers
     all stopped is reported (live_workers 0), but does not make the host unready: a load
     balancer following /readyz would pull every web host at once for it."""
@@ -59,7 +61,7 @@ def readyz():
     return response
 
 
-def read_image():
+def read_image() -> tuple[bytes, Mapping[str, Any]]:
     """The image bytes and the parameters, from multipart, JSON or a raw body."""
     kind = request.mimetype
     if kind == "multipart/form-data":

@@ -10,6 +10,8 @@ parameter from a form, a query string or JSON, and names the parameter in every 
 
 import json
 import re
+from collections.abc import Mapping
+from typing import Any
 
 from flask import abort, request
 
@@ -17,7 +19,7 @@ DIGITS = re.compile(r"[0-9]{1,18}")
 SHOWN = 40  # characters of a bad value quoted back
 
 
-def json_body(max_values):
+def json_body(max_values: int) -> Any:
     """The request's JSON document."""
     data = request.get_data()
     values = data.count(b",") + 1
@@ -31,7 +33,7 @@ def json_body(max_values):
         abort(400, f"JSON body is not valid JSON: {str(exc)[:200]}")
 
 
-def int_param(params, name, low, high):
+def int_param(params: Mapping[str, Any], name: str, low: int, high: int) -> int | None:
     """``params[name]`` as an int from ``low`` to ``high``, or None when absent."""
     value = params.get(name)
     if value is None or value == "":
@@ -45,6 +47,6 @@ def int_param(params, name, low, high):
     return value
 
 
-def shown(value):
+def shown(value: object) -> str:
     text = repr(value) if not isinstance(value, int) else str(value)
     return text if len(text) <= SHOWN else text[:SHOWN] + "..."

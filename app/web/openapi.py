@@ -1,20 +1,22 @@
 """GET /openapi.json: the OpenAPI 3 description of every endpoint (tests/test_observability.py
 runs schemathesis against it)."""
 
-from flask import Blueprint, jsonify
+from typing import Any
+
+from flask import Blueprint, Response, jsonify
 
 bp = Blueprint("openapi", __name__)
 
 
-def _ref(name):
+def _ref(name: str) -> dict[str, str]:
     return {"$ref": f"#/components/schemas/{name}"}
 
 
-def _json(schema, description):
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
-def _errors(*statuses, schema="Error"):
+def _errors(*statuses: int, schema: str = "Error") -> dict[str, Any]:
     why = {
         400: "bad input or parameters",
         401: "API key missing or wrong",
@@ -45,7 +47,7 @@ OPTIONS = {
 }
 
 
-def _tf_predict(parameters):
+def _tf_predict(parameters: list[dict[str, Any]]) -> dict[str, Any]:
     return {
         "post": {
             "summary": "TensorFlow Serving predict",
@@ -63,7 +65,7 @@ def _tf_predict(parameters):
     }
 
 
-def _tf_get(parameters, schema, summary):
+def _tf_get(parameters: list[dict[str, Any]], schema: str, summary: str) -> dict[str, Any]:
     return {
         "get": {
             "summary": summary,
@@ -319,5 +321,5 @@ DOCUMENT = {
 
 
 @bp.get("/openapi.json")
-def document():
+def document() -> Response:
     return jsonify(DOCUMENT)

@@ -5,8 +5,9 @@ in-flight slots, the process's metrics tally) and `current_settings()`."""
 import threading
 from types import SimpleNamespace
 
-from flask import current_app
+from flask import Flask, current_app
 
+from app.config import Settings
 from app.imaging import DecodeBudget, largest_decode
 from app.keys import Keys
 from app.metrics import METRICS_FLUSH_S, Tally, flush_every
@@ -16,7 +17,7 @@ from app.registry import Directory
 SPARE_THREADS = 2  # per process, kept free to refuse requests fast when the rest wait
 
 
-def init_app(app):
+def init_app(app: Flask) -> None:
     """Register the resources for ``app.config["BEAGLE"]`` as ``app.extensions["beagle"]``."""
     settings = app.config["BEAGLE"]
     budget = settings.decode_budget_mb * 1024 * 1024
@@ -41,9 +42,9 @@ def init_app(app):
     )
 
 
-def beagle():
+def beagle() -> SimpleNamespace:
     return current_app.extensions["beagle"]
 
 
-def current_settings():
+def current_settings() -> Settings:
     return current_app.config["BEAGLE"]

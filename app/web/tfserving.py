@@ -15,14 +15,18 @@ and name the instance at fault. One request carries at most a quarter of max_que
 instances, so no client fills a model's queue alone; they are queued all or none.
 """
 
-from flask import Blueprint, abort, jsonify
+from typing import Any
+
+from flask import Blueprint, Response, abort, jsonify
 
 from app.imaging import BadImage, array_pixels, decode_base64
+from app.registry import ModelInfo
 from app.web.bodies import json_body
 from app.web.dispatch import in_flight_slot, pixels_of, resolve, submit_and_wait
 from app.web.resources import beagle, current_settings
 
-bp = Blueprint("tfserving", __name__, url_prefix="/v1/models")
+URL_PREFIX = "/v1/models"
+bp = Blueprint("tfserving", __name__, url_prefix=URL_PREFIX)
 
 INPUT_NAME = "pixels"
 OUTPUT_NAME = "probabilities"
@@ -30,7 +34,7 @@ OUTPUT_NAME = "probabilities"
 
 @bp.post("/<name>:predict")
 @bp.post("/<name>/versions/<int:version>:predict")
-def predict(name, version=None):
+def predict(name: str, version: int | None = None) -> Response:
     body = json_body(current_settings().max_json_values)
     if not isinstance(body, dict):
         abort(400, "the request body must be a JSON object")
@@ -65,7 +69,7 @@ def predict(name, version=None):
 
 @bp.get("/<name>")
 @bp.get("/<name>/versions/<int:version>")
-def status(name, version=None):
+def status(name: str, version: int | None = None) -> Response:
     info = _model(name, version)
     state = "AVAILABLE" if info.live_workers else "END"
     versions = [version] if version is not None else sorted(info.versions)
@@ -79,13 +83,13 @@ def status(name, version=None):
 
 @bp.get("/<name>/metadata")
 @bp.get("/<name>/versions/<int:version>/metadata")
-def metadata(name, version=None):
+def metadata(name: str, version: int | None = None) -> Response:
     info = _model(name, version)
     version = info.latest if version is None else version
     height, width, channels = info.shape(version)
     classes = info.versions[version].get("classes", -1)
 
-    def tensor(name, dtype, dims):
+    def tensor(name: str, dtype: str, dims: list[int]) -> dict[str, Any]:
         return {
             "dtype": dtype,
             "name": name,
@@ -106,7 +110,7 @@ def metadata(name, version=None):
     )
 
 
-def _model(name, version):
+def _model(name: str, version: int | None) -> ModelInfo:
     info = beagle().directory.lookup(name)
     if info is None:
         abort(404, f"Could not find any versions of model {name}")
@@ -115,7 +119,7 @@ def _model(name, version):
     return info
 
 
-def _only_input(value):
+def _only_input(value: Any) -> Any:
     """The value of the model's one input: {"<name>": value} or the value itself."""
     if isinstance(value, dict) and "b64" not in value:
         if len(value) != 1:
@@ -124,7 +128,7 @@ def _only_input(value):
     return value
 
 
-def _pixels(value, shape, where):
+def _pixels(value: Any, shape: tuple[int, int, int], where: str) -> bytes:
     """One instance's pixels: {"b64": image bytes} or a pixel array."""
     if isinstance(value, dict):
         if not isinstance(value.get("b64"), str):

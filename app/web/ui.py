@@ -8,7 +8,7 @@ bp = Blueprint("ui", __name__)
 
 
 @bp.get("/")
-def index():
+def index() -> str:
     return render_template(
         "index.html", default_model=current_settings().default_model, top_k=current_settings().top_k
     )

@@ -7,27 +7,37 @@ that fails to load is logged once and the previous one keeps serving.
 """
 
 import logging
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
 
 from app.metrics import Tally
 from app.worker import repository, runtimes
+from app.worker.repository import ModelSpec
 
 log = logging.getLogger("beagle.models")
 
 
 class LoadedModels:
-    def __init__(self, root, selection, tally=None, load=runtimes.load):
+    def __init__(
+        self,
+        root: str | Path,
+        selection: Iterable[tuple[str, int | None]],
+        tally: Tally | None = None,
+        load: Callable[[ModelSpec], Any] = runtimes.load,
+    ) -> None:
         """``selection``: the models setting, ((name, version or None), ...); empty:
         every model in the repository, newest version. ``load(spec)``: a warmed runner."""
         self.root = root
-        self.pins = {}  # name -> pinned versions (none: the newest)
+        self.pins: dict[str, set[int]] = {}  # name -> pinned versions (none: the newest)
         for name, version in selection:
-            self.pins.setdefault(name, set()).update({version} - {None})
+            self.pins.setdefault(name, set()).update(() if version is None else (version,))
         self.tally = tally or Tally()  # counts loads, swaps and failures for /metrics
         self.load = load
-        self.runners = {}  # name -> {version: runner}
-        self._failed = set()
+        self.runners: dict[str, dict[int, Any]] = {}  # name -> {version: runner}
+        self._failed: set[tuple[str, int]] = set()
 
-    def refresh(self):
+    def refresh(self) -> bool:
         """Bring memory in step with the repository; True if anything changed. The new set
         is built aside and published with one assignment: readers in other threads (the
         heartbeat) see the old set or the new one, never half of each."""
@@ -51,17 +61,17 @@ class LoadedModels:
         self.runners = runners
         return changed
 
-    def get(self, name, version=None):
+    def get(self, name: str, version: int | None = None) -> Any | None:
         """The runner for ``name`` at ``version`` (None = newest loaded), or None."""
         loaded = self.runners.get(name) or {}
         if version is None:
             return loaded[max(loaded)] if loaded else None
         return loaded.get(version)
 
-    def names(self):
+    def names(self) -> list[str]:
         return sorted(self.runners)
 
-    def announcement(self):
+    def announcement(self) -> dict[str, dict[str, Any]]:
         """What the registry should say this worker serves."""
         return {
             name: {
@@ -78,12 +88,12 @@ class LoadedModels:
             for name, loaded in self.runners.items()
         }
 
-    def versions(self):
+    def versions(self) -> dict[str, list[int]]:
         return _versions(self.runners)
 
-    def _wanted(self):
+    def _wanted(self) -> dict[str, set[int]]:
         names = self.pins.keys() if self.pins else repository.names(self.root)
-        wanted = {}
+        wanted: dict[str, set[int]] = {}
         for name in names:
             available = set(repository.versions(self.root, name))
             pinned = self.pins.get(name)
@@ -93,7 +103,7 @@ class LoadedModels:
                 wanted[name] = {max(available)}
         return wanted
 
-    def _load(self, name, version):
+    def _load(self, name: str, version: int) -> Any | None:
         if (name, version) in self._failed:
             return None
         try:
@@ -116,5 +126,5 @@ class LoadedModels:
         return runner
 
 
-def _versions(runners):
+def _versions(runners: dict[str, dict[int, Any]]) -> dict[str, list[int]]:
     return {name: sorted(loaded) for name, loaded in runners.items()}

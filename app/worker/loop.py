@@ -22,13 +22,14 @@ import os
 import signal
 import socket
 import time
-from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
+from typing import Any, TypeVar
 
 import redis
 
 from app import config, metrics, registry
+from app.config import Settings
 from app.keys import Keys
 from app.queue import (
     Answer,
@@ -43,7 +44,7 @@ from app.stop_signals import StopSignals
 from app.worker import runtimes
 from app.worker.loaded_models import LoadedModels
 from app.worker.outcomes import Outcomes
-from app.worker.passes import compute, plan
+from app.worker.passes import PassResult, compute, plan
 
 log = logging.getLogger("beagle.worker")
 
@@ -52,9 +53,11 @@ CONSUMER_IDLE_S = 3600  # consumers of dead workers are forgotten after this
 EX_CONFIG = 78  # exit status for "fix the configuration": the unit does not restart it
 READ_AT = 0.9  # of a pass's expected duration: then the next batch is read
 
+T = TypeVar("T")
+
 
 class Worker:
-    def __init__(self, settings, models=None):
+    def __init__(self, settings: Settings, models: LoadedModels | None = None) -> None:
         self.settings = settings
         self.keys = Keys(settings.key_prefix)
         self.redis = connect(settings.redis_url, socket_timeout=BLOCK_MS / 1000 + 5)
@@ -76,14 +79,15 @@ class Worker:
         # stays responsive to signals (no Python handler runs while it is inside TF)
         # and keeps heartbeating.
         self._inference = ThreadPoolExecutor(1, thread_name_prefix="inference")
-        self._next = Counter()  # monotonic time each periodic step is next due
+        self._next: dict[str, float] = {}  # monotonic time each periodic step is next due
         self._beat_s = min(1.0, settings.heartbeat_ttl / 3, settings.claim_idle / 3)
         self._joined = False  # consumer groups exist for every stream it reads
         self._redis_clock_offset = 0.0
         self._reclaim = False  # entries this consumer held before a restart may wait
-        self._holding = []  # entries taken and not yet acknowledged
-        self._unsent = None  # an Outgoing that Redis was down to receive
-        self._pass = None  # the running forward passes: a future of compute()
+        self._holding: list[Entry] = []  # entries taken and not yet acknowledged
+        self._unsent: Outgoing | None = None  # an Outgoing that Redis was down to receive
+        # the running forward passes: a future of compute()
+        self._pass: Future[list[PassResult]] | None = None
         self._pass_began = 0.0  # monotonic time the running passes began
         self._pass_s = 0.0  # how long passes take, a moving average
 
@@ -156,7 +160,7 @@ class Worker:
     def maintain(self) -> None:
         """Periodic steps: join the streams' groups, heartbeat, repository poll."""
         now = time.monotonic()
-        if now >= self._next["poll"]:
+        if now >= self._next.get("poll", 0.0):
             self._next["poll"] = now + self.settings.repository_poll
             if self._await(self._inference.submit(self.models.refresh)):
                 self._joined = False
@@ -181,8 +185,9 @@ class Worker:
     def runs_past_read_time(self) -> bool:
         """Wait until the running pass is near its expected end (READ_AT of it); True if
         it still runs then."""
-        self._await(self._pass, until=self._pass_began + READ_AT * self._pass_s)
-        return not self._pass.done()
+        running = self._running()
+        self._await_until(running, self._pass_began + READ_AT * self._pass_s)
+        return not running.done()
 
     def read_queued(self) -> list[Entry]:
         """What is queued now, without waiting (recovering now would take back what the
@@ -191,7 +196,7 @@ class Worker:
 
     def finish_pass(self) -> list[Answer]:
         """The running pass's answers, once it ends."""
-        results = self._await(self._pass)
+        results = self._await(self._running())
         took = time.monotonic() - self._pass_began
         self._pass_s = (self._pass_s + took) / 2 if self._pass_s else took
         self._pass = None
@@ -226,7 +231,7 @@ class Worker:
         due = self.start_pass(batch)
         return Outgoing(due.answers + (self.finish_pass() if self._pass else []), due.skipped)
 
-    def teardown(self):
+    def teardown(self) -> None:
         self._inference.shutdown(wait=False)
         metrics.write(self.tally, self.redis, self.keys)  # what the last heartbeat missed
         try:
@@ -238,13 +243,13 @@ class Worker:
 
     # -- signals --------------------------------------------------------------------
 
-    def install_signal_handlers(self):
+    def install_signal_handlers(self) -> None:
         """The first SIGTERM or SIGINT is recorded (the loop stops after the batch in hand);
         a second gets the kernel's default action: the process ends at once, mid-batch,
         whatever Python is doing, and its requests stay pending for another worker."""
         self._stop.install()
 
-    def _announce_stop(self, signum):
+    def _announce_stop(self, signum: int) -> None:
         log.info(
             "worker %s: %s, finishing the batch in hand (send again to stop now)",
             self.name,
@@ -253,7 +258,7 @@ class Worker:
 
     # -- helpers --------------------------------------------------------------------
 
-    def _streams(self):
+    def _streams(self) -> list[str]:
         """The streams of the models and versions it holds."""
         return [
             self.keys.stream(name, version)
@@ -261,9 +266,9 @@ class Worker:
             for version in (None, *versions)
         ]
 
-    def _heartbeat(self):
+    def _heartbeat(self) -> None:
         now = time.monotonic()
-        if now < self._next["heartbeat"]:
+        if now < self._next.get("heartbeat", 0.0):
             return
         self._next["heartbeat"] = now + self._beat_s
         pipe = self.redis.pipeline(transaction=False)
@@ -283,10 +288,10 @@ class Worker:
         # Entry ids carry Redis's clock: deadlines and queue waits are measured on it.
         self._redis_clock_offset = seconds + micros / 1e6 - (sent + time.time()) / 2
 
-    def _redis_now(self):
+    def _redis_now(self) -> float:
         return time.time() + self._redis_clock_offset
 
-    def _check_redis(self):
+    def _check_redis(self) -> None:
         """Stop for good, not in a restart loop, on a Redis too old for Beagle's commands."""
         problem = version_problem(server_version(self.settings.redis_url))
         if problem:
@@ -298,30 +303,43 @@ class Worker:
             )
             raise SystemExit(EX_CONFIG)
 
-    def _await(self, future, heartbeat=True, until=None):
-        """The future's result (None if ``until``, a monotonic time, comes first);
-        meanwhile the main thread keeps heartbeating, so a long forward pass or model load
-        never looks like a dead worker nor loses its claim."""
-        while True:
-            left = self._beat_s if until is None else min(self._beat_s, until - time.monotonic())
-            if left <= 0:
-                return None
-            try:
-                return future.result(timeout=left)
-            except FutureTimeout:
-                if not heartbeat:
-                    continue
-                try:
-                    self._heartbeat()
-                except redis.RedisError as exc:  # the pass goes on; its answers wait
-                    log.warning(
-                        "worker %s: heartbeat failed (%s: %s) during a forward pass",
-                        self.name,
-                        type(exc).__name__,
-                        exc,
-                    )
+    def _running(self) -> "Future[list[PassResult]]":
+        """The running forward passes (only called while they run)."""
+        if self._pass is None:
+            raise RuntimeError("no forward pass is running")
+        return self._pass
 
-    def _read(self, wait):
+    def _await(self, future: "Future[T]", heartbeat: bool = True) -> T:
+        """The future's result; meanwhile the main thread keeps heartbeating, so a long
+        forward pass or model load never looks like a dead worker nor loses its claim."""
+        while True:
+            try:
+                return future.result(timeout=self._beat_s)
+            except FutureTimeout:
+                if heartbeat:
+                    self._heartbeat_meanwhile()
+
+    def _await_until(self, future: "Future[T]", until: float) -> None:
+        """Wait for the future at most until ``until`` (a monotonic time), heartbeating."""
+        while (left := until - time.monotonic()) > 0:
+            try:
+                future.result(timeout=min(self._beat_s, left))
+                return
+            except FutureTimeout:
+                self._heartbeat_meanwhile()
+
+    def _heartbeat_meanwhile(self) -> None:
+        try:
+            self._heartbeat()
+        except redis.RedisError as exc:  # the pass goes on; its answers wait
+            log.warning(
+                "worker %s: heartbeat failed (%s: %s) during a forward pass",
+                self.name,
+                type(exc).__name__,
+                exc,
+            )
+
+    def _read(self, wait: bool) -> list[Entry]:
         """New entries: when ``wait``, up to BLOCK_MS for the first and batch_timeout for
         more; else only what is queued."""
         streams, size = self._streams(), self.settings.max_batch_size
@@ -360,7 +378,7 @@ class Worker:
         self._holding += batch
         return batch
 
-    def _recover(self):
+    def _recover(self) -> list[Entry]:
         size, streams = self.settings.max_batch_size, self._streams()
         if self._reclaim:
             own = [e for stream in streams for e in self.queue.reclaim_own(stream, self.name, size)]
@@ -371,7 +389,7 @@ class Worker:
                 )
                 return own
         now = time.monotonic()
-        if now < self._next["claim"]:
+        if now < self._next.get("claim", 0.0):
             return []
         self._next["claim"] = now + self.settings.claim_idle / 2
         claimed = [
@@ -388,7 +406,7 @@ class Worker:
             self._next["claim"] = now  # there may be more
         return claimed
 
-    def _status(self):
+    def _status(self) -> dict[str, Any]:
         return {
             "id": self.name,
             "host": socket.gethostname(),
@@ -399,7 +417,7 @@ class Worker:
             "requests": self.outcomes.stats["requests"],
         }
 
-    def _describe_models(self):
+    def _describe_models(self) -> str:
         return (
             ", ".join(
                 f"{name} v{','.join(map(str, versions))}"
@@ -409,7 +427,7 @@ class Worker:
         )
 
 
-def main():
+def main() -> None:
     settings = config.load()
     logging.basicConfig(
         level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"

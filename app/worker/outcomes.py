@@ -19,7 +19,7 @@ log = logging.getLogger("beagle.worker")
 
 
 class Outcomes:
-    def __init__(self, worker_name: str, max_attempts: int, models: Any, tally: Tally):
+    def __init__(self, worker_name: str, max_attempts: int, models: Any, tally: Tally) -> None:
         """``models``: the LoadedModels whose runners entries run on."""
         self.name = worker_name
         self.max_attempts = max_attempts

@@ -10,6 +10,8 @@ import numpy as np
 from PIL import Image
 
 from app.imaging import MODES, fit
+from app.queue import Entry, Request
+from app.worker.repository import ModelSpec
 
 log = logging.getLogger("beagle.worker")
 
@@ -24,7 +26,7 @@ class PassResult(NamedTuple):
     took: float
 
 
-def prediction(spec, probabilities, top_k):
+def prediction(spec: ModelSpec, probabilities: np.ndarray, top_k: int) -> dict[str, Any]:
     """The answer for one request: the top_k labels, or (top_k 0) every probability."""
     answer = {"ok": True, "model": spec.name, "version": spec.version}
     if top_k == 0:
@@ -65,14 +67,14 @@ def compute(passes: list[tuple[Any, list]], worker_name: str) -> list[PassResult
     return results
 
 
-def plan(runnable, max_batch_size):
+def plan(runnable: list[tuple[Entry, Any]], max_batch_size: int) -> list[tuple[Any, list[Entry]]]:
     """[(entry, runner)] -> [(runner, entries)], one a forward pass: new entries of a
     runner together, up to its model's batch cap (else ``max_batch_size``), in order;
     redelivered ones alone, since one of them may be what killed a worker."""
-    groups = {}
+    groups: dict[Any, list[Entry]] = {}
     for entry, runner in runnable:
         groups.setdefault(runner, []).append(entry)
-    passes = []
+    passes: list[tuple[Any, list[Entry]]] = []
     for runner, entries in groups.items():
         size = runner.spec.max_batch_size or max_batch_size
         together = [e for e in entries if e.deliveries == 1]
@@ -81,7 +83,7 @@ def plan(runnable, max_batch_size):
     return passes
 
 
-def _fit(request, shape):
+def _fit(request: Request, shape: tuple[int, int, int]) -> bytes:
     """The request's pixels at ``shape``: resized only if the web sized them for another
     version (a worker answering with an older version than the newest served)."""
     if request.shape == shape:
@@ -90,7 +92,7 @@ def _fit(request, shape):
     return fit(Image.frombytes(MODES[c], (w, h), request.pixels), shape)
 
 
-def summary(exc):
+def summary(exc: BaseException) -> str:
     """One line about ``exc``: TensorFlow's messages run over many lines and end with the
     actual reason, so keep the end."""
     text = " ".join(str(exc).split())

@@ -19,12 +19,14 @@ A version counts once its model.json exists, so writers publish that file last.
 import json
 import logging
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger("beagle.models")
 VERSION = re.compile(r"[0-9]{1,18}")  # ASCII digits: str.isdigit() takes "²" and "١" too
-_ignored = set()  # folders already logged as not a version
+_ignored: set[Path] = set()  # folders already logged as not a version
 
 PREPROCESSING = ("none", "unit", "tf", "caffe", "torch")
 OUTPUTS = ("probabilities", "logits")
@@ -47,15 +49,15 @@ class ModelSpec:
     max_batch_size: int = 0  # 0: the worker's max_batch_size setting alone decides
 
     @property
-    def shape(self):
+    def shape(self) -> tuple[int, int, int]:
         return (self.height, self.width, self.channels)
 
     @property
-    def model_path(self):
+    def model_path(self) -> Path:
         return self.path / self.file
 
 
-def names(root):
+def names(root: str | Path) -> list[str]:
     """Models that have at least one published version."""
     root = Path(root)
     if not root.is_dir():
@@ -63,7 +65,7 @@ def names(root):
     return sorted(p.name for p in root.iterdir() if p.is_dir() and versions(root, p.name))
 
 
-def versions(root, name):
+def versions(root: str | Path, name: str) -> list[int]:
     """Published versions of ``name``, oldest first; folders not named by a version
     number are ignored (and logged)."""
     folder = Path(root) / name
@@ -81,11 +83,11 @@ def versions(root, name):
     return sorted(found)
 
 
-def load_spec(root, name, version):
+def load_spec(root: str | Path, name: str, version: int) -> ModelSpec:
     return read_spec(Path(root) / name / str(version), name, version)
 
 
-def read_spec(path, name, version):
+def read_spec(path: str | Path, name: str, version: int | str) -> ModelSpec:
     """The spec in folder ``path``, checked; ValueError says what is wrong."""
     path = Path(path)
     meta = json.loads((path / "model.json").read_text())
@@ -110,21 +112,21 @@ def read_spec(path, name, version):
 
 
 def publish(
-    path,
-    file,
-    height,
-    width,
-    channels,
-    labels,
-    preprocessing="unit",
-    output="probabilities",
-    runtime="tensorflow",
-    max_batch_size=0,
-):
+    path: str | Path,
+    file: str,
+    height: int,
+    width: int,
+    channels: int,
+    labels: Iterable[str],
+    preprocessing: str = "unit",
+    output: str = "probabilities",
+    runtime: str = "tensorflow",
+    max_batch_size: int = 0,
+) -> None:
     """Write labels.txt, then model.json (which makes the version visible) into ``path``."""
     path = Path(path)
     (path / "labels.txt").write_text("\n".join(labels) + "\n")
-    meta = {
+    meta: dict[str, Any] = {
         "file": file,
         "runtime": runtime,
         "input": {"height": height, "width": width, "channels": channels},
@@ -138,7 +140,7 @@ def publish(
     staging.rename(path / "model.json")
 
 
-def _check(spec):
+def _check(spec: ModelSpec) -> None:
     problems = []
     if spec.preprocessing not in PREPROCESSING:
         problems.append(f"preprocessing {spec.preprocessing!r} is not one of {PREPROCESSING}")

@@ -10,9 +10,14 @@ The worker hands over raw queue bytes and never calls ``model.predict``. TensorF
 ONNX Runtime and LiteRT are imported here and in the worker only, never by the web tier.
 """
 
+from collections.abc import Callable
+from types import ModuleType
+from typing import Any
+
 import numpy as np
 
 from app.config import per_core
+from app.worker.repository import ModelSpec
 
 CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
 TORCH_MEAN = (0.485, 0.456, 0.406)
@@ -20,7 +25,7 @@ TORCH_STD = (0.229, 0.224, 0.225)
 FILES = {"tensorflow": "model.keras", "onnx": "model.onnx", "litert": "model.tflite"}
 
 
-def load(spec, threads=0, gpu_memory_mb=0):
+def load(spec: ModelSpec, threads: int = 0, gpu_memory_mb: int = 0) -> Any:
     """A warmed-up runner for ``spec``: ``runner(batch) -> float32 [n, classes]``.
     ``gpu_memory_mb``: the most GPU memory its runtime may take (0: what it needs, taken
     as it is needed; TensorFlow and ONNX Runtime otherwise take most of the device)."""
@@ -30,9 +35,9 @@ def load(spec, threads=0, gpu_memory_mb=0):
 
 
 class TensorFlowRunner:
-    _threads = None  # TensorFlow takes its thread counts once, before its first op
+    _threads: int | None = None  # TensorFlow takes its thread counts once, before its first op
 
-    def __init__(self, spec, threads, gpu_memory_mb=0):
+    def __init__(self, spec: ModelSpec, threads: int, gpu_memory_mb: int = 0) -> None:
         import tensorflow as tf
 
         if TensorFlowRunner._threads is None:
@@ -52,11 +57,13 @@ class TensorFlowRunner:
         self.spec = spec
         self._forward = tensorflow_forward(tf, spec, load_tensorflow_model(spec))
 
-    def __call__(self, batch):
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
         return self._forward(batch).numpy()
 
 
-def onnx_providers(available, gpu_memory_mb=0):
+def onnx_providers(
+    available: list[str], gpu_memory_mb: int = 0
+) -> list[str | tuple[str, dict[str, str]]]:
     """ONNX Runtime's providers: CUDA first when present, its memory arena grown only by
     what is asked (not to the next power of two), within ``gpu_memory_mb`` if set."""
     cuda = {"arena_extend_strategy": "kSameAsRequested"}
@@ -68,7 +75,7 @@ def onnx_providers(available, gpu_memory_mb=0):
 
 
 class OnnxRunner:
-    def __init__(self, spec, threads, gpu_memory_mb=0):
+    def __init__(self, spec: ModelSpec, threads: int, gpu_memory_mb: int = 0) -> None:
         import onnxruntime as ort
 
         self.spec = spec
@@ -79,23 +86,25 @@ class OnnxRunner:
         self._session = ort.InferenceSession(str(spec.model_path), options, providers=providers)
         self._input = self._session.get_inputs()[0].name
 
-    def __call__(self, batch):
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
         return self._session.run(None, {self._input: batch})[0]
 
 
 class LiteRTRunner:
     """Not thread-safe; the worker runs every forward pass on one thread."""
 
-    def __init__(self, spec, threads, gpu_memory_mb=0):  # CPU only: XNNPACK
+    def __init__(
+        self, spec: ModelSpec, threads: int, gpu_memory_mb: int = 0
+    ) -> None:  # CPU only: XNNPACK
         from ai_edge_litert.interpreter import Interpreter
 
         self.spec = spec
         self._interpreter = Interpreter(model_path=str(spec.model_path), num_threads=threads)
         self._input = self._interpreter.get_input_details()[0]["index"]
         self._output = self._interpreter.get_output_details()[0]["index"]
-        self._batch_size = None
+        self._batch_size: int | None = None
 
-    def __call__(self, batch):
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
         if batch.shape[0] != self._batch_size:  # re-plan only when the batch size changes
             self._interpreter.resize_tensor_input(self._input, batch.shape)
             self._interpreter.allocate_tensors()
@@ -105,24 +114,28 @@ class LiteRTRunner:
         return self._interpreter.get_tensor(self._output).copy()
 
 
-RUNNERS = {"tensorflow": TensorFlowRunner, "onnx": OnnxRunner, "litert": LiteRTRunner}
+RUNNERS: dict[str, Callable[[ModelSpec, int, int], Any]] = {
+    "tensorflow": TensorFlowRunner,
+    "onnx": OnnxRunner,
+    "litert": LiteRTRunner,
+}
 
 
-def tensorflow_forward(tf, spec, model):
+def tensorflow_forward(tf: ModuleType, spec: ModelSpec, model: Callable[[Any], Any]) -> Any:
     """The compiled uint8 -> probabilities function: served by the tensorflow runtime,
     and the source the exporter converts to ONNX."""
     preprocess = preprocessing(tf, spec)
     signature = tf.TensorSpec([None, *spec.shape], tf.uint8, name="pixels")
 
     @tf.function(input_signature=[signature])
-    def forward(pixels):
+    def forward(pixels: Any) -> Any:
         outputs = model(preprocess(tf.cast(pixels, tf.float32)))
         return tf.nn.softmax(outputs) if spec.output == "logits" else outputs
 
     return forward
 
 
-def load_tensorflow_model(spec):
+def load_tensorflow_model(spec: ModelSpec) -> Callable[[Any], Any]:
     """A callable float batch -> outputs, from a Keras file or a SavedModel folder."""
     path = spec.model_path
     if path.is_dir():  # a SavedModel: call its serving signature
@@ -132,7 +145,7 @@ def load_tensorflow_model(spec):
         signature = loaded.signatures["serving_default"]
         (input_name,) = signature.structured_input_signature[1].keys()
 
-        def call(x, loaded=loaded):
+        def call(x: Any, loaded: Any = loaded) -> Any:
             (output,) = signature(**{input_name: x}).values()
             return output
 
@@ -143,7 +156,7 @@ def load_tensorflow_model(spec):
     return lambda x: model(x, training=False)
 
 
-def preprocessing(tf, spec):
+def preprocessing(tf: ModuleType, spec: ModelSpec) -> Callable[[Any], Any]:
     """The model's preprocessing as TensorFlow ops on float pixels 0-255."""
     mode = spec.preprocessing
     if mode in ("caffe", "torch") and spec.channels != 3:
