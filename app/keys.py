@@ -10,6 +10,7 @@
 <p>:model:<model>         hash: each worker's announcement (versions, input shapes)
 <p>:live:<model>          sorted set of worker ids serving the model, scored by last heartbeat
 <p>:worker:<id>           JSON status of one worker; expires (heartbeat_ttl)
+<p>:workers               sorted set of every worker's id, scored by last heartbeat
 <p>:metrics:counters      hash of Prometheus counters, one field per name and labels
 <p>:metrics:histograms    hash of histogram buckets, sums and counts (app/metrics.py)
 """
@@ -41,6 +42,9 @@ class Keys:
 
     def live(self, model: str) -> str:
         return f"{self.prefix}:live:{model}"
+
+    def workers(self) -> str:
+        return f"{self.prefix}:workers"
 
     def worker(self, worker_id: str) -> str:
         return f"{self.prefix}:worker:{worker_id}"

@@ -168,8 +168,8 @@ class _Collector:
             PREFIX + "live_workers", "workers serving the model", labels=["model"]
         )
         for info in self.directory.models():
-            depth.add_metric([info.name], self.queue.backlog(info.name))
-            oldest.add_metric([info.name], self.queue.oldest_waiting(info.name))
+            depth.add_metric([info.name], self.queue.backlog(info.name, info.versions))
+            oldest.add_metric([info.name], self.queue.oldest_waiting(info.name, info.versions))
             live.add_metric([info.name], info.live_workers)
         workers = GaugeMetricFamily(PREFIX + "workers", "live workers, all models")
         workers.add_metric([], len(self.directory.workers()))

@@ -22,7 +22,7 @@ import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
-from urllib.parse import urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 import redis
 from redis.backoff import NoBackoff
@@ -85,14 +85,17 @@ WAITED_SCRIPT = OLDEST_WAITING + "return oldest_waiting(KEYS[1], ARGV[1], 0)"
 MIN_REDIS_VERSION = (6, 2)
 
 
-def redis_url(password: str, host: str, port: int, db: int = 0) -> str:
-    """Beagle's Redis URL: the default user, with its password."""
+def redis_url(user: str, password: str, host: str, port: int, db: int = 0, tls_ca: str = "") -> str:
+    """Beagle's Redis URL for ``user`` (a role's Redis user, provisioning/redis_users.py);
+    with ``tls_ca``, the file of the CA whose certificate Redis's must carry, over TLS."""
     host = f"[{host}]" if ":" in host else host
-    return f"redis://:{password}@{host}:{port}/{db}"
+    scheme, query = ("rediss", f"?ssl_ca_certs={quote(tls_ca)}") if tls_ca else ("redis", "")
+    return f"{scheme}://{quote(user)}:{quote(password)}@{host}:{port}/{db}{query}"
 
 
 def url_password(url: str) -> str | None:
-    return urlsplit(url).password
+    password = urlsplit(url).password
+    return unquote(password) if password else None
 
 
 def version_problem(version: str) -> str | None:
@@ -252,35 +255,35 @@ class Queue:
 
     # -- operators and metrics --------------------------------------------------------
 
-    def streams(self, model: str | None = None) -> list[str]:
-        """The streams that exist: ``model``'s, or every model's."""
-        if model is None:
-            return sorted(
-                k.decode()
-                for k in self.redis.scan_iter(match=self.keys.pattern("stream"), count=500)
-            )
-        versioned = self.redis.scan_iter(match=self.keys.stream(model) + ":v*", count=500)
-        return [self.keys.stream(model)] + sorted(k.decode() for k in versioned)
+    def streams_of(self, model: str, versions: Iterable[int] = ()) -> list[str]:
+        """``model``'s streams: for requests naming no version, and for each of ``versions``
+        (those the registry knows: no key is listed, as the web's Redis user may not)."""
+        return [self.keys.stream(model)] + [self.keys.stream(model, v) for v in sorted(versions)]
 
-    def backlog(self, model: str) -> int:
-        """Requests of ``model`` waiting or being worked on."""
+    def all_streams(self) -> list[str]:
+        """Every stream that exists, found by SCAN (operators' tools; the web's and the
+        workers' Redis users may not list keys)."""
+        found = self.redis.scan_iter(match=self.keys.pattern("stream"), count=500)
+        return sorted(k.decode() for k in found)
+
+    def backlog(self, model: str, versions: Iterable[int] = ()) -> int:
+        """Requests of ``model`` (and ``versions``) waiting or being worked on."""
         pipe = self.redis.pipeline(transaction=False)
-        for stream in self.streams(model):
+        for stream in self.streams_of(model, versions):
             pipe.xlen(stream)
         return sum(pipe.execute())
 
-    def oldest_waiting(self, model: str) -> float:
+    def oldest_waiting(self, model: str, versions: Iterable[int] = ()) -> float:
         """Seconds the oldest of ``model``'s requests no worker has taken has waited."""
-        return (
-            max(self._waited(keys=[stream], args=[GROUP]) for stream in self.streams(model)) / 1000
-        )
+        streams = self.streams_of(model, versions)
+        return max(self._waited(keys=[stream], args=[GROUP]) for stream in streams) / 1000
 
     def flush(
         self, answer: dict[str, Any], result_ttl: float, dry_run: bool = False
     ) -> dict[str, int]:
         """Answer every queued request with ``answer`` and remove it; {stream: count}."""
         removed = {}
-        for stream in self.streams():
+        for stream in self.all_streams():
             count = 0
             while not dry_run and (entries := self.redis.xrange(stream, count=500)):
                 pipe = self.redis.pipeline(transaction=False)

@@ -10,7 +10,7 @@ workers on different versions (one pinned, a rolling deploy) are all served.
 import json
 import threading
 import time
-from typing import Any, Self
+from typing import Any, Self, cast
 
 import redis
 from redis.client import Pipeline
@@ -61,12 +61,18 @@ def announce(
             MODEL_TTL,
         )
     pipe.set(keys.worker(worker_id), json.dumps(status), ex=max(1, int(ttl)))
+    pipe.zadd(keys.workers(), {worker_id: now})
+    pipe.zremrangebyscore(keys.workers(), "-inf", f"({now - ttl}")
+    pipe.expire(keys.workers(), MODEL_TTL)
 
 
 def retire(client: redis.Redis, keys: Keys, worker_id: str) -> None:
     """A worker stopping on purpose drops its status, but keeps counting as live until its
     heartbeat ages out: requests that arrive while it restarts wait for it, not fail."""
-    client.delete(keys.worker(worker_id))
+    pipe = client.pipeline(transaction=False)
+    pipe.delete(keys.worker(worker_id))
+    pipe.zrem(keys.workers(), worker_id)
+    pipe.execute()
 
 
 class ModelInfo:
@@ -143,7 +149,9 @@ class Directory:
 
     def workers(self) -> list[dict[str, Any]]:
         """Status dicts of the live workers."""
-        keys = list(self.redis.scan_iter(match=self.keys.pattern("worker"), count=100))
+        since = time.time() - self.heartbeat_ttl
+        ids = cast(list[bytes], self.redis.zrangebyscore(self.keys.workers(), since, "+inf"))
+        keys = [self.keys.worker(worker_id.decode()) for worker_id in ids]
         return [json.loads(raw) for raw in self.redis.mget(keys) if raw] if keys else []
 
     def _snapshot(self, fresh: bool = False) -> dict[str, ModelInfo]:

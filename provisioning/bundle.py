@@ -1,10 +1,13 @@
-"""What a release ships: the checkout's code, never the operator's configuration.
+"""What a release ships: the project's own folders and files, never the operator's
+configuration.
 
-The bundle holds what git tracks plus untracked files git does not ignore, as a
-tarball named by a hash of their content (an unchanged checkout deploys as the same
-release). Fabric's config (``fabric.yaml``, which holds ``settings.api_keys``), env
-files and keys are in .gitignore; a file that still looks like a secret or a deployment
-config stops the deploy instead of travelling to every host.
+The bundle holds, of the folders and files in SHIPPED only, what git tracks plus
+untracked files git does not ignore, as a tarball named by a hash of their content (an
+unchanged checkout deploys as the same release). Anything else in the checkout (an
+``ops/`` folder, ``cluster.yaml.bak``, ``beagle.env.old``) stays on the operator's
+machine. Within them, a file that looks like a secret or a deployment config (a private
+key, an env file, YAML with a ``beagle:`` key at any indentation, a backup of one) stops
+the deploy instead of travelling to every host.
 """
 
 import fnmatch
@@ -19,6 +22,20 @@ from pathlib import Path
 from typing import Self
 
 ROOT = Path(__file__).resolve().parent.parent
+# What a host runs: the web tier and the workers, the scripts and the stress test the
+# operator's tasks run there, the tools they import, the bundled models; the pins.
+SHIPPED = (
+    "app",
+    "apache",
+    "wsgi",
+    "scripts",
+    "stress",
+    "tools",
+    "models",
+    "requirements.txt",
+    "pyproject.toml",
+    "README.md",
+)
 SECRET_NAMES = (
     "fabric.yaml",
     "fabric.yml",
@@ -36,11 +53,11 @@ SECRET_NAMES = (
     "id_ecdsa*",
     "id_ed25519*",
 )
-# Whatever their names: a Fabric config for Beagle (YAML with a top-level `beagle:` key),
-# or a private key.
-FABRIC_CONFIG = re.compile(rb"^beagle:", re.M)
+# Whatever their names: a Fabric config for Beagle (YAML, or a copy of one, with a
+# `beagle:` key at any indentation), or a private key.
+FABRIC_CONFIG = re.compile(rb"^\s*beagle:", re.M)
 PRIVATE_KEY = re.compile(rb"-----BEGIN [A-Z ]*PRIVATE KEY-----")
-YAML = ("*.yaml", "*.yml")
+YAML = ("*.yaml", "*.yml", "*.yaml.*", "*.yml.*")
 
 
 @dataclass
@@ -52,7 +69,7 @@ class Bundle:
     @classmethod
     def from_checkout(cls, root: Path = ROOT) -> Self:
         listed = subprocess.run(
-            ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+            ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard", "--", *SHIPPED],
             cwd=root,
             capture_output=True,
             check=True,

@@ -2,12 +2,15 @@
 provisioning/ (and systemd/): the same templates for production, `make run` and tests."""
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import jinja2
 
 from app.config import PROJECT_ROOT, Settings, body_limit, per_core
+from app.keys import Keys
+from provisioning import redis_users
 
 APACHE_MODULES = ("mpm_event", "authz_core", "alias", "mime", "headers", "reqtimeout", "wsgi")
 ERROR_STATUSES = (400, 403, 404, 405, 408, 413, 500, 502, 503, 504)
@@ -109,21 +112,35 @@ def apache_environment(etc: str) -> str:
     return render("systemd/apache2-beagle.conf.j2", etc=etc, environment=WEB_ENVIRONMENT)
 
 
+@dataclass(frozen=True)
+class RedisTLS:
+    """Where Redis finds its certificate, its key and the CA's certificate."""
+
+    certificate: str
+    key: str
+    ca: str
+
+
 def redis_conf(
-    password: str,
+    passwords: dict[str, str],
+    key_prefix: str = "beagle",
     bind: str = "127.0.0.1",
     port: int = 6379,
     maxmemory: str = "1gb",
     dir: str | Path = "/var/lib/redis",
+    tls: RedisTLS | None = None,
 ) -> str:
-    """Redis for Beagle: loopback or a private address, a password, never evicting."""
-    if not password:
-        raise ValueError("Beagle's Redis needs a password")
+    """Redis for Beagle: loopback or a private address (then TLS only, with ``tls``), one
+    user per role in ``passwords`` ({role: password}; provisioning/redis_users.py), the
+    default user off, never evicting."""
+    keys = Keys(key_prefix)
+    users = [redis_users.acl_line(role, password, keys) for role, password in passwords.items()]
     return render(
         "provisioning/redis.conf.j2",
         bind=bind,
         port=port,
-        password=password,
+        users=users,
+        tls=tls,
         maxmemory=maxmemory,
         dir=dir,
     )

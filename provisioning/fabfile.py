@@ -1,47 +1,29 @@
 """Deploy and operate Beagle with Fabric: `fab -H gpu1 deploy`.
 
-Hosts, users and keys come from Fabric's usual sources (-H, -i, ~/.ssh/config). With -H,
-every host gets every role: Redis, workers, Apache. To scale out, name the roles in a
-Fabric config file instead (fab -f cluster.yaml deploy):
-
-    beagle:
-      roles: {redis: [10.0.0.5], worker: [gpu1, gpu2], web: [web1, web2]}
-      redis_address: 10.0.0.5        # the private address the others reach Redis on
-
-Air-gapped hosts: `beagle.wheels: ~/beagle-wheels` downloads their Python packages on the
-machine running fab and uploads them (provisioning/wheels.py). Other `beagle` keys
-(provisioning/plan.py) are set the same way. No secret lives in the repository: the Redis
-password is generated on the first deploy and kept in <etc>/beagle.env (mode 600).
+Hosts, users and keys come from Fabric's usual sources (-H, -i, ~/.ssh/config); host keys
+are checked against known_hosts (provisioning/host_keys.py). Which host has which role, and
+what every host must agree on, is provisioning/deployment.py. Air-gapped hosts:
+`beagle.wheels: ~/beagle-wheels` downloads their Python packages on the machine running
+fab and uploads them (provisioning/wheels.py). Other `beagle` keys (provisioning/plan.py)
+are set the same way. No secret lives in the repository: each Redis role's password is
+generated on the first deploy and kept on the hosts of that role only
+(provisioning/credentials.py).
 """
 
-import ipaddress
 import json
-import secrets
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 from fabric import Connection, task
 from invoke import Collection, Context
 from invoke.exceptions import Exit
 
-from app import config, queue
 from app.config import Settings
-from provisioning import host
+from provisioning import credentials, host, pki, redis_host, web_host
 from provisioning.bundle import Bundle
+from provisioning.deployment import Cluster, cluster, targets
 from provisioning.plan import Plan
-from provisioning.remote import run
-
-ROLES = ("redis", "worker", "web")  # also the order deploy goes in
-# Where Redis may listen for other hosts: RFC 1918, the shared space clouds and overlay
-# networks use (RFC 6598), IPv6 unique-local. (ipaddress's is_private is broader: it
-# counts documentation and reserved ranges too.)
-PRIVATE_NETWORKS = tuple(
-    map(
-        ipaddress.ip_network,
-        ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "fc00::/7"),
-    )
-)
+from provisioning.remote import put_if_changed, run
 
 
 def bundle() -> Bundle:
@@ -51,90 +33,8 @@ def bundle() -> Bundle:
         raise Exit(str(exc)) from None
 
 
-def targets(c: Context, plan: Plan) -> list[tuple[Connection, set[str]]]:
-    """[(connection, roles)]: the -H host with every role, or the hosts of beagle.roles,
-    Redis hosts first, then workers, then web hosts."""
-    if isinstance(c, Connection):
-        return [(c, set(ROLES))]
-    roles = plan.roles
-    if not roles:
-        raise Exit("name hosts with -H, or roles in a Fabric config file (beagle.roles)")
-    order = []
-    for role in ROLES:
-        for name in roles.get(role, []):
-            if name not in order:
-                order.append(name)
-    return [
-        (Connection(name, config=c.config), {r for r in ROLES if name in roles.get(r, [])})
-        for name in order
-    ]
-
-
 def say(c: Connection, step: str, changes: list[str]) -> None:
     print(f"{c.host}: {step}: {'; '.join(changes) if changes else 'unchanged'}", flush=True)
-
-
-@dataclass(frozen=True)
-class Cluster:
-    """A deployment as the tasks see it: the plan, the hosts with their roles (Redis hosts
-    first, then workers, then web hosts), the Redis password, the address the others reach
-    Redis on, and the settings every host's env file gets."""
-
-    plan: Plan
-    hosts: list[tuple[Connection, set[str]]]
-    redis_password: str
-    redis_address: str
-    settings: Settings
-
-
-def cluster(c: Context) -> Cluster:
-    plan = Plan.from_config(c.config)
-    hosts = targets(c, plan)
-    redis_hosts = [conn for conn, roles in hosts if "redis" in roles]
-    if len(redis_hosts) != 1:
-        raise Exit(f"exactly one host must have the redis role, not {len(redis_hosts)}")
-    address = redis_address(plan, len(hosts))
-    password = host.redis_password(redis_hosts[0], plan) or secrets.token_urlsafe(24)
-    try:
-        deployed = config.load(
-            {},
-            host="*",
-            port=plan.port,
-            model_repository=f"{plan.prefix}/models",
-            redis_url=queue.redis_url(password, address, plan.redis_port),
-            **plan.settings,
-        )
-    except (KeyError, ValueError) as exc:
-        raise Exit(f"beagle.settings: {exc}") from None
-    return Cluster(plan, hosts, password, address, deployed)
-
-
-def redis_address(plan: Plan, host_count: int) -> str:
-    """Where Redis listens and the others reach it: loopback on one host; on several,
-    the private address beagle.redis_address names."""
-    if host_count == 1 and not plan.redis_address:
-        return "127.0.0.1"
-    given = plan.redis_address
-    if not given:
-        raise Exit(
-            "several hosts: set beagle.redis_address to the private address the "
-            "others reach the Redis host on (Redis binds it)"
-        )
-    try:
-        address = ipaddress.ip_address(given)
-    except ValueError:
-        raise Exit(
-            f"beagle.redis_address {given!r} must be an IP address on a private network"
-        ) from None
-    if not any(address in network for network in PRIVATE_NETWORKS) and not (
-        address.is_loopback and host_count == 1
-    ):
-        raise Exit(
-            f"beagle.redis_address {given} is not a private address the other hosts "
-            "can reach: Redis must never listen on a public network (use one in "
-            f"{', '.join(map(str, PRIVATE_NETWORKS))})"
-        )
-    return given
 
 
 def _hosts_with(c: Context, role: str) -> Iterator[tuple[Connection, Cluster]]:
@@ -143,7 +43,7 @@ def _hosts_with(c: Context, role: str) -> Iterator[tuple[Connection, Cluster]]:
     deployment = cluster(c)
     for conn, roles in deployment.hosts:
         if role in roles:
-            _settings(conn, deployment.plan, deployment.settings)
+            _settings(conn, deployment, roles)
             yield conn, deployment
 
 
@@ -156,10 +56,10 @@ def deploy(c: Context) -> None:
     deployment = cluster(c)
     plan, release = deployment.plan, bundle()
     for conn, roles in deployment.hosts:
-        _packages(conn, plan, roles)
+        _packages(conn, plan, roles, firewall=deployment.redis_tls)
         gpus = host.has_gpu(conn) if "worker" in roles else 0
         moved = _code(conn, plan, release, gpus)
-        _settings(conn, plan, deployment.settings)
+        _settings(conn, deployment, roles)
         if "redis" in roles:
             _redis(conn, deployment)
         if "worker" in roles:
@@ -174,9 +74,9 @@ def deploy(c: Context) -> None:
 @task
 def packages(c: Context) -> None:
     """Install the Debian packages the host's roles need."""
-    plan = Plan.from_config(c.config)
-    for conn, roles in targets(c, plan):
-        _packages(conn, plan, roles)
+    deployment = cluster(c)
+    for conn, roles in deployment.hosts:
+        _packages(conn, deployment.plan, roles, firewall=deployment.redis_tls)
 
 
 @task
@@ -191,7 +91,7 @@ def code(c: Context) -> None:
         if moved and "worker" in roles:
             _workers(conn, plan, gpus, restart=True)
         if moved and "web" in roles:
-            say(conn, "apache", [host.reload_web_code(conn, plan)])
+            say(conn, "apache", [web_host.reload_web_code(conn, plan)])
 
 
 @task
@@ -205,7 +105,7 @@ def venv(c: Context) -> None:
 
 @task
 def redis(c: Context) -> None:
-    """Beagle's Redis: its configuration, password and service."""
+    """Beagle's Redis: its configuration, users, certificate, firewall and service."""
     for conn, deployment in _hosts_with(c, "redis"):
         _redis(conn, deployment)
 
@@ -245,7 +145,7 @@ def rollback(c: Context) -> None:
         if "worker" in roles:
             _workers(conn, plan, host.has_gpu(conn), restart=True)
         if "web" in roles:
-            say(conn, "apache", [host.reload_web_code(conn, plan)])
+            say(conn, "apache", [web_host.reload_web_code(conn, plan)])
     _smoke(hosts, plan)
 
 
@@ -301,12 +201,9 @@ def logs(c: Context, lines: int = 20, follow: bool = False) -> None:
 def flush_queue(c: Context, everything: bool = False) -> None:
     """Answer every queued request with a 503 and remove it (Beagle's keys only)."""
     plan = Plan.from_config(c.config)
-    conn = next(conn for conn, roles in targets(c, plan) if "redis" in roles or "web" in roles)
-    run(
-        conn,
-        plan.with_env(plan.python("scripts.flush_queue" + (" --all" if everything else ""))),
-        hide=False,
-    )
+    conn = next(conn for conn, roles in targets(c, plan) if "redis" in roles)
+    command = plan.python("scripts.flush_queue" + (" --all" if everything else ""))
+    run(conn, plan.with_env(command, role="admin"), hide=False)
 
 
 @task
@@ -329,8 +226,9 @@ def stress(c: Context, requests: int = 500, concurrency: int = 0) -> None:
             )
 
 
-def _packages(conn: Connection, plan: Plan, roles: set[str]) -> None:
-    say(conn, "packages", host.packages(conn, plan, roles))
+def _packages(conn: Connection, plan: Plan, roles: set[str], firewall: bool) -> None:
+    extra = ("nftables",) if firewall and "redis" in roles else ()
+    say(conn, "packages", host.packages(conn, plan, roles, extra))
 
 
 def _code(conn: Connection, plan: Plan, release: Bundle, gpus: int) -> bool:
@@ -342,13 +240,36 @@ def _code(conn: Connection, plan: Plan, release: Bundle, gpus: int) -> bool:
     return moved
 
 
-def _settings(conn: Connection, plan: Plan, deployed: Settings) -> None:
-    say(conn, "settings", host.env_file(conn, plan, deployed))
+def _settings(conn: Connection, deployment: Cluster, roles: set[str]) -> None:
+    """The env file, the credentials the host's roles hold, and the Redis CA's
+    certificate when Redis speaks TLS."""
+    plan = deployment.plan
+    changes = host.env_file(conn, plan, deployment.settings)
+    changes += credentials.install(conn, plan, roles, deployment.urls(), deployment.passwords)
+    if deployment.redis_tls:
+        ca = pki.Authority(plan.pki).certificate()
+        run(conn, f"install -d -m 755 {plan.tls_dir}")
+        if put_if_changed(conn, plan.redis_ca, ca):
+            changes.append("Redis's CA certificate installed")
+    say(conn, "settings", changes)
 
 
 def _redis(conn: Connection, deployment: Cluster) -> None:
     plan = deployment.plan
-    changes = host.redis(conn, plan, deployment.redis_password, bind=deployment.redis_address)
+    certificate = None
+    if deployment.redis_tls:
+        name = f"redis-{conn.host}"
+        certificate = pki.Authority(plan.pki).issue(name, [deployment.redis_address])
+    changes = redis_host.redis(
+        conn,
+        plan,
+        deployment.passwords,
+        deployment.settings.key_prefix,
+        bind=deployment.redis_address,
+        certificate=certificate,
+    )
+    if deployment.redis_tls:
+        changes += redis_host.firewall(conn, plan, deployment.peers)
     say(conn, "redis", changes)
 
 
@@ -357,7 +278,7 @@ def _workers(conn: Connection, plan: Plan, gpus: int, restart: bool) -> None:
 
 
 def _apache(conn: Connection, plan: Plan, deployed: Settings, reload_code: bool) -> None:
-    say(conn, "apache", host.apache(conn, plan, deployed, reload_code))
+    say(conn, "apache", web_host.apache(conn, plan, deployed, reload_code))
 
 
 def _cuda(conn: Connection, plan: Plan, gpus: int) -> None:
@@ -380,7 +301,7 @@ def _cuda(conn: Connection, plan: Plan, gpus: int) -> None:
 def _smoke(hosts: list[tuple[Connection, set[str]]], plan: Plan) -> None:
     for conn, roles in hosts:
         if "web" in roles:
-            label = host.smoke(conn, plan)
+            label = web_host.smoke(conn, plan)
             url = f"http://{conn.host}{'' if plan.port == 80 else f':{plan.port}'}"
             print(
                 f"{conn.host}: smoke: a digit 7 came back as {label!r} through Apache.\n"

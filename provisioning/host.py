@@ -1,4 +1,6 @@
-"""The steps `fab deploy` runs on one host, each checking first and saying what changed.
+"""The steps `fab deploy` runs on one host, each checking first and saying what changed:
+here those every host runs and the worker role's; the redis role's are in
+provisioning/redis_host.py, the web role's in provisioning/web_host.py.
 
 A host has roles: redis (Beagle's Redis), worker (the model-server workers) and web
 (Apache + mod_wsgi). Releases live in <prefix>/releases/<content hash> with <prefix>/current
@@ -11,19 +13,19 @@ a sudoer.
 
 import hashlib
 import io
-import json
 import re
 from pathlib import Path
 
 from fabric import Connection
 from invoke.exceptions import Exit
 
-from app import config, queue
+from app import config
 from app.config import Settings
-from provisioning import config_files, envfile, wheels
+from provisioning import config_files, envfile, redis_host, wheels
 from provisioning.bundle import Bundle
 from provisioning.plan import Plan
-from provisioning.remote import exists, private_dir, put_if_changed, read, run
+from provisioning.remote import exists, private_dir, put_if_changed, run
+from provisioning.services import keep_running
 
 PACKAGES = {
     "base": ["python3-venv", "curl"],
@@ -31,15 +33,12 @@ PACKAGES = {
     "redis": ["redis-server"],
     "worker": [],
 }
-APACHE_MODULES = ("wsgi", "headers", "alias", "mime", "reqtimeout")
-SAMPLE = "stress/images/digit_7.png"
-DEBIAN_REDIS = "redis-server"  # Debian's own unit: port 6379, no password
 CUDA_LIBRARIES = ("libcudnn", "libcublas")
 
 
-def packages(c: Connection, plan: Plan, roles: set[str]) -> list[str]:
-    changes = _note_debian_redis(c, plan) if "redis" in roles else []
-    wanted = [p for role in ("base", *sorted(roles)) for p in PACKAGES[role]]
+def packages(c: Connection, plan: Plan, roles: set[str], extra: tuple[str, ...] = ()) -> list[str]:
+    changes = redis_host.note_debian_redis(c, plan) if "redis" in roles else []
+    wanted = [p for role in ("base", *sorted(roles)) for p in PACKAGES[role]] + list(extra)
     missing = [
         p
         for p in wanted
@@ -57,25 +56,6 @@ def packages(c: Connection, plan: Plan, roles: set[str]) -> list[str]:
         )
         changes.append(f"installed {', '.join(missing)}")
     return changes
-
-
-def _note_debian_redis(c: Connection, plan: Plan) -> list[str]:
-    """Before the first deploy installs redis-server (whose package starts Debian's own
-    Redis on 6379 with no password), note whether that one was running: only then is it
-    left running."""
-    if exists(c, plan.debian_redis_note):
-        return []
-    running = _is(c, plan, "active", DEBIAN_REDIS)
-    run(
-        c,
-        f"install -d -m 755 {plan.etc} && echo {'keep' if running else 'stop'} "
-        f"> {plan.debian_redis_note}",
-    )
-    return (
-        ["Debian's redis-server was running before Beagle's first deploy: left running"]
-        if running
-        else []
-    )
 
 
 def service_user(c: Connection) -> list[str]:
@@ -157,13 +137,6 @@ def virtualenv(c: Connection, plan: Plan, requirements: bytes, gpus: int) -> tup
     return venv, changes + [f"venv {venv} built" + (" with CUDA" if gpus else "")]
 
 
-def redis_password(c: Connection, plan: Plan) -> str | None:
-    """The password in this host's env file, or None."""
-    text = read(c, plan.env_file)
-    url = envfile.parse(text).get(config.BY_NAME["redis_url"].env_var) if text else None
-    return queue.url_password(url) if url else None
-
-
 def env_file(c: Connection, plan: Plan, deployed: Settings) -> list[str]:
     """<etc>/beagle.env: the settings ``deployed`` that differ from the defaults."""
     try:
@@ -173,45 +146,6 @@ def env_file(c: Connection, plan: Plan, deployed: Settings) -> list[str]:
     run(c, f"install -d -m 755 {plan.etc}")
     changed = put_if_changed(c, plan.env_file, text, mode="600")
     return ["settings changed"] if changed else []
-
-
-def redis_server_problem(version_output: str) -> str | None:
-    """What is wrong with the host's redis-server, from its ``--version``, or None."""
-    found = re.search(r"v=(\d+\.\d+\.\d+)", version_output)
-    if found is None:
-        return f"cannot read the version of redis-server from {version_output.strip()[:80]!r}"
-    return queue.version_problem(found.group(1))
-
-
-def redis(c: Connection, plan: Plan, password: str, bind: str) -> list[str]:
-    problem = redis_server_problem(run(c, "redis-server --version").stdout)
-    if problem:
-        raise Exit(f"{c.host}: {problem}")
-    config = config_files.redis_conf(password, bind=bind, port=plan.redis_port, dir=plan.redis_dir)
-    run(c, f"install -d -o redis -g redis -m 750 {plan.redis_dir}")
-    changed = put_if_changed(c, f"{plan.etc}/redis.conf", config, mode="640", owner="root:redis")
-    unit = config_files.render(
-        "systemd/beagle-redis.service.j2", etc=plan.etc, redis_dir=plan.redis_dir
-    )
-    changed |= put_if_changed(c, "/etc/systemd/system/beagle-redis.service", unit)
-    return _stop_debian_redis(c, plan) + _keep_running(c, plan, ["beagle-redis"], changed)
-
-
-def _stop_debian_redis(c: Connection, plan: Plan) -> list[str]:
-    if read(c, plan.debian_redis_note).strip() != "stop":
-        return []
-    active, enabled = _is(c, plan, "active", DEBIAN_REDIS), _is(c, plan, "enabled", DEBIAN_REDIS)
-    if not (active or enabled):
-        return []
-    run(
-        c,
-        f"{plan.systemctl} disable -q {DEBIAN_REDIS}"
-        + (f" && {plan.systemctl} stop {DEBIAN_REDIS}" if active else ""),
-    )
-    return [
-        f"{'stopped and ' if active else ''}disabled Debian's {DEBIAN_REDIS} (port 6379, "
-        "no password), which its package starts on install"
-    ]
 
 
 def workers(c: Connection, plan: Plan, gpus: int, release_changed: bool) -> list[str]:
@@ -236,7 +170,7 @@ def workers(c: Connection, plan: Plan, gpus: int, release_changed: bool) -> list
             envfile.render({"BEAGLE_WORKER_CPUS": pinned}) if pinned else "",
         )
     names = [f"beagle-worker@{n}" for n in range(count)]
-    return _keep_running(c, plan, names, changed, rolling=True, restart=release_changed)
+    return keep_running(c, plan, names, changed, rolling=True, restart=release_changed)
 
 
 def cuda(c: Connection, plan: Plan, gpus: int) -> tuple[list[str], str | None]:
@@ -286,63 +220,6 @@ def cuda(c: Connection, plan: Plan, gpus: int) -> tuple[list[str], str | None]:
     return changes + [f"TensorFlow sees {gpus} GPUs"], None
 
 
-def apache(c: Connection, plan: Plan, settings: Settings, release_changed: bool) -> list[str]:
-    changes = []
-    enabled = run(c, "ls /etc/apache2/mods-enabled").stdout.split()
-    missing = [m for m in APACHE_MODULES if f"{m}.load" not in enabled]
-    if missing:
-        run(c, f"a2enmod -q {' '.join(missing)}")
-        changes.append(f"enabled modules {', '.join(missing)}")
-    vhost = config_files.apache_vhost(
-        settings,
-        code_dir=plan.current,
-        venv=f"{plan.current}/venv",
-        log_dir="/var/log/apache2",
-        listen=plan.port != 80,
-        log_name="beagle_",
-        server_name=c.host,
-        cores=int(run(c, "nproc").stdout),
-    )
-    config = put_if_changed(c, "/etc/apache2/sites-available/beagle.conf", vhost)
-    environment = put_if_changed(
-        c,
-        "/etc/systemd/system/apache2.service.d/beagle.conf",
-        config_files.apache_environment(plan.etc),
-    )
-    if not exists(c, "/etc/apache2/sites-enabled/beagle.conf"):
-        run(c, "a2ensite -q beagle")
-        config = True
-    if plan.port == 80 and exists(c, "/etc/apache2/sites-enabled/000-default.conf"):
-        run(c, "a2dissite -q 000-default")
-        config = True
-    run(c, "apache2ctl configtest")
-    if environment:
-        changes.append("Apache's environment changed")
-    if config:
-        changes.append("Apache configuration changed")
-    active = _is(c, plan, "active", "apache2")
-    if environment or not active:  # a new environment needs a new parent process
-        run(
-            c,
-            f"{plan.systemctl} daemon-reload; {plan.systemctl} enable apache2 -q; "
-            f"{plan.systemctl} restart apache2",
-        )
-        changes.append("Apache restarted")
-    elif config:
-        run(c, f"{plan.systemctl} reload apache2")  # graceful
-        changes.append("Apache reloaded gracefully")
-    elif release_changed:
-        changes.append(reload_web_code(c, plan))
-    return changes
-
-
-def reload_web_code(c: Connection, plan: Plan) -> str:
-    # New code only: restart just the mod_wsgi daemon; Apache keeps its socket open, so
-    # not a request fails (an Apache graceful restart would drop a few).
-    run(c, f"touch {plan.current}/wsgi/beagle.wsgi")
-    return "web code reloaded"
-
-
 def switch(c: Connection, plan: Plan, path: str) -> bool:
     """Point <prefix>/current at ``path``; True if it moved."""
     if run(c, f"readlink {plan.current}", warn=True).stdout.strip() == path:
@@ -373,69 +250,6 @@ def prune(c: Connection, plan: Plan) -> list[str]:
     for path in old:
         run(c, f"rm -rf {path}")
     return [f"removed {len(old)} old releases"] if old else []
-
-
-def smoke(c: Connection, plan: Plan, attempts: int = 30) -> str:
-    """A request through Apache on the host itself, with the first API key when keys are
-    on (read there from the env file and handed to curl on its stdin, never on a command
-    line); the answer's top label."""
-    key = config.BY_NAME["api_keys"].env_var
-    command = plan.with_env(
-        f'{{ [ -z "${key}" ] || printf \'Authorization: Bearer %s\\n\' "${{{key}%%,*}}"; }} | '
-        f"curl -fsS --max-time 20 -H @- -F image=@{plan.current}/{SAMPLE} "
-        f"http://127.0.0.1:{plan.port}/predict"
-    )
-    for _ in range(attempts):
-        result = run(c, command, warn=True)
-        if result.ok:
-            return json.loads(result.stdout)["predictions"][0]["label"]
-        run(c, "sleep 1")
-    raise Exit(f"{c.host}: the smoke request failed: {result.stderr.strip() or result.stdout}")
-
-
-def _is(c: Connection, plan: Plan, state: str, unit: str) -> bool:
-    """Whether ``unit`` is ``state`` ("active", "enabled") on the host."""
-    return run(c, f"{plan.systemctl} is-{state} {unit}", warn=True).stdout.strip() == state
-
-
-def _keep_running(
-    c: Connection,
-    plan: Plan,
-    units: list[str],
-    changed: bool,
-    rolling: bool = False,
-    restart: bool = False,
-) -> list[str]:
-    """Enabled and running; restarted (one at a time when rolling) if their configuration
-    changed or ``restart`` asks, e.g. for new code."""
-    systemctl = plan.systemctl
-    changes = ["configuration changed"] if changed else []
-    changes += ["new code"] if restart and not changed else []
-    changed = changed or restart
-    run(c, f"{systemctl} daemon-reload")
-    for unit in units:
-        if not _is(c, plan, "enabled", unit):
-            run(c, f"{systemctl} enable -q {unit}")
-            changes.append(f"enabled {unit}")
-        active = _is(c, plan, "active", unit)
-        if not active or changed:
-            since = run(c, "date +%s.%N").stdout.strip()
-            run(c, f"{systemctl} restart {unit}")
-            changes.append(f"{'restarted' if active else 'started'} {unit}")
-            if rolling:  # one at a time: the next only once this one serves again
-                _wait_live(c, plan, unit.split("@")[1], since)
-    return changes
-
-
-def _wait_live(c: Connection, plan: Plan, instance: str, since: str) -> None:
-    run(
-        c,
-        plan.with_env(
-            plan.python(
-                f'scripts.wait_worker --name "$(hostname)-{instance}" --since {since} --timeout 300'
-            )
-        ),
-    )
 
 
 def _cores(n: int, count: int, cores: int) -> str:

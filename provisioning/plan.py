@@ -15,7 +15,7 @@ from invoke import Config
 @dataclass(frozen=True)
 class Plan:
     prefix: str = "/opt/beagle"  # releases, venvs and models live under it
-    etc: str = "/etc/beagle"  # beagle.env, redis.conf, worker-<n>.env
+    etc: str = "/etc/beagle"  # beagle.env, <role>.env, redis.conf, worker-<n>.env
     port: int = 80  # Apache's
     redis_port: int = 6380  # Beagle's own Redis (Debian's keeps 6379)
     redis_address: str = ""  # the private address of the Redis host (several hosts)
@@ -26,6 +26,9 @@ class Plan:
     keep_releases: int = 5
     stop_timeout: int = 90  # seconds a worker may take to finish its batch
     wheels: str = ""  # a folder here: air-gapped hosts' packages
+    known_hosts: str = "~/.ssh/known_hosts"  # here: the hosts' SSH keys, checked
+    host_keys: str = "strict"  # or accept-new: record an unknown host's key on first contact
+    pki: str = "~/.beagle/pki"  # here: the CA of Redis's TLS between hosts
     redis_dir = "/var/lib/beagle-redis"  # Beagle's Redis's working folder (not a key)
 
     @classmethod
@@ -61,6 +64,22 @@ class Plan:
         """A shell command running the current release's ``python -m <module> <args>``."""
         return f"cd {self.current} && venv/bin/python -m {module_and_args}"
 
-    def with_env(self, command: str) -> str:
-        """``command`` run with the env file's variables (it holds no shell syntax)."""
-        return f"set -a && . {self.env_file} && set +a && {command}"
+    @property
+    def tls_dir(self) -> str:
+        return f"{self.etc}/tls"
+
+    @property
+    def redis_ca(self) -> str:
+        """The CA certificate clients check Redis's against, on every host."""
+        return f"{self.tls_dir}/redis-ca.pem"
+
+    def role_env(self, role: str) -> str:
+        """The env file with the Redis URL of ``role`` (provisioning/credentials.py)."""
+        return f"{self.etc}/{role}.env"
+
+    def with_env(self, command: str, role: str = "") -> str:
+        """``command`` run with the env file's variables and, given a Redis ``role``, its
+        credentials (the files hold no shell syntax)."""
+        files = [self.env_file] + ([self.role_env(role)] if role else [])
+        sourced = " && ".join(f". {path}" for path in files)
+        return f"set -a && {sourced} && set +a && {command}"

@@ -30,7 +30,7 @@ def flush(client, keys, everything=False, dry_run=False, result_ttl=30):
     if everything:
         removed["registry"] = sum(
             _delete(client, keys.pattern(kind), dry_run) for kind in REGISTRY_KINDS
-        ) + _delete(client, keys.models(), dry_run)
+        ) + sum(_delete(client, key, dry_run) for key in (keys.models(), keys.workers()))
     return removed
 
 

@@ -95,12 +95,13 @@ def levels(url, image, args, parts, batches=None):
 
 
 def serve_beagle(spec, args, image, work):
-    own_redis = RedisServer(work / f"redis-{spec.runtime}").start()
+    prefix = f"bench-{spec.runtime}"
+    own_redis = RedisServer(work / f"redis-{spec.runtime}", key_prefix=prefix).start()
     settings = config.load(
         {},
         redis_url=own_redis.url,
         port=free_port(),
-        key_prefix=f"bench-{spec.runtime}",
+        key_prefix=prefix,
         model_repository=str(spec.path.parent.parent),
         models=f"{spec.name}:{spec.version}",
         default_model=spec.name,
@@ -108,7 +109,8 @@ def serve_beagle(spec, args, image, work):
         worker_threads=args.worker_threads,
         **dict(item.split("=", 1) for item in args.set),
     )
-    stack = Stack(settings, work / f"run-{spec.runtime}", workers=args.workers).start()
+    run_dir = work / f"run-{spec.runtime}"
+    stack = Stack(settings, run_dir, workers=args.workers, role_urls=own_redis.role_urls).start()
     directory = Directory(
         connect(settings.redis_url, socket_timeout=5),
         Keys(settings.key_prefix),

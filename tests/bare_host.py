@@ -8,6 +8,9 @@ namespace, so its services get their own ports as on a separate machine (Debian'
 redis-server takes 6379 there, Apache 80); it reaches the package registries through
 NAT, and trusts the local CAs this machine trusts (its egress proxy's), as any host
 behind such a proxy must; 127.0.0.1:<port> on this machine is relayed to its sshd.
+The Debian packages a deploy downloads there are kept in /var/cache between runs on one
+machine: the host's APT archive is a folder of this machine's, mounted in. (pip's own
+cache keeps no wheel here: the registry serves them without caching headers.)
 
 PID 1 here is not systemd, so the host's `systemctl` is docker-systemctl-replacement. It
 sits in /usr/sbin, where APT's maintainer scripts find it while deb-systemd-helper (which
@@ -32,6 +35,7 @@ from pathlib import Path
 from tools.devstack import free_port
 
 CACHE = Path("/var/cache/beagle-test-hosts")
+DOWNLOADS = {"apt-archives": "var/cache/apt/archives"}  # kept here between runs
 SUITE, MIRROR = "bookworm", "http://deb.debian.org/debian"
 INCLUDE = ("openssh-server", "sudo", "python3")
 SOURCES = (
@@ -185,6 +189,10 @@ class BareHost:
             # a slave: unmounting it later can never reach this machine's own /dev or /sys
             sh("mount", "--make-rslave", f"{root}/{system}")
         sh("mount", "-t", "tmpfs", "-o", "mode=755", "tmpfs", f"{root}/run")
+        for kept, there in DOWNLOADS.items():
+            (CACHE / kept).mkdir(parents=True, exist_ok=True)
+            self.path(there).mkdir(parents=True, exist_ok=True)
+            sh("mount", "--bind", str(CACHE / kept), f"{root}/{there}")
 
     def _configure(self):
         self.path("etc/hostname").write_text(self.hostname + "\n")

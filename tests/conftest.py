@@ -10,7 +10,7 @@ import subprocess
 
 import pytest
 import redis
-from helpers import make_settings, public_tempdir
+from helpers import TEST_PREFIXES, make_settings, public_tempdir
 
 from tools.devstack import RedisServer, Stack
 
@@ -25,8 +25,11 @@ def client_key(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory):
-    """A private redis-server on a free port, configured as in production."""
-    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    """A private redis-server on a free port, configured as in production, for every
+    test's key prefix (test<hex>), with an inspector user for the tests themselves."""
+    server = RedisServer(
+        tmp_path_factory.mktemp("redis"), key_prefix=TEST_PREFIXES, inspector=True
+    ).start()
     yield server
     server.stop()
 
@@ -55,7 +58,8 @@ def start_stack(redis_server):
 
     def start(workers=1, worker_env=None, **overrides):
         run_dir = public_tempdir("beagle-test-")
-        stack = Stack(make_settings(redis_server.url, **overrides), run_dir, workers, worker_env)
+        settings = make_settings(redis_server.url, **overrides)
+        stack = Stack(settings, run_dir, workers, worker_env, redis_server.role_urls)
         started.append(stack)
         return stack.start()
 
@@ -69,7 +73,8 @@ def start_stack(redis_server):
 def stack(redis_server):
     """One shared stack serving the bundled model, for tests that do not disturb it."""
     run_dir = public_tempdir("beagle-test-")
-    shared = Stack(make_settings(redis_server.url, web_processes=2), run_dir).start()
+    settings = make_settings(redis_server.url, web_processes=2)
+    shared = Stack(settings, run_dir, role_urls=redis_server.role_urls).start()
     yield shared
     shared.stop()
     shutil.rmtree(run_dir, ignore_errors=True)

@@ -57,6 +57,12 @@ class SSHHost:
     def target(self):
         return f"root@{self.address}:{self.port}"
 
+    def known_hosts_line(self):
+        """This host's line in an operator's known_hosts."""
+        name = self.address if self.port == 22 else f"[{self.address}]:{self.port}"
+        key_type, key = (self.work / "host_key.pub").read_text().split()[:2]
+        return f"{name} {key_type} {key}\n"
+
     def stop(self):
         if self.process:
             self.process.terminate()
@@ -74,10 +80,15 @@ def checkout(tmp_path):
     return copy
 
 
-def write_config(path, deployment, port, redis_port, extra=""):
+def write_config(path, deployment, port, redis_port, hosts, extra=""):
+    """A Fabric config deploying under ``deployment``'s folders, whose known_hosts holds
+    the keys of ``hosts`` (SSHHost), its CA in a folder of the test's own."""
+    known_hosts = path.parent / "known_hosts"
+    known_hosts.write_text("".join(host.known_hosts_line() for host in hosts))
     path.write_text(
         f"beagle:\n  prefix: {deployment['prefix']}\n  etc: {deployment['etc']}\n"
-        f"  port: {port}\n  redis_port: {redis_port}\n  systemctl: {SYSTEMCTL}\n" + extra
+        f"  port: {port}\n  redis_port: {redis_port}\n  systemctl: {SYSTEMCTL}\n"
+        f"  known_hosts: {known_hosts}\n  pki: {path.parent / 'pki'}\n" + extra
     )
     return path
 

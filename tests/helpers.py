@@ -22,6 +22,7 @@ from app.queue import Request
 from tools.devstack import free_port
 
 SAMPLES = PROJECT_ROOT / "stress" / "images"
+TEST_PREFIXES = "test*"  # each test's key prefix is test<hex>: the test Redis's ACLs match it
 
 
 def wait_for(check: Callable[[], object], timeout: float, what: str, every: float = 0.05):

@@ -14,10 +14,11 @@ from old_redis import old_redis_server
 
 from app.config import PROJECT_ROOT
 from provisioning import envfile
-from provisioning.bundle import Bundle
-from provisioning.fabfile import redis_address
-from provisioning.host import gpu_requirements, redis_server_problem
+from provisioning.bundle import SHIPPED, Bundle
+from provisioning.deployment import redis_address
+from provisioning.host import gpu_requirements
 from provisioning.plan import Plan
+from provisioning.redis_host import redis_server_problem
 
 ENV_GENERATOR = "/usr/lib/systemd/user-environment-generators/30-systemd-environment-d-generator"
 AWKWARD = {
@@ -53,18 +54,46 @@ def test_the_operators_config_is_never_bundled(checkout):
     assert "fabric.yaml" not in names and "beagle.env" not in names
 
 
+def test_a_release_ships_the_projects_own_folders_only(checkout):
+    """What an operator leaves lying around in the checkout never reaches a host: the
+    allow-list leaves it out (the test fails without it: git ignores none of these)."""
+    left = {
+        "ops/prod.yaml": "beagle:\n  sudo_password: hunter2\n",
+        "cluster.yaml.bak": "beagle:\n  roles: {web: [web1]}\n",
+        "beagle.env.old": "BEAGLE_API_KEYS='s3cret-s3cret-s3cret-s3cret-s3cret'\n",
+        "notes.txt": "the sudo password is hunter2\n",
+    }
+    for name, text in left.items():
+        (checkout / name).parent.mkdir(exist_ok=True)
+        (checkout / name).write_text(text)
+    try:
+        ignored = subprocess.run(
+            ["git", "check-ignore", *left], cwd=checkout, capture_output=True, text=True
+        ).stdout.split()
+        assert ignored == []  # so only the allow-list keeps them home
+        names = names_in(Bundle.from_checkout(checkout))
+        assert not set(left) & names
+        assert {name.split("/")[0] for name in names} <= set(SHIPPED)
+        assert "app/web/__init__.py" in names and "stress/images/digit_7.png" in names
+    finally:
+        for name in left:
+            (checkout / name).unlink()
+
+
 @pytest.mark.parametrize(
     "name,content",
     [
-        ("deploy/cluster.yaml", "# my cluster\nbeagle:\n  roles: {web: [web1]}\n"),
-        ("keys/id_ed25519", "anything"),
-        ("notes/server.pem", "anything"),
-        ("notes/innocent.txt", "-----BEGIN OPENSSH " + "PRIVATE KEY-----\nb3BlbnNzaC1rZXk=\n"),
+        ("stress/deploy/cluster.yaml", "# my cluster\nbeagle:\n  roles: {web: [web1]}\n"),
+        ("scripts/ops/prod.yml", "hosts:\n  beagle:\n    sudo_password: hunter2\n"),
+        ("tools/old/cluster.yaml.bak", "beagle:\n  roles: {web: [web1]}\n"),
+        ("app/keys/id_ed25519", "anything"),
+        ("models/notes/server.pem", "anything"),
+        ("stress/notes/innocent.txt", "-----BEGIN OPENSSH " + "PRIVATE KEY-----\nb3Bl\n"),
     ],
 )
 def test_files_that_look_like_secrets_stop_the_bundle(checkout, name, content):
-    path = checkout / name
-    path.parent.mkdir(exist_ok=True)
+    path = checkout / name  # in a folder of its own inside a shipped one
+    path.parent.mkdir()
     path.write_text(content)
     subprocess.run(["git", "add", "-f", name], cwd=checkout, check=True)  # even if tracked
     try:

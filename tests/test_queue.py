@@ -75,8 +75,8 @@ def test_requests_for_a_version_have_a_stream_of_their_own(queue):
     assert take(queue) == []
     (entry,) = take(queue, version=2)
     assert (entry.model, entry.version) == ("m", 2)
-    assert queue.streams("m") == [queue.keys.stream("m"), queue.keys.stream("m", 2)]
-    assert queue.backlog("m") == 1
+    assert queue.all_streams() == [queue.keys.stream("m"), queue.keys.stream("m", 2)]
+    assert queue.backlog("m", versions=[2]) == 1
 
 
 def test_round_trip_leaves_nothing_behind(queue, client):

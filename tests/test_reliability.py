@@ -11,7 +11,7 @@ import uuid
 
 import pytest
 import requests
-from helpers import make_settings, predict, public_tempdir, sample, wait_result
+from helpers import TEST_PREFIXES, make_settings, predict, public_tempdir, sample, wait_result
 from PIL import Image
 
 from app.imaging import DecodeBudget, to_pixels
@@ -283,9 +283,9 @@ def test_web_restarts_under_load_fail_nothing(start_stack):
 
 
 def test_redis_outage_fails_fast_and_recovers_without_restarts(redis_server):
-    own = RedisServer(public_tempdir("beagle-redis-")).start()
+    own = RedisServer(public_tempdir("beagle-redis-"), key_prefix=TEST_PREFIXES).start()
     run_dir = public_tempdir("beagle-test-")
-    stack = Stack(make_settings(own.url), run_dir).start()
+    stack = Stack(make_settings(own.url), run_dir, role_urls=own.role_urls).start()
     try:
         pids = [p.pid for p in stack.processes]
         load = Load(stack.url, sample(1), count=30_000, concurrency=8, max_seconds=16)
@@ -343,6 +343,7 @@ def test_redis_holds_no_per_request_state_after_10000_requests(start_stack, clie
             keys.model("digits"),
             keys.live("digits"),
             keys.models(),
+            keys.workers(),
             keys.worker(worker),
             keys.metrics("counters"),
             keys.metrics("histograms"),

@@ -18,51 +18,108 @@ from app.config import PROJECT_ROOT
 from provisioning import config_files
 from tools.devstack import RedisServer
 
-DANGEROUS = [
-    ("CONFIG", "GET", "*"),
-    ("CONFIG", "SET", "maxmemory", "0"),
+# What each role's Redis user must be refused (provisioning/redis_users.py), {p} being
+# Beagle's key prefix: another application's keys, listing and deleting keys, forging an
+# answer, flushing scripts, functions or the database, reconfiguring the server.
+EVERYONE = [
+    ("GET", "other-app:key"),
+    ("SET", "other-app:key", "x"),
+    ("DEL", "other-app:key"),
     ("KEYS", "*"),
     ("FLUSHALL",),
     ("FLUSHDB",),
-    ("ACL", "SETUSER", "default", "+@all"),
+    ("FUNCTION", "FLUSH"),
+    ("SCRIPT", "FLUSH"),
+    ("CONFIG", "GET", "*"),
+    ("CONFIG", "SET", "maxmemory", "0"),
+    ("ACL", "SETUSER", "default", "on", "+@all"),
     ("REPLICAOF", "10.9.9.9", "6379"),
     ("SHUTDOWN",),
     ("SAVE",),
+    ("DEBUG", "SLEEP", "0"),
+    ("MODULE", "LOAD", "/tmp/x.so"),
+    ("MONITOR",),
     ("CLIENT", "KILL", "TYPE", "normal"),
 ]
+REFUSED = {
+    "web": EVERYONE
+    + [
+        ("SCAN", "0"),
+        ("DEL", "{p}:stream:m"),
+        ("UNLINK", "{p}:stream:m"),
+        ("GET", "{p}:models"),
+        ("SET", "{p}:result:someone", "forged"),
+        ("LPUSH", "{p}:result:someone", "forged"),
+        ("XREADGROUP", "GROUP", "workers", "w", "STREAMS", "{p}:stream:m", ">"),
+        ("XADD", "other-app:stream", "*", "f", "v"),
+        ("HSET", "{p}:model:m", "w", "{}"),
+    ],
+    "worker": EVERYONE
+    + [
+        ("SCAN", "0"),
+        ("XADD", "{p}:stream:m", "*", "id", "forged"),
+        ("DEL", "{p}:stream:m"),
+        ("EXPIRE", "{p}:stream:m", "0"),
+        ("BLPOP", "{p}:result:someone", "0.01"),
+        ("GET", "{p}:result:someone"),
+    ],
+    "admin": EVERYONE + [("XADD", "{p}:stream:m", "*", "id", "forged")],
+}
+# And a little of what each may do, so the refusals are not just a user that can do nothing.
+ALLOWED = {
+    "web": [("XLEN", "{p}:stream:m"), ("SMEMBERS", "{p}:models"), ("PING",)],
+    "worker": [("XPENDING", "{p}:stream:m", "workers"), ("SET", "{p}:worker:w", "{}"), ("INFO",)],
+    "admin": [("SCAN", "0"), ("XLEN", "{p}:stream:m"), ("DEL", "{p}:result:x"), ("INFO",)],
+}
 
 
-def test_rendered_redis_config_is_locked_down():
+def test_each_redis_role_may_do_its_job_and_nothing_more():
     server = RedisServer(public_tempdir("beagle-redis-")).start()
     try:
         anonymous = redis.Redis(port=server.port)
         with pytest.raises(redis.AuthenticationError):
-            anonymous.ping()
-        client = redis.Redis.from_url(server.url)
-        for command in DANGEROUS:  # Beagle's own user may not run them
-            with pytest.raises(redis.exceptions.NoPermissionError):
-                client.execute_command(*command)
-        for command in (("DEBUG", "SLEEP", "0"), ("MODULE", "LOAD", "/tmp/x.so")):
-            with pytest.raises(redis.ResponseError, match="command not allowed"):
-                client.execute_command(*command)  # off in Redis 7 unless configured
-        assert client.ping() and client.info("server")["redis_version"]
+            anonymous.ping()  # the default user is off
+        setup = redis.Redis.from_url(server.url_for("worker"))
+        setup.xgroup_create("beagle:stream:m", "workers", id="0", mkstream=True)
+        printed = []
+        for role, refused in REFUSED.items():
+            client = redis.Redis.from_url(server.url_for(role))
+            for command in refused:
+                command = [part.replace("{p}", "beagle") for part in command]
+                with pytest.raises(redis.ResponseError) as caught:
+                    client.execute_command(*command)
+                assert "permission" in str(caught.value) or "not allowed" in str(caught.value), (
+                    role,
+                    command,
+                    caught.value,
+                )
+            for command in ALLOWED[role]:
+                client.execute_command(*[part.replace("{p}", "beagle") for part in command])
+            printed.append(f"{role} refused: {' | '.join(' '.join(c[:2]) for c in refused)}")
+        print("\n" + "\n".join(printed))
+        text = (server.work_dir / "redis.conf").read_text()
+        assert "user default off\n" in text
+        assert not any(password in text for password in server.passwords.values())
         assert oct((server.work_dir / "redis.conf").stat().st_mode & 0o777) == "0o600"
     finally:
         server.stop()
 
 
-def test_redis_config_for_several_hosts_binds_the_private_address():
-    text = config_files.redis_conf("s3cret", bind="10.20.0.1")
-    assert "bind 10.20.0.1\n" in text and "user default on >s3cret " in text
+def test_redis_config_for_several_hosts_binds_the_private_address_and_speaks_tls_only():
+    tls = config_files.RedisTLS("/e/redis.pem", "/e/redis.key", "/e/ca.pem")
+    text = config_files.redis_conf({"web": "s3cret"}, bind="10.20.0.1", port=6380, tls=tls)
+    assert "bind 10.20.0.1\n" in text and "user web reset on #" in text and "s3cret" not in text
+    assert "port 0\ntls-port 6380\n" in text and "tls-ca-cert-file /e/ca.pem\n" in text
     assert "protected-mode yes\n" in text and "maxmemory-policy noeviction\n" in text
+    assert "port 6380\n" in config_files.redis_conf({"web": "s3cret"}, port=6380)
     with pytest.raises(ValueError, match="password"):
-        config_files.redis_conf("")
+        config_files.redis_conf({"web": ""})
 
 
 def test_a_full_redis_refuses_admission_instead_of_evicting(redis_server):
     server = RedisServer(public_tempdir("beagle-redis-"), maxmemory="4mb").start()
     try:
-        client = redis.Redis.from_url(server.url)
+        client = redis.Redis.from_url(server.url_for("web"))
         with pytest.raises(redis.ResponseError, match="used memory > 'maxmemory'"):
             for _ in range(100):
                 client.xadd("beagle:stream:m", {"pixels": b"x" * 100_000})
@@ -190,7 +247,7 @@ def test_secrets_never_reach_the_logs(keyed_stack, redis_server):
     ]
     text = "".join(path.read_text() for path in logs)
     assert "POST /predict" in text  # the logs are there and were written
-    for secret in (*API_KEYS, redis_server.password):
+    for secret in (*API_KEYS, *redis_server.passwords.values(), redis_server.inspector):
         assert secret not in text
 
 
@@ -198,7 +255,8 @@ def test_wrong_redis_password_is_a_503_that_names_no_secret(start_stack, redis_s
     stack = start_stack()
     # Point the web tier at the right Redis with the wrong password: restart only Apache.
     stack.apache.stop()
-    wrong = redis_server.url.replace(redis_server.password, "not-the-password")
+    web = redis_server.url_for("web")
+    wrong = web.replace(redis_server.passwords["web"], "not-the-password")
     stack.apache.settings = config.replace(stack.apache.settings, redis_url=wrong)
     stack.apache.start()
     response = predict(stack.url, sample(1))

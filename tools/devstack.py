@@ -25,7 +25,7 @@ from app.config import PROJECT_ROOT
 from app.keys import Keys
 from app.queue import redis_url
 from app.stop_signals import StopSignals
-from provisioning import config_files
+from provisioning import config_files, redis_users
 
 log = logging.getLogger("beagle.devstack")
 
@@ -80,18 +80,35 @@ def redis_answers(url):
 
 class RedisServer:
     """A private redis-server on a free loopback port, configured from the production
-    template (provisioning/redis.conf.j2): a password, protected mode, no eviction."""
+    template (provisioning/redis.conf.j2): a user per role, protected mode, no eviction.
+    ``key_prefix`` may be a glob (the tests give each test a prefix of its own);
+    ``inspector`` adds a user who may do anything, for tests to look at and set up
+    Redis with."""
 
-    def __init__(self, work_dir, password=None, maxmemory="256mb"):
+    def __init__(self, work_dir, maxmemory="256mb", key_prefix="beagle", inspector=False):
         self.work_dir = Path(work_dir)
-        self.password = password or secrets.token_hex(16)
+        self.passwords = {role: secrets.token_hex(16) for role in redis_users.CLIENTS}
+        self.inspector = secrets.token_hex(16) if inspector else None
         self.maxmemory = maxmemory
+        self.key_prefix = key_prefix
         self.port = None
         self.process = None
 
+    def url_for(self, role):
+        """The URL a process of ``role`` (web, worker, admin) logs in with."""
+        return redis_url(role, self.passwords[role], "127.0.0.1", self.port)
+
     @property
     def url(self):
-        return redis_url(self.password, "127.0.0.1", self.port)
+        """The inspector's URL if there is one, else the admin's (operators' tools)."""
+        if self.inspector:
+            return redis_url("inspector", self.inspector, "127.0.0.1", self.port)
+        return self.url_for("admin")
+
+    @property
+    def role_urls(self):
+        """{role: URL} for `Stack`: the web tier and the workers each as their own role."""
+        return {role: self.url_for(role) for role in ("web", "worker")}
 
     def start(self, stop=None):
         """Start it (again, on the same port, if it was stopped)."""
@@ -99,11 +116,16 @@ class RedisServer:
         self.port = self.port or free_port()
         config = self.work_dir / "redis.conf"
         config.touch(mode=0o600)
-        config.write_text(
-            config_files.redis_conf(
-                self.password, port=self.port, maxmemory=self.maxmemory, dir=self.work_dir
-            )
+        text = config_files.redis_conf(
+            self.passwords,
+            key_prefix=self.key_prefix,
+            port=self.port,
+            maxmemory=self.maxmemory,
+            dir=self.work_dir,
         )
+        if self.inspector:
+            text += f"user inspector on >{self.inspector} ~* &* +@all\n"
+        config.write_text(text)
         with open(self.work_dir / "redis.log", "ab") as out:
             self.process = subprocess.Popen(
                 ["/usr/bin/redis-server", str(config)],
@@ -271,22 +293,25 @@ def _stop(process, signum, timeout):
 
 
 class Stack:
-    """Workers and Apache for ``settings``, whose ``redis_url`` must answer. Every log
-    goes to ``run_dir/logs``: Apache's, and ``worker-<n>.log`` for each worker."""
+    """Workers and Apache for ``settings``, whose ``redis_url`` must answer. With
+    ``role_urls`` ({"web": url, "worker": url}), the web tier and the workers log in to
+    Redis each as its own role. Every log goes to ``run_dir/logs``: Apache's, and
+    ``worker-<n>.log`` for each worker."""
 
-    def __init__(self, settings, run_dir, workers=1, worker_env=None):
+    def __init__(self, settings, run_dir, workers=1, worker_env=None, role_urls=None):
         self.settings = settings
         self.run_dir = Path(run_dir)
+        urls = role_urls or {"web": settings.redis_url, "worker": settings.redis_url}
         self.workers = [
             WorkerProcess(
-                settings,
+                config.replace(settings, redis_url=urls["worker"]),
                 f"{socket.gethostname()}-{settings.port}-{n}",
                 self.run_dir / "logs" / f"worker-{n}.log",
                 worker_env,
             )
             for n in range(workers)
         ]
-        self.apache = Apache(settings, self.run_dir)
+        self.apache = Apache(config.replace(settings, redis_url=urls["web"]), self.run_dir)
 
     @property
     def url(self):
@@ -297,14 +322,15 @@ class Stack:
         return [self.apache.process] + [w.process for w in self.workers]
 
     def start(self, timeout=180, stop=None):
-        """Workers, then Apache; ``stop`` (StopSignals) set meanwhile ends it with Stopped."""
+        """Workers and Apache, which starts while the workers load their models; returns
+        once all serve. ``stop`` (StopSignals) set meanwhile ends it with Stopped."""
         (self.run_dir / "logs").mkdir(parents=True, exist_ok=True)
         self.run_dir.chmod(0o755)
         for worker in self.workers:  # they load their models in parallel
             worker.start(wait=False)
+        self.apache.start(stop)
         for worker in self.workers:
             worker.wait_live(timeout, stop)
-        self.apache.start(stop)
         return self
 
     def stop(self):
@@ -330,7 +356,7 @@ def main():
             log.info("devstack: no Redis answered, started one on port %d", own_redis.port)
         if not _port_free(settings.host, settings.port):
             raise SystemExit(f"{settings.host}:{settings.port} is in use; set BEAGLE_PORT")
-        stack = Stack(settings, run_dir)
+        stack = Stack(settings, run_dir, role_urls=own_redis.role_urls if own_redis else None)
         stack.start(stop=stop)
         wait_until(
             lambda: responds(stack.url + "/readyz"), stack.apache.process, 60, "Apache", stop

@@ -41,7 +41,7 @@ def status() -> Response:
             "versions": sorted(info.versions),
             "latest": info.latest,
             "live_workers": info.live_workers,
-            "queue_depth": resources.queue.backlog(info.name),
+            "queue_depth": resources.queue.backlog(info.name, info.versions),
         }
         for info in resources.directory.models()
     ]

@@ -1,0 +1,93 @@
+"""The web role's steps on a host: Apache's modules, Beagle's virtual host
+(apache/beagle.conf.j2) and Apache's environment, reloaded gracefully on change; the web
+code reloaded alone for a new release; and the smoke request through Apache."""
+
+import json
+
+from fabric import Connection
+from invoke.exceptions import Exit
+
+from app import config
+from app.config import Settings
+from provisioning import config_files
+from provisioning.plan import Plan
+from provisioning.remote import exists, put_if_changed, run
+from provisioning.services import unit_is
+
+APACHE_MODULES = ("wsgi", "headers", "alias", "mime", "reqtimeout")
+SAMPLE = "stress/images/digit_7.png"
+
+
+def apache(c: Connection, plan: Plan, settings: Settings, release_changed: bool) -> list[str]:
+    changes = []
+    enabled = run(c, "ls /etc/apache2/mods-enabled").stdout.split()
+    missing = [m for m in APACHE_MODULES if f"{m}.load" not in enabled]
+    if missing:
+        run(c, f"a2enmod -q {' '.join(missing)}")
+        changes.append(f"enabled modules {', '.join(missing)}")
+    vhost = config_files.apache_vhost(
+        settings,
+        code_dir=plan.current,
+        venv=f"{plan.current}/venv",
+        log_dir="/var/log/apache2",
+        listen=plan.port != 80,
+        log_name="beagle_",
+        server_name=c.host,
+        cores=int(run(c, "nproc").stdout),
+    )
+    config = put_if_changed(c, "/etc/apache2/sites-available/beagle.conf", vhost)
+    environment = put_if_changed(
+        c,
+        "/etc/systemd/system/apache2.service.d/beagle.conf",
+        config_files.apache_environment(plan.etc),
+    )
+    if not exists(c, "/etc/apache2/sites-enabled/beagle.conf"):
+        run(c, "a2ensite -q beagle")
+        config = True
+    if plan.port == 80 and exists(c, "/etc/apache2/sites-enabled/000-default.conf"):
+        run(c, "a2dissite -q 000-default")
+        config = True
+    run(c, "apache2ctl configtest")
+    if environment:
+        changes.append("Apache's environment changed")
+    if config:
+        changes.append("Apache configuration changed")
+    active = unit_is(c, plan, "active", "apache2")
+    if environment or not active:  # a new environment needs a new parent process
+        run(
+            c,
+            f"{plan.systemctl} daemon-reload; {plan.systemctl} enable apache2 -q; "
+            f"{plan.systemctl} restart apache2",
+        )
+        changes.append("Apache restarted")
+    elif config:
+        run(c, f"{plan.systemctl} reload apache2")  # graceful
+        changes.append("Apache reloaded gracefully")
+    elif release_changed:
+        changes.append(reload_web_code(c, plan))
+    return changes
+
+
+def reload_web_code(c: Connection, plan: Plan) -> str:
+    # New code only: restart just the mod_wsgi daemon; Apache keeps its socket open, so
+    # not a request fails (an Apache graceful restart would drop a few).
+    run(c, f"touch {plan.current}/wsgi/beagle.wsgi")
+    return "web code reloaded"
+
+
+def smoke(c: Connection, plan: Plan, attempts: int = 30) -> str:
+    """A request through Apache on the host itself, with the first API key when keys are
+    on (read there from the env file and handed to curl on its stdin, never on a command
+    line); the answer's top label."""
+    key = config.BY_NAME["api_keys"].env_var
+    command = plan.with_env(
+        f'{{ [ -z "${key}" ] || printf \'Authorization: Bearer %s\\n\' "${{{key}%%,*}}"; }} | '
+        f"curl -fsS --max-time 20 -H @- -F image=@{plan.current}/{SAMPLE} "
+        f"http://127.0.0.1:{plan.port}/predict"
+    )
+    for _ in range(attempts):
+        result = run(c, command, warn=True)
+        if result.ok:
+            return json.loads(result.stdout)["predictions"][0]["label"]
+        run(c, "sleep 1")
+    raise Exit(f"{c.host}: the smoke request failed: {result.stderr.strip() or result.stdout}")
