@@ -36,6 +36,21 @@ def _items(text: str) -> tuple[str, ...]:
     return tuple(item.strip() for item in text.split(",") if item.strip())
 
 
+MIN_API_KEY = 32  # characters: a key must not be guessable
+
+
+def api_keys(text: str) -> tuple[str, ...]:
+    """ "k1,k2" -> ("k1", "k2"), each of at least MIN_API_KEY characters."""
+    keys = _items(text)
+    short = [key for key in keys if len(key) < MIN_API_KEY]
+    if short:
+        raise ValueError(
+            f"an API key of {len(short[0])} characters: keys need {MIN_API_KEY} or more "
+            "(`fab new-api-key` prints one)"
+        )
+    return keys
+
+
 def _joined(values: Iterable[object]) -> str:
     return ",".join(map(str, values))
 
@@ -210,8 +225,9 @@ SETTINGS = (
     Setting(
         "api_keys",
         "",
-        "comma-separated keys; when set, /predict and /v1 need 'Authorization: Bearer <key>'",
-        _items,
+        "comma-separated keys of 32+ characters; when set, /predict and /v1 need "
+        "'Authorization: Bearer <key>' and /status a key or an admin network",
+        api_keys,
         _joined,
     ),
     Setting(

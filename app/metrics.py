@@ -45,6 +45,7 @@ COUNTERS = {  # name: (labels, help)
     "model_loads": (("model",), "model versions loaded and warmed by workers"),
     "model_swaps": (("model",), "new versions that replaced a served one"),
     "model_load_failures": (("model",), "model versions that failed to load"),
+    "unauthorized": (("endpoint",), "requests refused for want of a valid API key (401)"),
 }
 HISTOGRAMS = {  # name: (labels, buckets, help)
     "request_duration_seconds": (

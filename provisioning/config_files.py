@@ -41,6 +41,32 @@ def render(template: str, **context: Any) -> str:
     return _templates.get_template(template).render(**context)
 
 
+@dataclass(frozen=True)
+class Acme:
+    """mod_md's part of the vhost: the names, the contact, the CA and, on the host, a CA
+    certificate to trust the CA's own HTTPS with; MDPortMap when Apache's ports are not
+    80 and 443."""
+
+    domains: tuple[str, ...]
+    email: str
+    ca: str
+    ca_file: str = ""
+    port_map: str = ""
+
+
+@dataclass(frozen=True)
+class VhostTLS:
+    """HTTPS on ``port`` (Listen added when ``listen``); the redirect's ":port" suffix; the
+    certificate and key files on the host, or mod_md's ``acme``."""
+
+    port: int
+    listen: bool
+    redirect_port: str = ""
+    certificate: str = ""
+    key: str = ""
+    acme: Acme | None = None
+
+
 def apache_vhost(
     settings: Settings,
     code_dir: str | Path,
@@ -53,15 +79,17 @@ def apache_vhost(
     group: str = "www-data",
     server_name: str | None = None,
     cores: int | None = None,
+    tls: VhostTLS | None = None,
 ) -> str:
     """The virtual host. ``user`` is the daemon user; it only applies when Apache starts
     as root, so it is dropped otherwise. ``cores``: the web host's (default this one's),
-    for web_processes 0."""
+    for web_processes 0. With ``tls``, HTTP redirects to HTTPS."""
     if os.geteuid() != 0:
         user = group = ""
     return render(
         "apache/beagle.conf.j2",
         listen=listen,
+        tls=tls,
         host=settings.host,
         port=settings.port,
         server_name=server_name or settings.host,

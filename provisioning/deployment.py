@@ -26,6 +26,7 @@ from invoke.exceptions import Exit
 from app import config, queue
 from app.config import Settings
 from provisioning import credentials, host_keys
+from provisioning.edge import Edge, check_exposure
 from provisioning.plan import Plan
 from provisioning.redis_users import CLIENTS
 from provisioning.remote import run
@@ -69,8 +70,8 @@ def targets(c: Context, plan: Plan) -> list[tuple[Connection, set[str]]]:
 class Cluster:
     """The plan; the hosts with their roles; where Redis listens and whether clients reach
     it over TLS; every Redis role's password (provisioning/credentials.py); the addresses
-    the deployment's hosts reach Redis from (its firewall admits only those); and the
-    settings every host's env file gets."""
+    the deployment's hosts reach Redis from (its firewall admits only those); the
+    settings every host's env file gets; and HTTPS at the edge (provisioning/edge.py)."""
 
     plan: Plan
     hosts: list[tuple[Connection, set[str]]]
@@ -79,6 +80,7 @@ class Cluster:
     passwords: dict[str, str]
     peers: list[str]
     settings: Settings
+    edge: Edge
 
     def url(self, role: str) -> str:
         """The Redis URL processes of ``role`` (web, worker, admin) log in with."""
@@ -95,13 +97,15 @@ def cluster(c: Context) -> Cluster:
     try:
         deployed = config.load(
             {},
-            host="*",
+            host=plan.listen,
             port=plan.port,
             model_repository=f"{plan.prefix}/models",
             **plan.settings,
         )
     except (KeyError, ValueError) as exc:
         raise Exit(f"beagle.settings: {exc}") from None
+    edge = Edge.from_plan(plan)
+    check_exposure(plan, edge, deployed.api_keys)
     hosts = targets(c, plan)
     redis_hosts = [conn for conn, roles in hosts if "redis" in roles]
     if len(redis_hosts) != 1:
@@ -109,7 +113,8 @@ def cluster(c: Context) -> Cluster:
     address = redis_address(plan, len(hosts))
     tls = not ipaddress.ip_address(address).is_loopback
     peers = sorted({source_address(conn, address) for conn, _ in hosts}) if tls else []
-    return Cluster(plan, hosts, address, tls, credentials.find(hosts, plan), peers, deployed)
+    passwords = credentials.find(hosts, plan)
+    return Cluster(plan, hosts, address, tls, passwords, peers, deployed, edge)
 
 
 def redis_address(plan: Plan, host_count: int) -> str:

@@ -11,6 +11,7 @@ generated on the first deploy and kept on the hosts of that role only
 """
 
 import json
+import secrets
 import sys
 from collections.abc import Iterator
 
@@ -18,10 +19,10 @@ from fabric import Connection, task
 from invoke import Collection, Context
 from invoke.exceptions import Exit
 
-from app.config import Settings
-from provisioning import credentials, host, pki, redis_host, web_host
+from provisioning import credentials, host, host_keys, pki, redis_host, web_host
 from provisioning.bundle import Bundle
 from provisioning.deployment import Cluster, cluster, targets
+from provisioning.edge import Edge
 from provisioning.plan import Plan
 from provisioning.remote import put_if_changed, run
 
@@ -66,9 +67,9 @@ def deploy(c: Context) -> None:
             _cuda(conn, plan, gpus)
             _workers(conn, plan, gpus, restart=moved)
         if "web" in roles:
-            _apache(conn, plan, deployment.settings, reload_code=moved)
+            _apache(conn, deployment, reload_code=moved)
         say(conn, "releases", host.prune(conn, plan))
-    _smoke(deployment.hosts, plan)
+    _smoke(deployment.hosts, plan, deployment.edge)
 
 
 @task
@@ -121,7 +122,7 @@ def workers(c: Context, restart: bool = False) -> None:
 def apache(c: Context) -> None:
     """The Apache virtual host, modules and environment; reloaded gracefully on change."""
     for conn, deployment in _hosts_with(c, "web"):
-        _apache(conn, deployment.plan, deployment.settings, reload_code=False)
+        _apache(conn, deployment, reload_code=False)
 
 
 @task
@@ -146,7 +147,7 @@ def rollback(c: Context) -> None:
             _workers(conn, plan, host.has_gpu(conn), restart=True)
         if "web" in roles:
             say(conn, "apache", [web_host.reload_web_code(conn, plan)])
-    _smoke(hosts, plan)
+    _smoke(hosts, plan, Edge.from_plan(plan))
 
 
 @task
@@ -186,6 +187,27 @@ def status(c: Context) -> None:
             print(f"{conn.host}: last errors in the Apache error log:\n{errors or '(none)'}")
 
 
+@task(name="new-api-key")
+def new_api_key(c: Context) -> None:
+    """Print a new random API key (add it to beagle.settings.api_keys)."""
+    print(secrets.token_urlsafe(32))
+
+
+@task
+def hosts(c: Context) -> None:
+    """Each host's roles, SSH host key fingerprint and system; changes nothing.
+
+    Connecting checks every host key against known_hosts (beagle.host_keys)."""
+    plan = Plan.from_config(c.config)
+    for conn, roles in targets(c, plan):
+        key = conn.transport.get_remote_server_key() if conn.transport else None
+        system = run(conn, ". /etc/os-release && echo $PRETTY_NAME", warn=True).stdout.strip()
+        print(
+            f"{conn.host}: roles {', '.join(sorted(roles))}; host key "
+            f"{key.get_name() + ' ' + host_keys.fingerprint(key) if key else '?'}; {system}"
+        )
+
+
 @task
 def logs(c: Context, lines: int = 20, follow: bool = False) -> None:
     """The Apache error and access logs and the workers' journal (--follow, --lines N)."""
@@ -211,19 +233,14 @@ def stress(c: Context, requests: int = 500, concurrency: int = 0) -> None:
     """The stress test, run on a web host against its own Apache (with the first API key
     from the env file there when keys are on)."""
     plan = Plan.from_config(c.config)
+    edge = Edge.from_plan(plan)
     for conn, roles in targets(c, plan):
         if "web" in roles:
             mode = f"--concurrency {int(concurrency)}" if concurrency else ""
-            run(
-                conn,
-                plan.with_env(
-                    plan.python(
-                        f"stress.stress_test --url http://127.0.0.1:{plan.port}/predict "
-                        f"--requests {int(requests)} {mode}"
-                    )
-                ),
-                hide=False,
-            )
+            mode += " --insecure" if edge.on else ""  # its own loopback: see web_host.smoke
+            url = f"{web_host.local_url(plan, edge)}/predict"
+            command = f"stress.stress_test --url {url} --requests {int(requests)} {mode}"
+            run(conn, plan.with_env(plan.python(command)), hide=False)
 
 
 def _packages(conn: Connection, plan: Plan, roles: set[str], firewall: bool) -> None:
@@ -277,8 +294,9 @@ def _workers(conn: Connection, plan: Plan, gpus: int, restart: bool) -> None:
     say(conn, "workers", host.service_user(conn) + host.workers(conn, plan, gpus, restart))
 
 
-def _apache(conn: Connection, plan: Plan, deployed: Settings, reload_code: bool) -> None:
-    say(conn, "apache", web_host.apache(conn, plan, deployed, reload_code))
+def _apache(conn: Connection, deployment: Cluster, reload_code: bool) -> None:
+    plan, edge = deployment.plan, deployment.edge
+    say(conn, "apache", web_host.apache(conn, plan, deployment.settings, edge, reload_code))
 
 
 def _cuda(conn: Connection, plan: Plan, gpus: int) -> None:
@@ -298,11 +316,15 @@ def _cuda(conn: Connection, plan: Plan, gpus: int) -> None:
         raise Exit(f"{conn.host}: {problem}")
 
 
-def _smoke(hosts: list[tuple[Connection, set[str]]], plan: Plan) -> None:
+def _smoke(hosts: list[tuple[Connection, set[str]]], plan: Plan, edge: Edge) -> None:
     for conn, roles in hosts:
         if "web" in roles:
-            label = web_host.smoke(conn, plan)
-            url = f"http://{conn.host}{'' if plan.port == 80 else f':{plan.port}'}"
+            label = web_host.smoke(conn, plan, edge)
+            name = edge.domains[0] if edge.domains else conn.host
+            scheme, port, default = (
+                ("https", plan.https_port, 443) if edge.on else ("http", plan.port, 80)
+            )
+            url = f"{scheme}://{name}{'' if port == default else f':{port}'}"
             print(
                 f"{conn.host}: smoke: a digit 7 came back as {label!r} through Apache.\n"
                 f"Beagle is serving on {url}\nStress it: fab -H {conn.host} stress"

@@ -71,10 +71,11 @@ def check(conn: Connection, known_hosts: str, policy: str) -> Connection:
     except UnknownHost as exc:
         raise Exit(str(exc)) from None
     except paramiko.BadHostKeyException as exc:
+        name = conn.host if conn.port == 22 else f"[{conn.host}]:{conn.port}"
         raise Exit(
-            f"{exc.hostname}: its SSH host key CHANGED: it offers {exc.key.get_name()} "
+            f"{name}: its SSH host key CHANGED: it offers {exc.key.get_name()} "
             f"{fingerprint(exc.key)}, {path} holds {fingerprint(exc.expected_key)}. Someone "
             "may be intercepting the connection; if the host was reinstalled, check the new "
-            f"key and remove the old one (ssh-keygen -R '{exc.hostname}' -f {path})"
+            f"key and remove the old one (ssh-keygen -R '{name}' -f {path})"
         ) from None
     return conn

@@ -16,7 +16,11 @@ from invoke import Config
 class Plan:
     prefix: str = "/opt/beagle"  # releases, venvs and models live under it
     etc: str = "/etc/beagle"  # beagle.env, <role>.env, redis.conf, worker-<n>.env
-    port: int = 80  # Apache's
+    port: int = 80  # Apache's HTTP port (only a redirect to HTTPS when tls is on)
+    https_port: int = 443
+    listen: str = "*"  # the address Apache listens on
+    tls: dict = field(default_factory=dict)  # HTTPS at the edge (provisioning/edge.py)
+    open_api: bool = False  # serve the API without keys beyond loopback, on purpose
     redis_port: int = 6380  # Beagle's own Redis (Debian's keeps 6379)
     redis_address: str = ""  # the private address of the Redis host (several hosts)
     roles: dict = field(default_factory=dict)  # {redis: [...], worker: [...], web: [...]}

@@ -9,22 +9,30 @@ from invoke.exceptions import Exit
 
 from app import config
 from app.config import Settings
-from provisioning import config_files
+from provisioning import acme, config_files
+from provisioning.edge import Edge
 from provisioning.plan import Plan
 from provisioning.remote import exists, put_if_changed, run
 from provisioning.services import unit_is
 
 APACHE_MODULES = ("wsgi", "headers", "alias", "mime", "reqtimeout")
+TLS_MODULES = ("ssl", "rewrite")
 SAMPLE = "stress/images/digit_7.png"
 
 
-def apache(c: Connection, plan: Plan, settings: Settings, release_changed: bool) -> list[str]:
+def apache(
+    c: Connection, plan: Plan, settings: Settings, edge: Edge, release_changed: bool
+) -> list[str]:
     changes = []
+    wanted = (
+        APACHE_MODULES + (TLS_MODULES if edge.on else ()) + (("md",) if edge.mode == "acme" else ())
+    )
     enabled = run(c, "ls /etc/apache2/mods-enabled").stdout.split()
-    missing = [m for m in APACHE_MODULES if f"{m}.load" not in enabled]
+    missing = [m for m in wanted if f"{m}.load" not in enabled]
     if missing:
         run(c, f"a2enmod -q {' '.join(missing)}")
         changes.append(f"enabled modules {', '.join(missing)}")
+    tls, files_changed = _tls(c, plan, edge)
     vhost = config_files.apache_vhost(
         settings,
         code_dir=plan.current,
@@ -32,10 +40,11 @@ def apache(c: Connection, plan: Plan, settings: Settings, release_changed: bool)
         log_dir="/var/log/apache2",
         listen=plan.port != 80,
         log_name="beagle_",
-        server_name=c.host,
+        server_name=edge.domains[0] if edge.domains else c.host,
         cores=int(run(c, "nproc").stdout),
+        tls=tls,
     )
-    config = put_if_changed(c, "/etc/apache2/sites-available/beagle.conf", vhost)
+    config = put_if_changed(c, "/etc/apache2/sites-available/beagle.conf", vhost) or files_changed
     environment = put_if_changed(
         c,
         "/etc/systemd/system/apache2.service.d/beagle.conf",
@@ -65,7 +74,43 @@ def apache(c: Connection, plan: Plan, settings: Settings, release_changed: bool)
         changes.append("Apache reloaded gracefully")
     elif release_changed:
         changes.append(reload_web_code(c, plan))
+    if edge.mode == "acme":
+        changes += acme.activate(c, plan, edge)
     return changes
+
+
+def _tls(c: Connection, plan: Plan, edge: Edge) -> tuple[config_files.VhostTLS | None, bool]:
+    """The vhost's TLS part, its files installed on the host; True if a file changed."""
+    if not edge.on:
+        return None, False
+    changed = False
+    run(c, f"install -d -m 755 {plan.tls_dir}")
+    certificate = key = ca_file = ""
+    if edge.mode == "certificate":
+        certificate, key = f"{plan.tls_dir}/edge.pem", f"{plan.tls_dir}/edge.key"
+        changed |= put_if_changed(c, certificate, edge.local(edge.certificate))
+        changed |= put_if_changed(c, key, edge.local(edge.key), mode="600")
+    elif edge.ca_certificate:
+        ca_file = f"{plan.tls_dir}/acme-ca.pem"
+        changed |= put_if_changed(c, ca_file, edge.local(edge.ca_certificate))
+    standard = plan.port == 80 and plan.https_port == 443
+    tls = config_files.VhostTLS(
+        port=plan.https_port,
+        listen=plan.https_port != 443,
+        redirect_port="" if plan.https_port == 443 else f":{plan.https_port}",
+        certificate=certificate,
+        key=key,
+        acme=config_files.Acme(
+            domains=edge.domains,
+            email=edge.email,
+            ca=edge.ca,
+            ca_file=ca_file,
+            port_map="" if standard else f"http:{plan.port} https:{plan.https_port}",
+        )
+        if edge.mode == "acme"
+        else None,
+    )
+    return tls, changed
 
 
 def reload_web_code(c: Connection, plan: Plan) -> str:
@@ -75,15 +120,25 @@ def reload_web_code(c: Connection, plan: Plan) -> str:
     return "web code reloaded"
 
 
-def smoke(c: Connection, plan: Plan, attempts: int = 30) -> str:
+def local_url(plan: Plan, edge: Edge) -> str:
+    """Apache as the host itself reaches it: over HTTPS when TLS is on (the redirect is
+    all plain HTTP answers then)."""
+    if edge.on:
+        return f"https://127.0.0.1:{plan.https_port}"
+    return f"http://127.0.0.1:{plan.port}"
+
+
+def smoke(c: Connection, plan: Plan, edge: Edge, attempts: int = 30) -> str:
     """A request through Apache on the host itself, with the first API key when keys are
     on (read there from the env file and handed to curl on its stdin, never on a command
-    line); the answer's top label."""
+    line); the answer's top label. Over HTTPS, the certificate is not checked: this is
+    the host's own loopback, and a certificate of the operator's may name another host."""
     key = config.BY_NAME["api_keys"].env_var
+    insecure = "--insecure " if edge.on else ""
     command = plan.with_env(
         f'{{ [ -z "${key}" ] || printf \'Authorization: Bearer %s\\n\' "${{{key}%%,*}}"; }} | '
-        f"curl -fsS --max-time 20 -H @- -F image=@{plan.current}/{SAMPLE} "
-        f"http://127.0.0.1:{plan.port}/predict"
+        f"curl -fsS {insecure}--max-time 20 -H @- -F image=@{plan.current}/{SAMPLE} "
+        f"{local_url(plan, edge)}/predict"
     )
     for _ in range(attempts):
         result = run(c, command, warn=True)

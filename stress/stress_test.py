@@ -68,6 +68,7 @@ class Target:
     timeout: float = 30.0
     body: str = "multipart"  # or "raw": the image as the request body
     api_key: str = None  # sent as a Bearer token when given
+    verify: bool = True  # check the HTTPS certificate
 
 
 def post(pool, target, results):
@@ -90,7 +91,7 @@ def open_loop(target, count, interval, max_seconds, results):
     """A new thread every ``interval`` seconds, one request each."""
     threads = []
     stop_at = time.monotonic() + max_seconds
-    pool = client.connections(64)
+    pool = client.connections(64, target.verify)
     for _ in range(count):
         if time.monotonic() > stop_at:
             break
@@ -109,7 +110,7 @@ def closed_loop(target, count, concurrency, max_seconds, results):
     stop_at = time.monotonic() + max_seconds
 
     def run():
-        pool = client.connections()  # one keep-alive connection per thread
+        pool = client.connections(verify=target.verify)  # one keep-alive connection per thread
         while time.monotonic() < stop_at:
             with lock:
                 if next(remaining, None) is None:
@@ -182,10 +183,11 @@ def run(
     progress=False,
     report=None,
     api_key=None,
+    verify=True,
 ):
     """Run the stress test; the summary dict (see ``summarize``). ``progress`` shows a bar
     on a terminal; ``report`` names a folder for the report (stress/report.py)."""
-    target = Target(url, image, timeout, body, api_key)
+    target = Target(url, image, timeout, body, api_key, verify)
     with tqdm(total=count, unit="req", disable=None if progress else True, file=sys.stderr) as bar:
         results = Results(bar)
         if concurrency:
@@ -236,6 +238,11 @@ def main(argv=None):
         default=default_api_key(settings),
         help="sent as 'Authorization: Bearer KEY' (default: the first of BEAGLE_API_KEYS, if set)",
     )
+    parser.add_argument(
+        "--insecure",
+        action="store_true",
+        help="accept any HTTPS certificate (a web host stressing its own loopback)",
+    )
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
     args = parser.parse_args(argv)
     image = Path(args.image).read_bytes()
@@ -251,6 +258,7 @@ def main(argv=None):
         progress=not args.json,
         report=args.report,
         api_key=args.api_key,
+        verify=not args.insecure,
     )
     if args.json:
         print(json.dumps(summary))

@@ -29,6 +29,8 @@ class SSHHost:
     def start(self, client_key):
         self.work.mkdir(parents=True, exist_ok=True)
         key = self.work / "host_key"
+        for old in (key, key.with_suffix(".pub")):  # started again: a new host key
+            old.unlink(missing_ok=True)
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
         authorized = self.work / "authorized_keys"
         authorized.write_text(Path(f"{client_key}.pub").read_text())
@@ -103,6 +105,19 @@ def fab(source, config, *args, timeout=900):
     )
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
     return done.stdout
+
+
+def fab_refused(source, config, *args, timeout=120):
+    """What fab said when it stopped with an error (it must)."""
+    done = subprocess.run(
+        [str(BIN / "fab"), "-f", str(config), *map(str, args)],
+        cwd=source,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert done.returncode != 0, done.stdout[-4000:]
+    return done.stdout + done.stderr
 
 
 def step_lines(output):

@@ -16,7 +16,7 @@ from invoke.exceptions import UnexpectedExit
 
 from provisioning import remote
 
-KEYS = "bare-key-1,bare-key-2"
+KEYS = "bare-key-1-0123456789abcdef0123456789,bare-key-2-0123456789abcdef0123456789"
 SAMPLE = "/opt/beagle/current/stress/images/digit_7.png"
 
 
@@ -108,7 +108,7 @@ def test_a_sudoer_deploys_a_bare_host_with_api_keys(tmp_path, bare_host, client_
         remote.run(
             c, "set -a; . /etc/beagle/beagle.env; set +a; echo ${BEAGLE_API_KEYS%%,*}"
         ).stdout
-        == "bare-key-1\n"
+        == KEYS.split(",")[0] + "\n"
     )
     # An upload that fails removes its private folder too.
     with pytest.raises(UnexpectedExit):
@@ -119,7 +119,9 @@ def test_a_sudoer_deploys_a_bare_host_with_api_keys(tmp_path, bare_host, client_
     curl = f"curl -s -o /dev/null -w '%{{http_code}}' -F image=@{SAMPLE} http://127.0.0.1/predict"
     assert c.run(curl, hide=True).stdout == "401"
     assert (
-        c.run(curl.replace("curl", "curl -H 'Authorization: Bearer bare-key-2'"), hide=True).stdout
+        c.run(
+            curl.replace("curl", f"curl -H 'Authorization: Bearer {KEYS.split(',')[1]}'"), hide=True
+        ).stdout
         == "200"
     )
 

@@ -16,6 +16,7 @@ from app.config import PROJECT_ROOT
 from provisioning import envfile
 from provisioning.bundle import SHIPPED, Bundle
 from provisioning.deployment import redis_address
+from provisioning.edge import LETS_ENCRYPT, Edge, check_exposure
 from provisioning.host import gpu_requirements
 from provisioning.plan import Plan
 from provisioning.redis_host import redis_server_problem
@@ -155,6 +156,34 @@ def test_values_a_shell_could_expand_are_refused(value):
 
 def plan(**values):
     return Plan(**values)
+
+
+KEY = "k" * 32
+
+
+def test_closed_by_default_plain_http_only_on_loopback_or_behind_a_proxy(tmp_path):
+    open_http = Edge.from_plan(plan())
+    check_exposure(plan(listen="127.0.0.1"), open_http, ())  # make-run-like: fine
+    with pytest.raises(Exit, match="would serve plain HTTP on \\*"):
+        check_exposure(plan(), open_http, (KEY,))
+    proxied = Edge.from_plan(plan(tls={"behind_proxy": True}))
+    check_exposure(plan(), proxied, (KEY,))
+    with pytest.raises(Exit, match="no API keys are set.*fab new-api-key.*open_api: true"):
+        check_exposure(plan(), proxied, ())
+    check_exposure(plan(open_api=True), proxied, ())  # said out loud
+
+
+def test_the_tls_part_of_the_plan_is_checked_before_any_host_is_touched(tmp_path):
+    with pytest.raises(Exit, match="must be one of off, certificate, acme"):
+        Edge.from_plan(plan(tls={"mode": "letsencrypt"}))
+    with pytest.raises(Exit, match="acme needs domains"):
+        Edge.from_plan(plan(tls={"mode": "acme", "email": "ops@example.com"}))
+    with pytest.raises(Exit, match="no such file"):
+        Edge.from_plan(plan(tls={"mode": "certificate", "certificate": str(tmp_path / "x")}))
+    with pytest.raises(Exit, match="unknown keys domain"):
+        Edge.from_plan(plan(tls={"mode": "acme", "domain": "x"}))
+    acme = Edge.from_plan(plan(tls={"mode": "acme", "domains": "a.example", "email": "o@x"}))
+    assert acme.domains == ("a.example",) and acme.ca == LETS_ENCRYPT and acme.on
 
 
 def test_redis_binds_loopback_alone_and_a_given_private_address_in_a_cluster():

@@ -86,7 +86,8 @@ def test_metrics_are_for_admin_networks_only(start_stack):
     stack = start_stack(admin_networks="10.99.0.0/16")
     refused = requests.get(stack.url + "/metrics")
     assert refused.status_code == 403 and "admin_networks" in refused.json()["error"]
-    assert requests.get(stack.url + "/status").status_code == 200
+    status = requests.get(stack.url + "/status")  # no keys: only admin networks
+    assert status.status_code == 403 and "admin_networks" in status.json()["error"]
 
 
 def test_the_page_classifies_an_uploaded_digit_in_a_real_browser(stack):

@@ -19,11 +19,13 @@ from deploying import (
     SSHHost,
     checkout,
     fab,
+    fab_refused,
     operate,
     step_lines,
     write_config,
 )
 
+from app.config import PROJECT_ROOT
 from tools.devstack import free_port
 
 
@@ -61,6 +63,44 @@ def services(deployment):
         run("a2ensite", "-q", "000-default")
     shutil.rmtree("/var/lib/beagle-redis", ignore_errors=True)
     shutil.rmtree(f"{deployment['etc']}", ignore_errors=True)
+
+
+def fingerprint(public_key):
+    return subprocess.run(
+        ["ssh-keygen", "-lf", str(public_key)], capture_output=True, text=True, check=True
+    ).stdout.split()[1]
+
+
+def test_unknown_or_changed_host_keys_stop_every_task_and_accept_new_records(tmp_path, client_key):
+    host = SSHHost(tmp_path / "sshd").start(client_key)
+    try:
+        known, config = tmp_path / "known_hosts", tmp_path / "fabric.yaml"
+        config.write_text(f"beagle:\n  known_hosts: {known}\n")
+        ssh = ["-H", host.target, "-i", client_key]
+        first = fingerprint(host.work / "host_key.pub")
+        refused = fab_refused(PROJECT_ROOT, config, *ssh, "hosts")
+        name = f"[{host.address}]:{host.port}"
+        assert f"{name}: unknown SSH host key ssh-ed25519 {first}" in refused
+        assert not known.exists()
+
+        config.write_text(f"beagle:\n  known_hosts: {known}\n  host_keys: accept-new\n")
+        assert f"host key ssh-ed25519 {first}" in fab(PROJECT_ROOT, config, *ssh, "hosts")
+        assert known.read_text().startswith(f"{name} ssh-ed25519 ")
+        config.write_text(f"beagle:\n  known_hosts: {known}\n")  # strict again: known now
+        fab(PROJECT_ROOT, config, *ssh, "hosts")
+
+        host.stop()
+        host.start(client_key)  # the same address and port, a new key: a man in the middle
+        changed = fab_refused(PROJECT_ROOT, config, *ssh, "hosts")
+        second = fingerprint(host.work / "host_key.pub")
+        assert f"{name}: its SSH host key CHANGED: it offers ssh-ed25519 {second}" in changed
+        assert f"holds {first}" in changed
+        print(
+            f"\nhost keys: unknown refused ({first}), recorded with accept-new, a changed "
+            f"one refused ({second})"
+        )
+    finally:
+        host.stop()
 
 
 def test_deploy_stress_redeploy_rollback_over_ssh(tmp_path, client_key, deployment, services):

@@ -11,10 +11,11 @@ import sys
 import pytest
 import redis
 import requests
-from helpers import predict, public_tempdir, sample
+from helpers import predict, public_tempdir, sample, wait_for
 
 from app import config
 from app.config import PROJECT_ROOT
+from app.keys import Keys
 from provisioning import config_files
 from tools.devstack import RedisServer
 
@@ -128,7 +129,7 @@ def test_a_full_redis_refuses_admission_instead_of_evicting(redis_server):
         server.stop()
 
 
-API_KEYS = ("alpha-7f3e9c1d2b", "beta-0a8d6e4f51")
+API_KEYS = ("alpha-7f3e9c1d2b-4a5e6f708192a3b4c5d6", "beta-0a8d6e4f51-9f8e7d6c5b4a39281706")
 
 
 @pytest.fixture
@@ -155,6 +156,28 @@ def test_api_keys_guard_predict_but_not_health(keyed_stack):
         assert response.json()["predictions"][0]["label"] == "3"
     assert requests.get(url + "/healthz").status_code == 200
     assert requests.get(url + "/readyz").status_code == 200
+
+
+def test_api_keys_shorter_than_32_characters_are_refused():
+    with pytest.raises(ValueError, match="keys need 32 or more"):
+        config.load({"BEAGLE_API_KEYS": f"{API_KEYS[0]},short-key"})
+    assert config.load({"BEAGLE_API_KEYS": API_KEYS[0]}).api_keys == (API_KEYS[0],)
+
+
+def test_status_needs_an_admin_network_or_a_key_and_401s_are_counted(start_stack, client):
+    stack = start_stack(api_keys=",".join(API_KEYS), admin_networks="10.99.0.0/16")
+    assert requests.get(stack.url + "/status").status_code == 401
+    assert requests.post(stack.url + "/predict", files={"image": sample(3)}).status_code == 401
+    keyed = requests.get(stack.url + "/status", headers={"Authorization": f"Bearer {API_KEYS[1]}"})
+    assert keyed.status_code == 200 and keyed.json()["models"][0]["name"] == "digits"
+    counters = Keys(stack.settings.key_prefix).metrics("counters")
+    counted = wait_for(
+        lambda: client.hgetall(counters).get(b"unauthorized|endpoint=admin.status"),
+        5,
+        "the 401s counted",
+    )
+    assert counted == b"1"
+    assert client.hget(counters, "unauthorized|endpoint=api.predict") == b"1"
 
 
 def tool(*args, keys=None, timeout=120):

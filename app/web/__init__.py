@@ -5,31 +5,30 @@ or {"error"} under /v1/ as TensorFlow Serving has it; 503s carry Retry-After. Th
 tier imports Pillow, NumPy and redis-py, never TensorFlow.
 
 App-wide hooks, in order: `_start_request` gives the request its id and start time;
-`require_api_key` guards both prediction APIs; `_finish_request` sets X-Request-ID and
-counts prediction requests in /metrics, under ``g.metric_model``: the model once a view
-knows it is served (so that no name a client makes up becomes a metric label). A request
-refused before it was queued raises `Shed`, whose handler counts its reason.
+`auth.require_api_key` guards both prediction APIs (app/web/auth.py); `_finish_request`
+sets X-Request-ID and counts prediction requests in /metrics, under ``g.metric_model``:
+the model once a view knows it is served (so that no name a client makes up becomes a
+metric label). A request refused before it was queued raises `Shed`, whose handler counts
+its reason.
 """
 
-import hmac
 import logging
 import time
 import uuid
 from typing import Any
 
 import redis
-from flask import Flask, Response, abort, g, jsonify, request
+from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from app import config
 from app.queue import Shed
-from app.web import admin, api, openapi, resources, tfserving, ui
+from app.web import admin, api, auth, openapi, resources, tfserving, ui
 
 log = logging.getLogger("beagle.web")
 
 RETRY_AFTER_S = 1
 PREDICT_ENDPOINTS = ("api.predict", "tfserving.predict")
-PROTECTED_PATHS = ("/predict", "/v1/")
 
 
 def create_app(test_config: dict[str, Any] | None = None) -> Flask:
@@ -41,7 +40,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = config.body_limit(settings)
     resources.init_app(app)
     app.before_request(_start_request)  # first: every later hook and error has the id
-    app.before_request(require_api_key)
+    app.before_request(auth.require_api_key)
     app.after_request(_finish_request)
     for blueprint in (api.bp, tfserving.bp, admin.bp, ui.bp, openapi.bp):
         app.register_blueprint(blueprint)
@@ -50,20 +49,6 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.register_error_handler(redis.RedisError, redis_error)
     app.register_error_handler(Exception, unexpected_error)
     return app
-
-
-def require_api_key() -> None:
-    """With api_keys set, /predict and /v1/... need one of them as a Bearer token."""
-    keys = resources.current_settings().api_keys
-    if not keys or not request.path.startswith(PROTECTED_PATHS):
-        return
-    token: str | bytes
-    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-    token = token.strip().encode()
-    # Compare against every key, in constant time, so timing says nothing about any.
-    matches = [hmac.compare_digest(token, key.encode()) for key in keys]
-    if scheme.lower() != "bearer" or not any(matches):
-        abort(401, "this endpoint needs 'Authorization: Bearer <api key>'")
 
 
 def json_error(exc: HTTPException) -> Response:

@@ -1,24 +1,16 @@
 """Operators' endpoints: GET /metrics (Prometheus, admin networks only) and GET /status
 (the live state the page at / shows)."""
 
-import ipaddress
 import time
 
 from flask import Blueprint, Response, abort, jsonify, request
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from app import metrics
-from app.web.resources import beagle, current_settings
+from app.web.auth import from_admin_network, require_admin_or_key
+from app.web.resources import beagle
 
 bp = Blueprint("admin", __name__)
-
-
-def from_admin_network() -> bool:
-    """Whether the client's address lies in admin_networks."""
-    if request.remote_addr is None:
-        return False
-    address = ipaddress.ip_address(request.remote_addr)
-    return any(address in network for network in current_settings().admin_networks)
 
 
 @bp.get("/metrics")
@@ -33,7 +25,9 @@ def prometheus() -> Response:
 
 @bp.get("/status")
 def status() -> Response:
-    """Models with their versions, live workers and queues; workers; request totals."""
+    """Models with their versions, live workers and queues; workers; request totals. For
+    admin networks, or with an API key when keys are on."""
+    require_admin_or_key()
     resources = beagle()
     models = [
         {
