@@ -154,6 +154,7 @@ def rollback(c: Context) -> None:
 def status(c: Context) -> None:
     """Units, readiness, queue depth, worker heartbeats and the last errors."""
     plan = Plan.from_config(c.config)
+    edge = Edge.from_plan(plan)
     for conn, roles in targets(c, plan):
         units = ["beagle-redis"] * ("redis" in roles) + ["apache2"] * ("web" in roles)
         units += run(
@@ -166,8 +167,10 @@ def status(c: Context) -> None:
             state = run(conn, f"{plan.systemctl} is-active {unit}", warn=True).stdout.strip()
             print(f"{conn.host}: {unit}: {state}")
         if "web" in roles:
-            ready = run(conn, f"curl -s http://127.0.0.1:{plan.port}/readyz", warn=True).stdout
-            live = json.loads(run(conn, f"curl -s http://127.0.0.1:{plan.port}/status").stdout)
+            # The host's own loopback (an admin network): its certificate is not checked.
+            url = web_host.local_url(plan, edge)
+            ready = run(conn, f"curl -sk {url}/readyz", warn=True).stdout
+            live = json.loads(run(conn, f"curl -sk {url}/status").stdout)
             print(f"{conn.host}: ready: {ready.strip()}")
             for model in live["models"]:
                 print(

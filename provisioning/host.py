@@ -158,6 +158,7 @@ def workers(c: Connection, plan: Plan, gpus: int, release_changed: bool) -> list
         prefix=plan.prefix,
         stop_timeout=plan.stop_timeout,
         hostname=run(c, "hostname").stdout.strip(),
+        gpus=gpus,
     )
     changed = put_if_changed(c, "/etc/systemd/system/beagle-worker@.service", unit)
     count = gpus or plan.cpu_workers

@@ -67,7 +67,7 @@ def rules(role: str, keys: Keys) -> list[tuple[str, str]]:
                 f"{scripts} +sadd +hset +hdel +zadd +zrem +zrangebyscore +zremrangebyscore +expire",
                 _patterns("", *registry),
             ),
-            ("+set +del +exists", _patterns("", status)),
+            ("+set +get +del +exists", _patterns("", status)),
             ("+hincrby +hincrbyfloat", _patterns("", metrics)),
         ]
     if role == "admin":

@@ -32,6 +32,8 @@ def apache(
     if missing:
         run(c, f"a2enmod -q {' '.join(missing)}")
         changes.append(f"enabled modules {', '.join(missing)}")
+    if edge.mode == "acme":  # writable in Apache's sandbox only if it exists
+        run(c, f"install -d -m 755 {acme.STORE}")
     tls, files_changed = _tls(c, plan, edge)
     vhost = config_files.apache_vhost(
         settings,

@@ -29,7 +29,7 @@ def main(argv=None):
     while time.monotonic() < give_up:
         try:
             status = json.loads(client.get(key) or "{}")
-        except redis.RedisError:
+        except (redis.ConnectionError, redis.TimeoutError):  # Redis restarting: wait on
             status = {}
         if status.get("started", 0) >= args.since and status.get("models"):
             print(f"worker {args.name} is serving {', '.join(status['models'])}")

@@ -96,6 +96,11 @@ class BareHost:
     def target(self):
         return f"admin@127.0.0.1:{self.port}"
 
+    def known_hosts_line(self):
+        """The host's line in an operator's known_hosts (its ed25519 key, as checked)."""
+        key_type, key = self.path("etc/ssh/ssh_host_ed25519_key.pub").read_text().split()[:2]
+        return f"[127.0.0.1]:{self.port} {key_type} {key}\n"
+
     def path(self, path):
         """``path`` on the host, as this machine sees it."""
         return self.root / str(path).lstrip("/")

@@ -15,6 +15,7 @@ from fabric import Config, Connection
 from invoke.exceptions import UnexpectedExit
 
 from provisioning import remote
+from provisioning.pki import Authority
 
 KEYS = "bare-key-1-0123456789abcdef0123456789,bare-key-2-0123456789abcdef0123456789"
 SAMPLE = "/opt/beagle/current/stress/images/digit_7.png"
@@ -43,7 +44,7 @@ class Watch:
         while not self.stop.wait(0.002):
             paths = [p for p in uploads.glob("beagle-upload.*")]
             paths += [f for p in paths for f in p.glob("*")]
-            paths += etc.glob("beagle.env*")
+            paths += [*etc.glob("*.env*"), *etc.glob("tls/edge.key*")]
             for path in paths:
                 try:
                     status = path.lstat()
@@ -62,7 +63,17 @@ class Watch:
 def test_a_sudoer_deploys_a_bare_host_with_api_keys(tmp_path, bare_host, client_key):
     source = checkout(tmp_path)
     config = tmp_path / "fabric.yaml"
-    config.write_text(f"beagle:\n  settings: {{api_keys: '{KEYS}'}}\n")
+    # The operator's own certificate for the host (made here by a CA of the test's).
+    issued = Authority(tmp_path / "operator-ca").issue("bare", ["127.0.0.1"])
+    (tmp_path / "bare.pem").write_bytes(issued.certificate)
+    (tmp_path / "bare.key").write_bytes(issued.key)
+    known_hosts = tmp_path / "known_hosts"
+    known_hosts.write_text(bare_host.known_hosts_line())
+    config.write_text(
+        f"beagle:\n  settings: {{api_keys: '{KEYS}'}}\n  known_hosts: {known_hosts}\n"
+        f"  tls: {{mode: certificate, certificate: {tmp_path / 'bare.pem'}, "
+        f"key: {tmp_path / 'bare.key'}}}\n"
+    )
     ssh = ["-H", bare_host.target, "-i", client_key]
     watch = Watch(bare_host)
     began = time.monotonic()
@@ -74,8 +85,8 @@ def test_a_sudoer_deploys_a_bare_host_with_api_keys(tmp_path, bare_host, client_
     assert lines["packages"].startswith("installed python3-venv, curl, redis-server, apache2")
     assert lines["redis"].startswith("stopped and disabled Debian's redis-server (port 6379")
 
-    # Secrets: uploads went through private folders of admin's, the env file was never
-    # readable by anyone but root, and nothing is left behind.
+    # Secrets: uploads went through private folders of admin's, the env files and the TLS
+    # key were never readable by anyone but root, and nothing is left behind.
     admin = int(bare_host.chroot("id", "-u", "admin").stdout)
     folders = {
         (path, mode, uid)
@@ -86,10 +97,17 @@ def test_a_sudoer_deploys_a_bare_host_with_api_keys(tmp_path, bare_host, client_
     print(
         f"\nbare host, first deploy {first_took:.0f} s; seen during it: {len(folders)} "
         f"upload folders, modes {sorted({oct(m) for _, m, _ in folders})}, owner uid "
-        f"{sorted({u for _, _, u in folders})}; env file as {sorted(env_files)}"
+        f"{sorted({u for _, _, u in folders})}; env files and key as {sorted(env_files)}"
     )
     assert folders and {(mode, uid) for _, mode, uid in folders} == {(0o700, admin)}
     assert env_files and {(mode, uid) for _, mode, uid in env_files} == {(0o600, 0)}
+    assert {path for path, _, _ in env_files} >= {
+        "etc/beagle/beagle.env",
+        "etc/beagle/web.env",
+        "etc/beagle/worker.env",
+        "etc/beagle/admin.env",
+        "etc/beagle/tls/edge.key",
+    }
     assert not list(bare_host.path("var/tmp").iterdir())
     env = bare_host.path("etc/beagle/beagle.env").stat()
     assert (env.st_mode & 0o777, env.st_uid) == (0o600, 0)
@@ -115,8 +133,18 @@ def test_a_sudoer_deploys_a_bare_host_with_api_keys(tmp_path, bare_host, client_
         remote.upload(c, b"x", "/proc/1/no-such-place/file")
     assert not list(bare_host.path("var/tmp").iterdir())
 
+    # HTTPS with the operator's certificate (its key root's alone); plain HTTP redirects.
+    edge_key = bare_host.path("etc/beagle/tls/edge.key").stat()
+    assert (edge_key.st_mode & 0o777, edge_key.st_uid) == (0o600, 0)
+    ca = "/tmp/operator-ca.pem"
+    bare_host.path(ca).write_bytes((tmp_path / "operator-ca" / "ca.pem").read_bytes())
+    plain = "curl -s -o /dev/null -w '%{http_code} %{redirect_url}' http://127.0.0.1/predict"
+    assert c.run(plain, hide=True).stdout == "301 https://127.0.0.1/predict"
     # API keys on: a request without one is refused.
-    curl = f"curl -s -o /dev/null -w '%{{http_code}}' -F image=@{SAMPLE} http://127.0.0.1/predict"
+    curl = (
+        f"curl -s --cacert {ca} -o /dev/null -w '%{{http_code}}' -F image=@{SAMPLE} "
+        "https://127.0.0.1/predict"
+    )
     assert c.run(curl, hide=True).stdout == "401"
     assert (
         c.run(
@@ -138,7 +166,7 @@ def test_a_sudoer_deploys_a_bare_host_with_api_keys(tmp_path, bare_host, client_
     assert ":6379 " not in listening and "127.0.0.1:6380 " in listening
     refused = remote.run(
         c,
-        "set -a; . /etc/beagle/beagle.env; /opt/beagle/current/venv/bin/"
+        "set -a; . /etc/beagle/admin.env; /opt/beagle/current/venv/bin/"
         'python -c "import os, redis; redis.Redis.from_url(os.environ['
         "'BEAGLE_REDIS_URL']).config_get('dir')\"",
         warn=True,
@@ -172,7 +200,9 @@ def test_the_cuda_branch_runs_as_far_as_a_machine_without_a_gpu_allows(tmp_path,
     host = BareHost(tmp_path / "host", client_key, gpu=True).start()
     try:
         source, config = checkout(tmp_path), tmp_path / "fabric.yaml"
-        config.write_text("beagle: {}\n")
+        known_hosts = tmp_path / "known_hosts"
+        known_hosts.write_text(host.known_hosts_line())
+        config.write_text(f"beagle:\n  listen: 127.0.0.1\n  known_hosts: {known_hosts}\n")
         began = time.monotonic()
         done = subprocess.run(
             [

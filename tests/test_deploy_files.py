@@ -13,7 +13,7 @@ from invoke.exceptions import Exit
 from old_redis import old_redis_server
 
 from app.config import PROJECT_ROOT
-from provisioning import envfile
+from provisioning import config_files, envfile
 from provisioning.bundle import SHIPPED, Bundle
 from provisioning.deployment import redis_address
 from provisioning.edge import LETS_ENCRYPT, Edge, check_exposure
@@ -222,8 +222,6 @@ def test_a_gpu_host_gets_the_cuda_builds_of_the_same_pins():
 
 
 def test_rendered_units_pass_systemd_analyze(tmp_path):
-    from provisioning import config_files
-
     units = {
         "beagle-redis.service": config_files.render(
             "systemd/beagle-redis.service.j2", etc="/etc/beagle", redis_dir="/var/lib/x"
@@ -234,6 +232,10 @@ def test_rendered_units_pass_systemd_analyze(tmp_path):
             prefix=sys.prefix,
             stop_timeout=90,
             hostname="gpu1",
+            gpus=1,
+        ),
+        "beagle-firewall.service": config_files.render(
+            "systemd/beagle-firewall.service.j2", etc="/etc/beagle"
         ),
     }
     for name, text in units.items():
@@ -245,6 +247,7 @@ def test_rendered_units_pass_systemd_analyze(tmp_path):
             "verify",
             str(tmp_path / "beagle-redis.service"),
             str(tmp_path / "beagle-worker@0.service"),
+            str(tmp_path / "beagle-firewall.service"),
         ],
         capture_output=True,
         text=True,
@@ -275,3 +278,59 @@ def test_the_deploy_refuses_a_redis_older_than_6_2():
     assert redis_server_problem(version_of(old_redis_server())).startswith(
         "Redis 5.0.6 is too old: Beagle needs 6.2 or newer"
     )
+
+
+def exposure(*args):
+    """systemd-analyze security's overall exposure (0-10; 4.0 or less is "OK")."""
+    done = subprocess.run(
+        ["systemd-analyze", "security", "--offline=true", *args], capture_output=True, text=True
+    )
+    found = re.search(r"Overall exposure level for \S+: (\d+\.\d+) (\w+)", done.stdout)
+    assert found, done.stdout[-2000:] + done.stderr
+    return float(found.group(1)), found.group(2)
+
+
+def test_every_rendered_unit_is_sandboxed_to_an_exposure_of_4_at_most(tmp_path):
+    render = config_files.render
+    units = {
+        "beagle-worker@0.service (CPU host)": render(
+            "systemd/beagle-worker@.service.j2",
+            etc="/etc/beagle",
+            prefix="/opt/beagle",
+            stop_timeout=90,
+            hostname="h",
+            gpus=0,
+        ),
+        "beagle-worker@0.service (GPU host)": render(
+            "systemd/beagle-worker@.service.j2",
+            etc="/etc/beagle",
+            prefix="/opt/beagle",
+            stop_timeout=90,
+            hostname="h",
+            gpus=1,
+        ),
+        "beagle-redis.service": render(
+            "systemd/beagle-redis.service.j2", etc="/etc/beagle", redis_dir="/var/lib/x"
+        ),
+    }
+    scores = {}
+    for name, text in units.items():
+        path = tmp_path / name.split()[0]
+        path.write_text(text)
+        scores[name] = exposure(str(path))
+        path.unlink()
+    # Apache: Debian's own unit with Beagle's drop-in, merged as systemd merges them.
+    root = tmp_path / "root"
+    (root / "lib/systemd/system").mkdir(parents=True)
+    shutil.copy("/lib/systemd/system/apache2.service", root / "lib/systemd/system")
+    scores["apache2.service (Debian's)"] = exposure(f"--root={root}", "apache2.service")
+    (root / "etc/systemd/system/apache2.service.d").mkdir(parents=True)
+    (root / "etc/systemd/system/apache2.service.d/beagle.conf").write_text(
+        config_files.apache_environment("/etc/beagle")
+    )
+    scores["apache2.service + beagle.conf"] = exposure(f"--root={root}", "apache2.service")
+    print(f"\nsystemd-analyze security exposure: {scores}")
+    assert scores.pop("apache2.service (Debian's)")[0] > 4.0  # what the drop-in improves on
+    assert all(level <= 4.0 and verdict == "OK" for level, verdict in scores.values()), scores
+    gpu = units["beagle-worker@0.service (GPU host)"]
+    assert "DeviceAllow=/dev/nvidia%i rw" in gpu and "PrivateDevices" not in gpu

@@ -73,7 +73,13 @@ def test_concurrent_decompression_bombs_stay_within_the_decode_budget(start_stac
         f"decode budget {budget_mb} MB: statuses {statuses}; web process RSS "
         f"{before / MB:.0f} MB before, peak {peak / MB:.0f} MB"
     )
-    assert set(statuses) <= {200, 503, 413}
+    # Some are decoded, in turn; the rest refused for the budget, not for anything else.
+    assert statuses.count(200) >= 1 and set(statuses) == {200, 503}, statuses
+    assert all(
+        "decoding other large images" in reply["error"]
+        for status, reply in replies
+        if status == 503
+    )
     assert peak - before <= (budget_mb + 96) * MB
 
 

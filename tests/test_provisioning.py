@@ -4,14 +4,18 @@ the real unit files under docker-systemctl-replacement (Fabric config beagle.sys
 production uses systemd itself. Everything is deployed under a prefix of its own and
 removed afterwards. tests/test_bare_host.py deploys as a sudoer to a bare Debian host."""
 
+import json
+import os
 import re
 import secrets
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
+from acme_server import Pebble
 from deploying import (
     STEPS,
     SYSTEMCTL,
@@ -26,7 +30,10 @@ from deploying import (
 )
 
 from app.config import PROJECT_ROOT
+from provisioning import envfile
 from tools.devstack import free_port
+
+MD_STORE = "/etc/apache2/md"  # mod_md's certificates on this machine
 
 
 @pytest.fixture
@@ -44,19 +51,31 @@ def services(deployment):
     puts back Debian's redis-server unit as it was (the deploy disables it)."""
     run = lambda *command: subprocess.run(command, capture_output=True)  # noqa: E731
     debian_redis = run(str(SYSTEMCTL), "is-enabled", "redis-server").stdout.strip()
+    modules = set(os.listdir("/etc/apache2/mods-enabled"))
+    shutil.rmtree(MD_STORE, ignore_errors=True)  # certificates of an earlier run's CA
     yield
     if debian_redis == b"enabled":
         run(str(SYSTEMCTL), "enable", "redis-server")
     wants = Path("/etc/systemd/system/multi-user.target.wants")
-    for unit in ["apache2", "beagle-redis", *(p.stem for p in wants.glob("beagle-worker@*"))]:
+    units = ["apache2", "beagle-redis", "beagle-firewall"]
+    for unit in [*units, *(p.stem for p in wants.glob("beagle-worker@*"))]:
         run(str(SYSTEMCTL), "stop", unit)
         run(str(SYSTEMCTL), "disable", unit)
     for path in [
         "/etc/systemd/system/beagle-worker@.service",
         "/etc/systemd/system/beagle-redis.service",
+        "/etc/systemd/system/beagle-firewall.service",
         "/etc/systemd/system/apache2.service.d/beagle.conf",
     ]:
         Path(path).unlink(missing_ok=True)
+    added = {
+        m.removesuffix(".load")
+        for m in set(os.listdir("/etc/apache2/mods-enabled")) - modules
+        if m.endswith(".load")
+    }
+    if added:
+        run("a2dismod", "-q", "-f", *added)
+    shutil.rmtree(MD_STORE, ignore_errors=True)
     run("a2dissite", "-q", "beagle")
     Path("/etc/apache2/sites-available/beagle.conf").unlink(missing_ok=True)
     if not Path("/etc/apache2/sites-enabled/000-default.conf").exists():
@@ -103,20 +122,146 @@ def test_unknown_or_changed_host_keys_stop_every_task_and_accept_new_records(tmp
         host.stop()
 
 
-def test_deploy_stress_redeploy_rollback_over_ssh(tmp_path, client_key, deployment, services):
+def curl(*args):
+    return subprocess.run(
+        ["curl", "-sS", "--max-time", "20", *args], capture_output=True, text=True
+    )
+
+
+def tls_report(host, port, work):
+    """What testssl.sh finds on ``host``:``port`` (at 127.0.0.1): protocols offered, weak
+    cipher categories and ciphers without forward secrecy offered, HSTS."""
+    report = work / "testssl.json"
+    subprocess.run(
+        [
+            "testssl",
+            "--quiet",
+            "--warnings",
+            "off",
+            "--color",
+            "0",
+            "-p",
+            "-s",
+            "-e",
+            "-h",
+            "--ip",
+            "127.0.0.1",
+            "--jsonfile",
+            str(report),
+            f"{host}:{port}",
+        ],
+        capture_output=True,
+        timeout=300,
+    )
+    found = {item["id"]: item["finding"] for item in json.loads(report.read_text())}
+    names = {
+        "SSLv2": "SSLv2",
+        "SSLv3": "SSLv3",
+        "TLS1": "TLSv1.0",
+        "TLS1_1": "TLSv1.1",
+        "TLS1_2": "TLSv1.2",
+        "TLS1_3": "TLSv1.3",
+    }
+    offered = sorted(n for i, n in names.items() if found.get(i, "").startswith("offered"))
+    weak = sorted(
+        i for i in found if i in WEAK_CATEGORIES and not found[i].startswith("not offered")
+    )
+    ciphers = [f.split() for i, f in found.items() if i.startswith("cipher_x")]
+    without_fs = sorted(c[1] for c in ciphers if c[2] not in ("ECDH", "DH", "ECDH/MLKEM"))
+    not_aead = sorted(c[1] for c in ciphers if not ("GCM" in c[1] or "CHACHA20" in c[1]))
+    return {
+        "offered": offered,
+        "weak": weak,
+        "ciphers": sorted(c[1] for c in ciphers),
+        "without_forward_secrecy": without_fs,
+        "not_aead": not_aead,
+        "hsts": found.get("HSTS_time", "absent"),
+    }
+
+
+WEAK_CATEGORIES = (
+    "cipherlist_NULL",
+    "cipherlist_aNULL",
+    "cipherlist_EXPORT",
+    "cipherlist_LOW",
+    "cipherlist_3DES_IDEA",
+    "cipherlist_AVERAGE",
+)
+DOMAIN = "beagle.test"
+API_KEY = "k-two-hosts-0123456789abcdef0123456789"
+
+
+def test_deploy_over_ssh_with_https_from_acme_stress_redeploy_rollback(
+    tmp_path, client_key, deployment, services
+):
     host = SSHHost(tmp_path / "sshd").start(client_key)
+    port, https_port = free_port(), free_port()
+    pebble = Pebble(tmp_path / "pebble", port, https_port).start()
     try:
         source = checkout(tmp_path)
-        port = free_port()
-        config = write_config(tmp_path / "fabric.yaml", deployment, port, free_port())
+        config = write_config(
+            tmp_path / "fabric.yaml",
+            deployment,
+            port,
+            free_port(),
+            [host],
+            f"  https_port: {https_port}\n  listen: 127.0.0.1\n"
+            f"  tls: {{mode: acme, domains: [{DOMAIN}], email: ops@{DOMAIN}, "
+            f"ca: '{pebble.directory}', ca_certificate: {pebble.ca_certificate}}}\n",
+        )
         ssh = ["-H", host.target, "-i", client_key]
         began = time.monotonic()
         first = fab(source, config, *ssh, "deploy")
         took = time.monotonic() - began
         assert "smoke: a digit 7 came back as '7' through Apache." in first
-        assert f"Beagle is serving on http://127.0.0.1:{port}" in first
+        assert f"Beagle is serving on https://{DOMAIN}:{https_port}" in first
         assert "Stress it: fab -H 127.0.0.1 stress" in first
         assert "skipped: no NVIDIA GPU" in step_lines(first)["cuda"]
+        assert f"HTTPS certificate for {DOMAIN} from" in step_lines(first)["apache"]
+
+        # HTTPS with the certificate pebble issued, checked against pebble's root; plain
+        # HTTP only redirects, ACME's challenges excepted.
+        root = tmp_path / "pebble-root.pem"
+        root.write_bytes(pebble.issuing_root())
+        secure = curl(
+            "-D",
+            "-",
+            "--cacert",
+            str(root),
+            "--resolve",
+            f"{DOMAIN}:{https_port}:127.0.0.1",
+            f"https://{DOMAIN}:{https_port}/healthz",
+        )
+        assert secure.returncode == 0 and " 200" in secure.stdout.split("\r\n")[0], secure
+        headers = secure.stdout.lower()
+        assert "strict-transport-security: max-age=63072000" in headers
+        assert "x-content-type-options: nosniff" in headers and "referrer-policy:" in headers
+        assert "frame-ancestors 'none'" in headers
+        plain = curl(
+            "-D",
+            "-",
+            "-o",
+            "/dev/null",
+            "--resolve",
+            f"{DOMAIN}:{port}:127.0.0.1",
+            f"http://{DOMAIN}:{port}/predict?x=1",
+        )
+        assert " 301" in plain.stdout.split("\r\n")[0]
+        assert f"location: https://{DOMAIN}:{https_port}/predict?x=1" in plain.stdout.lower()
+        challenge = curl(
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            f"http://127.0.0.1:{port}/.well-known/acme-challenge/none",
+        )
+        assert challenge.stdout != "301"
+        report = tls_report(DOMAIN, https_port, tmp_path)
+        print(f"\nfirst HTTPS deploy {took:.0f} s; testssl.sh: {report}")
+        assert report["offered"] == ["TLSv1.2", "TLSv1.3"] and report["weak"] == []
+        assert report["ciphers"] and report["without_forward_secrecy"] == []
+        assert report["not_aead"] == []
+        assert report["hsts"].startswith("730 days")
 
         stress = fab(source, config, *ssh, "stress", "--requests", 300, "--concurrency", 16)
         assert "300 requests in" in stress and "  200: 300" in stress
@@ -132,7 +277,7 @@ def test_deploy_stress_redeploy_rollback_over_ssh(tmp_path, client_key, deployme
 
         began = time.monotonic()
         again = fab(source, config, *ssh, "deploy")
-        print(f"\nfirst deploy {took:.0f} s, second {time.monotonic() - began:.1f} s")
+        print(f"second deploy {time.monotonic() - began:.1f} s")
         lines = step_lines(again)
         assert {step: lines[step] for step in STEPS} == {step: "unchanged" for step in STEPS}
 
@@ -149,6 +294,7 @@ def test_deploy_stress_redeploy_rollback_over_ssh(tmp_path, client_key, deployme
 
         operate(source, config, *ssh)
     finally:
+        pebble.stop()
         host.stop()
 
 
@@ -204,10 +350,13 @@ def test_redis_and_apache_on_one_host_a_worker_on_another(
         deployment,
         free_port(),
         free_port(),
+        two_hosts,
         f"  roles: {{redis: [{a.target}], web: [{a.target}], worker: [{b.target}]}}\n"
         f"  redis_address: {a.address}\n"
         # The namespaces reach no package index: the hosts are air-gapped, as many are.
         f"  wheels: {WHEELHOUSE}\n"
+        "  tls: {behind_proxy: true}\n"  # the load balancer in front speaks HTTPS
+        f"  settings: {{api_keys: {API_KEY}}}\n"
         f"connect_kwargs: {{key_filename: [{client_key}]}}\n",
     )
     source = checkout(tmp_path)
@@ -216,6 +365,7 @@ def test_redis_and_apache_on_one_host_a_worker_on_another(
     assert f"{b.address}: workers:" in deployed and f"{a.address}: workers:" not in deployed
     built = rf"^{a.address}: code: release \w+ unpacked; uploaded \d+ wheels; venv \S+ built"
     assert re.search(built, deployed, re.M), deployed
+    assert "firewall: Redis's port" in deployed
     stress = fab(source, config, "stress", "--requests", 300, "--concurrency", 16)
     assert "  200: 300" in stress
     redis_port = int(re.search(r"redis_port: (\d+)", config.read_text()).group(1))
@@ -223,5 +373,39 @@ def test_redis_and_apache_on_one_host_a_worker_on_another(
     redis = namespaces_of(f"redis-server {a.address}:{redis_port}")  # Redis's own title
     print(f"\ntwo hosts: the worker runs in {workers}, Redis in {redis}")
     assert workers == {b.netns} and redis == {a.netns}
-    conf = Path(deployment["etc"], "redis.conf").read_text()
-    assert f"bind {a.address}\n" in conf and "protected-mode yes" in conf
+
+    # Redis speaks TLS only, with the deployment's CA; plaintext is refused, and so is
+    # anyone outside the deployment (this machine, on the bridge, is).
+    etc = Path(deployment["etc"])
+    worker_url = envfile.parse((etc / "worker.env").read_text())["BEAGLE_REDIS_URL"]
+    assert worker_url.startswith("rediss://worker:") and "ssl_ca_certs=" in worker_url
+    probe = (
+        "import sys, redis\n"
+        "try:\n"
+        "    print(redis.Redis.from_url(sys.argv[1], socket_connect_timeout=3,"
+        " socket_timeout=3).ping())\n"
+        "except redis.RedisError as exc:\n"
+        "    print(type(exc).__name__)\n"
+    )
+
+    def ping(netns, url):
+        command = ["ip", "netns", "exec", netns] if netns else []
+        return subprocess.run(
+            [*command, sys.executable, "-c", probe, url], capture_output=True, text=True, timeout=30
+        ).stdout.strip()
+
+    plaintext = worker_url.replace("rediss://", "redis://").split("?")[0]
+    seen = {
+        "over TLS from b": ping(b.netns, worker_url),
+        "in clear from b": ping(b.netns, plaintext),
+        "over TLS from outside": ping(None, worker_url),
+    }
+    print(f"Redis from each place: {seen}")
+    assert seen == {
+        "over TLS from b": "True",
+        "in clear from b": "ConnectionError",
+        "over TLS from outside": "TimeoutError",
+    }
+    conf = (etc / "redis.conf").read_text()
+    assert f"bind {a.address}\n" in conf and "port 0\ntls-port" in conf
+    assert "protected-mode yes" in conf

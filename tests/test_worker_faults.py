@@ -92,6 +92,7 @@ def test_redis_failing_mid_forward_pass_fails_nothing_and_runs_nothing_twice(
     )
     assert all(answer and answer["ok"] for answer in answers), answers
     assert "inference failed" not in log and "1 batches, 8 requests" in log
+    assert "heartbeat failed (" in log and "during a forward pass" in log  # the fault took
 
 
 def test_a_batch_slower_than_claim_idle_keeps_its_claim(tmp_path, redis_server, client):
@@ -115,6 +116,19 @@ def test_a_batch_slower_than_claim_idle_keeps_its_claim(tmp_path, redis_server, 
     finally:
         for worker in workers:
             worker.stop()
+    # The fault took: forward passes outlasted claim_idle (their metrics say so).
+    passes = client.hgetall(keys.metrics("histograms"))
+    prefix = b"inference_seconds|model=slow|le="
+    within = sum(
+        int(n)
+        for field, n in passes.items()
+        if field.startswith(prefix)
+        and field[len(prefix) :] != b"+Inf"
+        and float(field[len(prefix) :]) <= 0.5
+    )
+    slower = int(passes[b"inference_seconds|model=slow|count"]) - within
+    print(f"{slower} forward passes outlasted claim_idle")
+    assert slower >= 2
     print(
         f"\nbatches slower than claim_idle, 2 workers: 16 requests, {ran} forward-passed, "
         f"{len(leftovers)} extra answers"
@@ -168,12 +182,16 @@ def test_workers_on_different_versions_each_serve_their_own(two_versions, start_
     assert all(got == asked for asked, _, got in answers if asked)
 
 
-def test_a_worker_whose_clock_runs_ahead_still_answers_in_time(start_stack):
+def test_a_worker_whose_clock_runs_ahead_still_answers_in_time(start_stack, client):
     stack = start_stack(
         worker_env={"LD_PRELOAD": FAKETIME, "FAKETIME": "+30s"}, request_timeout=10.0
     )
     statuses = [predict(stack.url, sample(2)).status_code for _ in range(20)]
     assert statuses == [200] * 20
+    # The skew took: the worker's clock (its start time, by its own account) runs ahead.
+    started = worker_status(client, stack.settings, stack.workers[0].name)["started"]
+    print(f"\nworker clock ahead by {started - time.time():.0f} s: 20/20 answered")
+    assert started > time.time() + 20
 
 
 def test_a_model_without_workers_does_not_make_the_host_unready(two_models, start_stack, tmp_path):
