@@ -30,6 +30,18 @@ def bare_host(tmp_path, client_key):
         host.stop()
 
 
+# What holds a secret under /etc/beagle: settings (API keys), each role's Redis
+# credentials, Redis's own users' passwords, the TLS key.
+SECRET_FILES = (
+    "beagle.env",
+    "web.env",
+    "worker.env",
+    "admin.env",
+    "redis-users.env",
+    "tls/edge.key",
+)
+
+
 class Watch:
     """Everything a deploy puts under the host's upload folder (/var/tmp) and its env
     file, each (path, mode, owner uid) as seen while the deploy ran, polled every 2 ms."""
@@ -44,7 +56,7 @@ class Watch:
         while not self.stop.wait(0.002):
             paths = [p for p in uploads.glob("beagle-upload.*")]
             paths += [f for p in paths for f in p.glob("*")]
-            paths += [*etc.glob("*.env*"), *etc.glob("tls/edge.key*")]
+            paths += [p for name in SECRET_FILES for p in etc.glob(f"{name}*")]
             for path in paths:
                 try:
                     status = path.lstat()
