@@ -131,6 +131,13 @@ SETTINGS = (
         "redis://127.0.0.1:6379/0",
         "Redis for the queue, results and heartbeats; redis://:password@host:port/db",
     ),
+    Setting(
+        "redis_sentinels",
+        "",
+        "Redis Sentinels (host:port,...) that say where the master is; redis_url then gives "
+        "the user, password and TLS (empty: redis_url is the one Redis)",
+    ),
+    Setting("redis_master", "beagle", "name of the master the Sentinels watch"),
     Setting("key_prefix", "beagle", "prefix of every Redis key Beagle writes"),
     Setting("host", "127.0.0.1", "address Apache listens on for `make run`"),
     Setting("port", 8080, "port Apache listens on"),

@@ -46,6 +46,7 @@ COUNTERS = {  # name: (labels, help)
     "model_swaps": (("model",), "new versions that replaced a served one"),
     "model_load_failures": (("model",), "model versions that failed to load"),
     "unauthorized": (("endpoint",), "requests refused for want of a valid API key (401)"),
+    "requeued": (("model",), "requests queued again after their wait broke (a Redis failover)"),
 }
 HISTOGRAMS = {  # name: (labels, buckets, help)
     "request_duration_seconds": (

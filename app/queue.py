@@ -22,12 +22,9 @@ import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
-from urllib.parse import quote, unquote, urlsplit
 
 import redis
-from redis.backoff import NoBackoff
 from redis.client import Pipeline
-from redis.retry import Retry
 from redis.typing import EncodableT, FieldT
 
 from app.keys import GROUP, Keys
@@ -81,54 +78,6 @@ return {verdict, detail}
 """
 )
 WAITED_SCRIPT = OLDEST_WAITING + "return oldest_waiting(KEYS[1], ARGV[1], 0)"
-# XAUTOCLAIM, which hands a dead worker's requests to a live one, came in Redis 6.2.
-MIN_REDIS_VERSION = (6, 2)
-
-
-def redis_url(user: str, password: str, host: str, port: int, db: int = 0, tls_ca: str = "") -> str:
-    """Beagle's Redis URL for ``user`` (a role's Redis user, provisioning/redis_users.py);
-    with ``tls_ca``, the file of the CA whose certificate Redis's must carry, over TLS."""
-    host = f"[{host}]" if ":" in host else host
-    scheme, query = ("rediss", f"?ssl_ca_certs={quote(tls_ca)}") if tls_ca else ("redis", "")
-    return f"{scheme}://{quote(user)}:{quote(password)}@{host}:{port}/{db}{query}"
-
-
-def url_password(url: str) -> str | None:
-    password = urlsplit(url).password
-    return unquote(password) if password else None
-
-
-def version_problem(version: str) -> str | None:
-    """None if a Redis of ``version`` ("7.0.15") runs Beagle, else what is wrong."""
-    found = tuple(int(part) for part in version.split(".")[:2])
-    if found >= MIN_REDIS_VERSION:
-        return None
-    need = ".".join(map(str, MIN_REDIS_VERSION))
-    return (
-        f"Redis {version} is too old: Beagle needs {need} or newer (XAUTOCLAIM, which "
-        f"recovers a dead worker's requests); install a newer redis-server"
-    )
-
-
-def server_version(url: str) -> str:
-    """The version of the Redis at ``url``, asked over RESP2, which every Redis speaks
-    (redis-py's RESP3 handshake, HELLO, fails before Redis 6)."""
-    client = redis.Redis.from_url(url, protocol=2, socket_connect_timeout=1.0, socket_timeout=5)
-    try:
-        return client.info("server")["redis_version"]
-    finally:
-        client.close()
-
-
-def connect(url: str, socket_timeout: float) -> redis.Redis:
-    """A client that fails fast when Redis is down: 1 s to connect, one immediate retry."""
-    return redis.Redis.from_url(
-        url,
-        socket_connect_timeout=1.0,
-        socket_timeout=socket_timeout,
-        retry=Retry(NoBackoff(), 1),
-        health_check_interval=0,
-    )
 
 
 class Shed(Exception):
@@ -238,12 +187,16 @@ class Queue:
             )
 
     def wait_results(
-        self, request_ids: list[str], remaining: Callable[[], float]
+        self,
+        request_ids: list[str],
+        remaining: Callable[[], float],
+        answers: dict[str, Any] | None = None,
     ) -> list[dict[str, Any]]:
         """The answers for ``request_ids``, in their order, as many as arrived while
-        ``remaining()`` (seconds left) stayed positive."""
+        ``remaining()`` (seconds left) stayed positive. ``answers`` ({request id: answer})
+        holds those that came already, and gets those that come, even if the wait breaks."""
         keys = {self.keys.result(request_id): request_id for request_id in request_ids}
-        answers: dict[str, Any] = {}
+        answers = {} if answers is None else answers
         # Below 1 ms, Redis would round the timeout down to 0, which means "forever".
         while len(answers) < len(keys) and (left := remaining()) >= 0.001:
             waiting = [key for key, request_id in keys.items() if request_id not in answers]

@@ -140,6 +140,13 @@ def apache_environment(etc: str) -> str:
     return render("systemd/apache2-beagle.conf.j2", etc=etc, environment=WEB_ENVIRONMENT)
 
 
+# A master is down for a Sentinel once it has not answered for this long: twice the
+# workers' heartbeat, so a lost packet is not a failover, short enough that serving resumes
+# within seconds. A failover that stalls is given up and tried again after this.
+SENTINEL_DOWN_AFTER_MS = 2000
+SENTINEL_FAILOVER_TIMEOUT_MS = 10000
+
+
 @dataclass(frozen=True)
 class RedisTLS:
     """Where Redis finds its certificate, its key and the CA's certificate."""
@@ -157,10 +164,14 @@ def redis_conf(
     maxmemory: str = "1gb",
     dir: str | Path = "/var/lib/redis",
     tls: RedisTLS | None = None,
+    master: str = "",
+    min_replicas: int = 0,
 ) -> str:
     """Redis for Beagle: loopback or a private address (then TLS only, with ``tls``), one
     user per role in ``passwords`` ({role: password}; provisioning/redis_users.py), the
-    default user off, never evicting."""
+    default user off, never evicting. With ``master`` (host:port), a replica of it, logged
+    in as the replica user; ``min_replicas``: a master accepts writes only while that many
+    replicas are in step."""
     keys = Keys(key_prefix)
     users = [redis_users.acl_line(role, password, keys) for role, password in passwords.items()]
     return render(
@@ -171,4 +182,36 @@ def redis_conf(
         tls=tls,
         maxmemory=maxmemory,
         dir=dir,
+        master=master.replace(":", " ", 1) if master else "",
+        replica_password=passwords.get("replica", ""),
+        min_replicas=min_replicas,
+    )
+
+
+def sentinel_conf(
+    passwords: dict[str, str],
+    bind: str,
+    port: int,
+    master: str,
+    quorum: int,
+    dir: str | Path,
+    tls: RedisTLS | None = None,
+    master_name: str = "beagle",
+) -> str:
+    """Redis Sentinel for Beagle's master (host:port), with ``quorum`` Sentinels to agree it
+    is down; users of the same names and passwords as Redis's."""
+    users = [redis_users.sentinel_acl_line(r, p) for r, p in passwords.items()]
+    return render(
+        "provisioning/sentinel.conf.j2",
+        bind=bind,
+        port=port,
+        tls=tls,
+        dir=dir,
+        users=users,
+        master_name=master_name,
+        master=master.replace(":", " ", 1),
+        quorum=quorum,
+        sentinel_password=passwords["sentinel"],
+        down_after_ms=SENTINEL_DOWN_AFTER_MS,
+        failover_timeout_ms=SENTINEL_FAILOVER_TIMEOUT_MS,
     )

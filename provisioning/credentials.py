@@ -16,7 +16,8 @@ from collections.abc import Iterable
 
 from fabric import Connection
 
-from app import config, queue
+from app import config
+from app.redis_connection import url_password
 from provisioning import envfile
 from provisioning.plan import Plan
 from provisioning.redis_users import ROLES
@@ -72,4 +73,4 @@ def _read(c: Connection, plan: Plan, role: str) -> str | None:
         return envfile.parse(text).get(f"{role.upper()}_PASSWORD") if text else None
     text = read(c, plan.role_env(role))
     url = envfile.parse(text).get(URL_VARIABLE) if text else None
-    return queue.url_password(url) if url else None
+    return url_password(url) if url else None

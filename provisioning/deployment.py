@@ -23,8 +23,9 @@ from fabric import Connection
 from invoke import Context
 from invoke.exceptions import Exit
 
-from app import config, queue
+from app import config
 from app.config import Settings
+from app.redis_connection import redis_url
 from provisioning import credentials, host_keys
 from provisioning.edge import Edge, check_exposure
 from provisioning.plan import Plan
@@ -86,7 +87,7 @@ class Cluster:
         """The Redis URL processes of ``role`` (web, worker, admin) log in with."""
         ca = self.plan.redis_ca if self.redis_tls else ""
         password = self.passwords[role]
-        return queue.redis_url(role, password, self.redis_address, self.plan.redis_port, tls_ca=ca)
+        return redis_url(role, password, self.redis_address, self.plan.redis_port, tls_ca=ca)
 
     def urls(self) -> dict[str, str]:
         return {role: self.url(role) for role in CLIENTS}

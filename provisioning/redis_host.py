@@ -8,7 +8,7 @@ import re
 from fabric import Connection
 from invoke.exceptions import Exit
 
-from app import queue
+from app.redis_connection import version_problem
 from provisioning import config_files
 from provisioning.pki import Issued
 from provisioning.plan import Plan
@@ -42,7 +42,7 @@ def redis_server_problem(version_output: str) -> str | None:
     found = re.search(r"v=(\d+\.\d+\.\d+)", version_output)
     if found is None:
         return f"cannot read the version of redis-server from {version_output.strip()[:80]!r}"
-    return queue.version_problem(found.group(1))
+    return version_problem(found.group(1))
 
 
 def redis(

@@ -13,6 +13,10 @@ role uses. The default user is off.
     replica   replication between Redis hosts (PSYNC, REPLCONF).
     sentinel  Redis Sentinel's monitoring and failover (Redis's documented minimum).
 
+Sentinels have users of the same names and passwords: Beagle's roles may only ask them
+where the master is (`sentinel_acl_line`); admin may also run a failover; the sentinel user
+is how Sentinels log in to each other.
+
 Each role's rules are a root set and Redis 7 selectors (``(…)``): a command is allowed on
 a key only if one set names both, so the worker's DEL reaches its own status key and
 never a stream. `acl_line` renders a role's user with its password's SHA-256, so the
@@ -97,13 +101,31 @@ def rules(role: str, keys: Keys) -> list[tuple[str, str]]:
     raise ValueError(f"no Redis role {role!r} (roles: {', '.join(ROLES)})")
 
 
-def acl_line(role: str, password: str, keys: Keys) -> str:
-    """The ``user`` line of redis.conf for ``role``, its password as a SHA-256 hash."""
+SENTINEL_DISCOVERY = (
+    "+hello +auth +ping +client|setname +client|id +sentinel|get-master-addr-by-name "
+    "+sentinel|masters +sentinel|master +sentinel|sentinels +sentinel|replicas +sentinel|slaves"
+)
+
+
+def _hashed(role: str, password: str) -> str:
     if not password:
         raise ValueError(f"Redis role {role} needs a password")
-    digest = hashlib.sha256(password.encode()).hexdigest()
+    return "#" + hashlib.sha256(password.encode()).hexdigest()
+
+
+def sentinel_acl_line(role: str, password: str) -> str:
+    """The ``user`` line of sentinel.conf for ``role``: discovery for Beagle's processes,
+    everything (Sentinel's commands only) for admin and for the Sentinels themselves."""
+    commands = "+@all" if role in ("admin", "sentinel") else SENTINEL_DISCOVERY
+    return f"user {role} reset on {_hashed(role, password)} &* {commands}"
+
+
+def acl_line(role: str, password: str, keys: Keys) -> str:
+    """The ``user`` line of redis.conf for ``role``, its password as a SHA-256 hash."""
     channels = "&__sentinel__:*" if role == "sentinel" else "resetchannels"
     (root_commands, root_keys), *selectors = rules(role, keys)
-    parts = [f"user {role} reset on #{digest} {channels} {root_commands} {root_keys}"]
+    parts = [
+        f"user {role} reset on {_hashed(role, password)} {channels} {root_commands} {root_keys}"
+    ]
     parts += [f"({commands} {patterns})" for commands, patterns in selectors]
     return " ".join(" ".join(parts).split())

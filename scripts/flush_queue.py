@@ -12,11 +12,10 @@ within a second.
 import argparse
 import sys
 
-import redis
-
 from app import config
 from app.keys import Keys
 from app.queue import Queue, error_answer
+from app.redis_connection import client as redis_client
 
 FLUSHED = error_answer(503, "flushed from the queue by an operator")
 REGISTRY_KINDS = ("model", "live", "worker")
@@ -47,7 +46,7 @@ def main(argv=None):
     parser.add_argument("--all", action="store_true", help="also clear the worker registry")
     parser.add_argument("--dry-run", action="store_true", help="only say what would go")
     args = parser.parse_args(argv)
-    client = redis.Redis.from_url(settings.redis_url)
+    client = redis_client(settings, socket_timeout=30)
     keys = Keys(settings.key_prefix)
     removed = flush(client, keys, args.all, args.dry_run, settings.result_ttl)
     verb = "would remove" if args.dry_run else "removed"

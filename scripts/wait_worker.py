@@ -13,7 +13,7 @@ import redis
 
 from app import config
 from app.keys import Keys
-from app.queue import connect
+from app.redis_connection import client as redis_client
 
 
 def main(argv=None):
@@ -23,7 +23,7 @@ def main(argv=None):
     parser.add_argument("--timeout", type=float, default=300.0)
     args = parser.parse_args(argv)
     settings = config.load()
-    client = connect(settings.redis_url, socket_timeout=5)
+    client = redis_client(settings, socket_timeout=5)
     key = Keys(settings.key_prefix).worker(args.name)
     give_up = time.monotonic() + args.timeout
     while time.monotonic() < give_up:

@@ -30,7 +30,7 @@ from PIL import Image
 from app import config
 from app.config import PROJECT_ROOT
 from app.keys import Keys
-from app.queue import connect
+from app.redis_connection import client as redis_client
 from app.registry import Directory
 from app.worker import repository, runtimes
 from stress import bench_report, cpu, null_model, wrk
@@ -112,7 +112,7 @@ def serve_beagle(spec, args, image, work):
     run_dir = work / f"run-{spec.runtime}"
     stack = Stack(settings, run_dir, workers=args.workers, role_urls=own_redis.role_urls).start()
     directory = Directory(
-        connect(settings.redis_url, socket_timeout=5),
+        redis_client(settings, socket_timeout=5),
         Keys(settings.key_prefix),
         settings.heartbeat_ttl,
     )

@@ -16,7 +16,8 @@ from PIL import Image
 
 from app.config import model_pins
 from app.keys import GROUP, Keys
-from app.queue import Entry, Queue, Request, server_version
+from app.queue import Entry, Queue, Request
+from app.redis_connection import server_version
 from app.worker.loaded_models import LoadedModels
 from app.worker.loop import Worker
 from models import slow_model
@@ -229,7 +230,7 @@ def test_a_redis_too_old_stops_the_worker_for_good_with_a_clear_message(tmp_path
 
         def answers():
             try:
-                return server_version(url) == "5.0.6"
+                return server_version(redis.Redis.from_url(url)) == "5.0.6"
             except redis.ConnectionError:
                 return False
 

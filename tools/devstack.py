@@ -23,7 +23,7 @@ import redis
 from app import config
 from app.config import PROJECT_ROOT
 from app.keys import Keys
-from app.queue import redis_url
+from app.redis_connection import redis_url
 from app.stop_signals import StopSignals
 from provisioning import config_files, redis_users
 
@@ -83,11 +83,21 @@ class RedisServer:
     template (provisioning/redis.conf.j2): a user per role, protected mode, no eviction.
     ``key_prefix`` may be a glob (the tests give each test a prefix of its own);
     ``inspector`` adds a user who may do anything, for tests to look at and set up
-    Redis with."""
+    Redis with; ``master`` (host:port) makes it a replica of that one, with the same
+    ``passwords``."""
 
-    def __init__(self, work_dir, maxmemory="256mb", key_prefix="beagle", inspector=False):
+    def __init__(
+        self,
+        work_dir,
+        maxmemory="256mb",
+        key_prefix="beagle",
+        inspector=False,
+        master="",
+        passwords=None,
+    ):
         self.work_dir = Path(work_dir)
-        self.passwords = {role: secrets.token_hex(16) for role in redis_users.CLIENTS}
+        self.passwords = passwords or {r: secrets.token_hex(16) for r in redis_users.ROLES}
+        self.master = master
         self.inspector = secrets.token_hex(16) if inspector else None
         self.maxmemory = maxmemory
         self.key_prefix = key_prefix
@@ -122,6 +132,7 @@ class RedisServer:
             port=self.port,
             maxmemory=self.maxmemory,
             dir=self.work_dir,
+            master=self.master,
         )
         if self.inspector:
             text += f"user inspector on >{self.inspector} ~* &* +@all\n"

@@ -6,17 +6,27 @@ Failures leave through ``abort(status, why)``, which each API renders in its own
 shape; a request refused before it is queued raises `Shed`, which the app's error handler
 counts and answers with 503."""
 
+import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
+import redis
 from flask import abort, g
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
 
 from app.imaging import BadImage, Busy, to_pixels
 from app.queue import Request, Shed
 from app.registry import ModelInfo
 from app.web.resources import beagle, current_settings
+
+log = logging.getLogger("beagle.web")
+
+# A Redis connection that broke: with Sentinel, a failover; ask again, then carry on.
+REDIS_DROPPED = (redis.ConnectionError, redis.TimeoutError)
+FAILOVER_BACKOFF_S = 0.5  # longest pause between attempts while the Sentinels fail over
 
 
 @dataclass(frozen=True)
@@ -85,18 +95,68 @@ def submit_and_wait(target: Target, images: list[bytes], top_k: int) -> list[dic
         if target.info.active_workers
         else timeout
     )
-    beagle().queue.submit(
-        target.model, target.version, requests, current_settings().max_queue, max_wait
-    )
-    answers = beagle().queue.wait_results(
-        [r.request_id for r in requests], lambda: deadline - time.time()
-    )
+    queue, settings = beagle().queue, current_settings()
+    answers: dict[str, dict] = {}
+
+    def remaining() -> float:
+        return deadline - time.time()
+
+    def submit() -> None:
+        """Queue the requests still unanswered, with the time left."""
+        left_ms = int(remaining() * 1000)
+        pending = [replace(r, timeout_ms=left_ms) for r in requests if r.request_id not in answers]
+        if pending and left_ms > 0:
+            queue.submit(target.model, target.version, pending, settings.max_queue, max_wait)
+
+    def wait() -> None:
+        queue.wait_results([r.request_id for r in requests], remaining, answers)
+
+    if not settings.redis_sentinels:
+        submit()  # one Redis: down is a 503 now (redis_error)
+        wait()
+    else:
+        failed_over(submit)
+        while True:
+            try:
+                wait()
+                break
+            except REDIS_DROPPED as exc:
+                # The wait broke (the master went away). Replication is asynchronous, so
+                # the new master may lack what was queued: queue it again, same ids. A
+                # duplicate answer lands in the same list and is never read twice.
+                log.warning(
+                    "request %s: Redis dropped its wait (%s: %s); queueing it again "
+                    "on the master the Sentinels name",
+                    g.request_id,
+                    type(exc).__name__,
+                    exc,
+                )
+                beagle().tally.count("requeued", model=target.model)
+                failed_over(submit)
     if len(answers) < len(requests):
         abort(504, f"no answer within the {timeout:g}s deadline")
-    for answer in answers:
+    for answer in (answers[r.request_id] for r in requests):
         if not answer["ok"]:
             abort(answer["status"], answer["error"])
-    return answers
+    return [answers[r.request_id] for r in requests]
+
+
+def failed_over(step: Callable[[], None]) -> None:
+    """Run ``step`` against the master the Sentinels name, again after a dropped
+    connection, backing off while they fail over, until the request's deadline (then the
+    last error: a 503)."""
+    deadline = g.started + current_settings().request_timeout
+
+    def give_up_at_deadline(error: Exception) -> None:
+        if time.time() >= deadline:
+            raise error
+
+    retry = Retry(
+        ExponentialBackoff(cap=FAILOVER_BACKOFF_S, base=0.05),
+        retries=10_000,
+        supported_errors=REDIS_DROPPED,
+    )
+    retry.call_with_retry(step, give_up_at_deadline)
 
 
 @contextmanager

@@ -11,7 +11,8 @@ from app.config import Settings
 from app.imaging import DecodeBudget, largest_decode
 from app.keys import Keys
 from app.metrics import METRICS_FLUSH_S, Tally, flush_every
-from app.queue import Queue, connect
+from app.queue import Queue
+from app.redis_connection import client as redis_client
 from app.registry import Directory
 
 SPARE_THREADS = 2  # per process, kept free to refuse requests fast when the rest wait
@@ -27,7 +28,7 @@ def init_app(app: Flask) -> None:
             f"of max_image_pixels={settings.max_image_pixels}: give it at least "
             f"{-(-largest_decode(settings.max_image_pixels) >> 20)} MB"
         )
-    client = connect(settings.redis_url, socket_timeout=settings.request_timeout + 2)
+    client = redis_client(settings, socket_timeout=settings.request_timeout + 2)
     keys = Keys(settings.key_prefix)
     tally = Tally()
     flush_every(METRICS_FLUSH_S, tally, client, keys)

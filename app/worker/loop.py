@@ -36,10 +36,9 @@ from app.queue import (
     Entry,
     Outgoing,
     Queue,
-    connect,
-    server_version,
-    version_problem,
 )
+from app.redis_connection import client as redis_client
+from app.redis_connection import server_version, version_problem
 from app.stop_signals import StopSignals
 from app.worker import runtimes
 from app.worker.loaded_models import LoadedModels
@@ -60,7 +59,7 @@ class Worker:
     def __init__(self, settings: Settings, models: LoadedModels | None = None) -> None:
         self.settings = settings
         self.keys = Keys(settings.key_prefix)
-        self.redis = connect(settings.redis_url, socket_timeout=BLOCK_MS / 1000 + 5)
+        self.redis = redis_client(settings, socket_timeout=BLOCK_MS / 1000 + 5)
         self.queue = Queue(self.redis, self.keys)
         self.name = settings.worker_name or f"{socket.gethostname()}-{os.getpid()}"
         self.tally = metrics.Tally()  # written with each heartbeat
@@ -293,7 +292,7 @@ class Worker:
 
     def _check_redis(self) -> None:
         """Stop for good, not in a restart loop, on a Redis too old for Beagle's commands."""
-        problem = version_problem(server_version(self.settings.redis_url))
+        problem = version_problem(server_version(self.redis))
         if problem:
             log.error(
                 "worker %s: %s; stopping with exit status %d, which systemd does not restart",

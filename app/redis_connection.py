@@ -1,0 +1,110 @@
+"""How Beagle reaches Redis: the one home of its URL's shape and of the clients every part
+of Beagle uses.
+
+One Redis: ``redis_url`` (redis://user:password@host:port/db; rediss://… with
+?ssl_ca_certs=… over TLS between hosts). Redis with Sentinel: ``redis_sentinels`` lists the
+Sentinels (host:port,…), which say where the master named ``redis_master`` is now;
+``redis_url`` then gives the user, the password, the database and TLS, and its host is not
+used. The same user and password log in to the Sentinels, whose users may only ask where
+the master is (provisioning/redis_users.py).
+
+Clients fail fast: a second to connect, so a request gets a 503 at once rather than waiting
+out an outage; with one Redis, one immediate retry (a pooled connection may be stale after
+Redis restarted). With Sentinel, every new connection asks the Sentinels where the master
+is, and a connection to a master since demoted (it answers READONLY) is dropped; no command
+is retried behind the caller's back, so the web tier knows when a wait broke and queues its
+request again on the new master (app/web/dispatch.py).
+"""
+
+from typing import Any
+from urllib.parse import quote, unquote, urlsplit
+
+import redis
+from redis.backoff import NoBackoff
+from redis.connection import SSLConnection, parse_url
+from redis.retry import Retry
+from redis.sentinel import Sentinel
+
+# XAUTOCLAIM, which hands a dead worker's requests to a live one, came in Redis 6.2.
+MIN_REDIS_VERSION = (6, 2)
+CONNECT_TIMEOUT_S = 1.0
+
+
+def redis_url(user: str, password: str, host: str, port: int, db: int = 0, tls_ca: str = "") -> str:
+    """Beagle's Redis URL for ``user`` (a role's Redis user, provisioning/redis_users.py);
+    with ``tls_ca``, the file of the CA whose certificate Redis's must carry, over TLS."""
+    host = f"[{host}]" if ":" in host else host
+    scheme, query = ("rediss", f"?ssl_ca_certs={quote(tls_ca)}") if tls_ca else ("redis", "")
+    return f"{scheme}://{quote(user)}:{quote(password)}@{host}:{port}/{db}{query}"
+
+
+def url_password(url: str) -> str | None:
+    password = urlsplit(url).password
+    return unquote(password) if password else None
+
+
+def sentinel_addresses(text: str) -> list[tuple[str, int]]:
+    """ "10.0.0.5:26380,10.0.0.6:26380" -> [("10.0.0.5", 26380), ("10.0.0.6", 26380)]."""
+    found = []
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        host, _, port = item.rpartition(":")
+        found.append((host.strip("[]"), int(port)))
+    return found
+
+
+def connect(
+    url: str, socket_timeout: float, sentinels: str = "", master: str = "beagle"
+) -> redis.Redis:
+    """A client of Redis at ``url``, or of the master the ``sentinels`` name, that fails
+    fast when Redis is down."""
+    fail_fast: dict[str, Any] = {
+        "socket_connect_timeout": CONNECT_TIMEOUT_S,
+        "socket_timeout": socket_timeout,
+        "retry": Retry(NoBackoff(), 0 if sentinels else 1),
+        "health_check_interval": 0,
+    }
+    if not sentinels:
+        return redis.Redis.from_url(url, **fail_fast)
+    options = parse_url(url)
+    options.pop("host", None)
+    options.pop("port", None)
+    if options.pop("connection_class", None) is SSLConnection:
+        options["ssl"] = True
+    login = {k: options[k] for k in ("username", "password") if k in options}
+    tls = {k: v for k, v in options.items() if k.startswith("ssl")}
+    sentinel = Sentinel(
+        sentinel_addresses(sentinels),
+        sentinel_kwargs={
+            "socket_connect_timeout": CONNECT_TIMEOUT_S,
+            "socket_timeout": 2.0,
+            **login,
+            **tls,
+        },
+        **options,
+    )
+    return sentinel.master_for(master, **fail_fast)
+
+
+def client(settings: Any, socket_timeout: float) -> redis.Redis:
+    """The client for ``settings`` (redis_url, redis_sentinels, redis_master)."""
+    return connect(
+        settings.redis_url, socket_timeout, settings.redis_sentinels, settings.redis_master
+    )
+
+
+def version_problem(version: str) -> str | None:
+    """None if a Redis of ``version`` ("7.0.15") runs Beagle, else what is wrong."""
+    found = tuple(int(part) for part in version.split(".")[:2])
+    if found >= MIN_REDIS_VERSION:
+        return None
+    need = ".".join(map(str, MIN_REDIS_VERSION))
+    return (
+        f"Redis {version} is too old: Beagle needs {need} or newer (XAUTOCLAIM, which "
+        f"recovers a dead worker's requests); install a newer redis-server"
+    )
+
+
+def server_version(client: redis.Redis) -> str:
+    """The version of the Redis ``client`` reaches (over RESP2, Beagle's clients' protocol,
+    which every Redis speaks: redis-py's RESP3 handshake fails before Redis 6)."""
+    return client.info("server")["redis_version"]
