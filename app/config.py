@@ -134,8 +134,7 @@ SETTINGS = (
     Setting(
         "redis_sentinels",
         "",
-        "Redis Sentinels (host:port,...) that say where the master is; redis_url then gives "
-        "the user, password and TLS (empty: redis_url is the one Redis)",
+        "Sentinels (host:port,...) naming the master; redis_url then gives user, password, TLS",
     ),
     Setting("redis_master", "beagle", "name of the master the Sentinels watch"),
     Setting("key_prefix", "beagle", "prefix of every Redis key Beagle writes"),
@@ -232,8 +231,7 @@ SETTINGS = (
     Setting(
         "api_keys",
         "",
-        "comma-separated keys of 32+ characters; when set, /predict and /v1 need "
-        "'Authorization: Bearer <key>' and /status a key or an admin network",
+        "keys of 32+ characters, comma-separated; when set, /predict, /v1 and /status need one",
         api_keys,
         _joined,
     ),

@@ -65,6 +65,12 @@ def connect(
     }
     if not sentinels:
         return redis.Redis.from_url(url, **fail_fast)
+    return sentinel_for(url, sentinels).master_for(master, **fail_fast)
+
+
+def sentinel_for(url: str, sentinels: str) -> Sentinel:
+    """redis-py's Sentinel for ``sentinels``, logging in to them, and to the master they
+    name, with ``url``'s user, password and TLS."""
     options = parse_url(url)
     options.pop("host", None)
     options.pop("port", None)
@@ -72,7 +78,7 @@ def connect(
         options["ssl"] = True
     login = {k: options[k] for k in ("username", "password") if k in options}
     tls = {k: v for k, v in options.items() if k.startswith("ssl")}
-    sentinel = Sentinel(
+    return Sentinel(
         sentinel_addresses(sentinels),
         sentinel_kwargs={
             "socket_connect_timeout": CONNECT_TIMEOUT_S,
@@ -82,7 +88,6 @@ def connect(
         },
         **options,
     )
-    return sentinel.master_for(master, **fail_fast)
 
 
 def client(settings: Any, socket_timeout: float) -> redis.Redis:

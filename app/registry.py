@@ -154,6 +154,13 @@ class Directory:
         keys = [self.keys.worker(worker_id.decode()) for worker_id in ids]
         return [json.loads(raw) for raw in self.redis.mget(keys) if raw] if keys else []
 
+    def last_known(self, max_age: float) -> list[ModelInfo] | None:
+        """The models as last read from Redis, if that was within ``max_age`` seconds."""
+        with self._lock:
+            if time.monotonic() - self._fetched > max_age:
+                return None
+            return sorted(self._models.values(), key=lambda info: info.name)
+
     def _snapshot(self, fresh: bool = False) -> dict[str, ModelInfo]:
         with self._lock:
             if not fresh and time.monotonic() - self._fetched < self.max_age:

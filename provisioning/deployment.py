@@ -69,19 +69,28 @@ def targets(c: Context, plan: Plan) -> list[tuple[Connection, set[str]]]:
 
 @dataclass(frozen=True)
 class Cluster:
-    """The plan; the hosts with their roles; where Redis listens and whether clients reach
-    it over TLS; every Redis role's password (provisioning/credentials.py); the addresses
-    the deployment's hosts reach Redis from (its firewall admits only those); the
-    settings every host's env file gets; and HTTPS at the edge (provisioning/edge.py)."""
+    """The plan; the hosts with their roles; where the Redis master listens (with several
+    Redis hosts, the one the Sentinels name now), every Redis host's address, and whether
+    clients reach Redis over TLS; every Redis role's password (provisioning/credentials.py);
+    the addresses the deployment's hosts reach Redis from (its firewall admits only those);
+    the settings every host's env file gets; HTTPS at the edge (provisioning/edge.py); and
+    {Redis host's name: its address}."""
 
     plan: Plan
     hosts: list[tuple[Connection, set[str]]]
     redis_address: str
+    redis_addresses: list[str]
     redis_tls: bool
     passwords: dict[str, str]
     peers: list[str]
     settings: Settings
     edge: Edge
+    address_of: dict[str, str]
+
+    @property
+    def sentinels(self) -> bool:
+        """Several Redis hosts: replicas, and Sentinels that fail over."""
+        return len(self.redis_addresses) > 1
 
     def url(self, role: str) -> str:
         """The Redis URL processes of ``role`` (web, worker, admin) log in with."""
@@ -109,13 +118,56 @@ def cluster(c: Context) -> Cluster:
     check_exposure(plan, edge, deployed.api_keys)
     hosts = targets(c, plan)
     redis_hosts = [conn for conn, roles in hosts if "redis" in roles]
-    if len(redis_hosts) != 1:
-        raise Exit(f"exactly one host must have the redis role, not {len(redis_hosts)}")
-    address = redis_address(plan, len(hosts))
-    tls = not ipaddress.ip_address(address).is_loopback
-    peers = sorted({source_address(conn, address) for conn, _ in hosts}) if tls else []
+    if len(redis_hosts) == 1:
+        addresses = [redis_address(plan, len(hosts))]
+        master = addresses[0]
+    elif len(redis_hosts) >= 3:
+        addresses = redis_addresses(plan, len(redis_hosts))
+        master = current_master(redis_hosts, plan) or addresses[0]
+        sentinels = ",".join(f"{a}:{plan.sentinel_port}" for a in addresses)
+        deployed = config.replace(deployed, redis_sentinels=sentinels)
+    else:
+        raise Exit(
+            f"{len(redis_hosts)} hosts have the redis role: name one, or three or more (a "
+            "majority of their Sentinels must agree before a replica replaces the master)"
+        )
+    tls = not ipaddress.ip_address(master).is_loopback
+    peers = sorted({source_address(conn, master) for conn, _ in hosts}) if tls else []
     passwords = credentials.find(hosts, plan)
-    return Cluster(plan, hosts, address, tls, passwords, peers, deployed, edge)
+    return Cluster(
+        plan,
+        hosts,
+        master,
+        addresses,
+        tls,
+        passwords,
+        peers,
+        deployed,
+        edge,
+        dict(zip([conn.host for conn in redis_hosts], addresses, strict=True)),
+    )
+
+
+def redis_addresses(plan: Plan, count: int) -> list[str]:
+    """The private addresses of the ``count`` Redis hosts, in beagle.roles.redis's order."""
+    given = [str(address) for address in plan.redis_addresses]
+    if len(given) != count:
+        raise Exit(
+            f"{count} Redis hosts: set beagle.redis_addresses to the private address of each, "
+            f"in the order of beagle.roles.redis (it lists {len(given)})"
+        )
+    return [private_address(address) for address in given]
+
+
+def current_master(redis_hosts: list[Connection], plan: Plan) -> str | None:
+    """The master's address as the Sentinels see it now (after a failover, not the first
+    host's), or None before the first deploy."""
+    command = plan.with_env(plan.python("scripts.redis_ha master"), role="admin")
+    for conn in redis_hosts:
+        found = run(conn, command, warn=True).stdout.split()
+        if len(found) == 1:
+            return found[0].rpartition(":")[0].strip("[]")
+    return None
 
 
 def redis_address(plan: Plan, host_count: int) -> str:
@@ -129,17 +181,22 @@ def redis_address(plan: Plan, host_count: int) -> str:
             "several hosts: set beagle.redis_address to the private address the "
             "others reach the Redis host on (Redis binds it)"
         )
+    return private_address(given, allow_loopback=host_count == 1)
+
+
+def private_address(given: str, allow_loopback: bool = False) -> str:
+    """``given``, if it is an IP address on a private network, else stop."""
     try:
         address = ipaddress.ip_address(given)
     except ValueError:
         raise Exit(
-            f"beagle.redis_address {given!r} must be an IP address on a private network"
+            f"Redis's address {given!r} must be an IP address on a private network"
         ) from None
     if not any(address in network for network in PRIVATE_NETWORKS) and not (
-        address.is_loopback and host_count == 1
+        address.is_loopback and allow_loopback
     ):
         raise Exit(
-            f"beagle.redis_address {given} is not a private address the other hosts "
+            f"Redis's address {given} is not a private address the other hosts "
             "can reach: Redis must never listen on a public network (use one in "
             f"{', '.join(map(str, PRIVATE_NETWORKS))})"
         )

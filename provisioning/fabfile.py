@@ -57,7 +57,7 @@ def deploy(c: Context) -> None:
     deployment = cluster(c)
     plan, release = deployment.plan, bundle()
     for conn, roles in deployment.hosts:
-        _packages(conn, plan, roles, firewall=deployment.redis_tls)
+        _packages(conn, deployment, roles)
         gpus = host.has_gpu(conn) if "worker" in roles else 0
         moved = _code(conn, plan, release, gpus)
         _settings(conn, deployment, roles)
@@ -77,7 +77,7 @@ def packages(c: Context) -> None:
     """Install the Debian packages the host's roles need."""
     deployment = cluster(c)
     for conn, roles in deployment.hosts:
-        _packages(conn, deployment.plan, roles, firewall=deployment.redis_tls)
+        _packages(conn, deployment, roles)
 
 
 @task
@@ -155,8 +155,11 @@ def status(c: Context) -> None:
     """Units, readiness, queue depth, worker heartbeats and the last errors."""
     plan = Plan.from_config(c.config)
     edge = Edge.from_plan(plan)
-    for conn, roles in targets(c, plan):
+    hosts = targets(c, plan)
+    sentinels = len(plan.roles.get("redis", [])) > 1
+    for conn, roles in hosts:
         units = ["beagle-redis"] * ("redis" in roles) + ["apache2"] * ("web" in roles)
+        units += ["beagle-sentinel"] * ("redis" in roles and sentinels)
         units += run(
             conn,
             "ls /etc/systemd/system/multi-user.target.wants/ 2>/dev/null | "
@@ -188,6 +191,17 @@ def status(c: Context) -> None:
                 warn=True,
             ).stdout.strip()
             print(f"{conn.host}: last errors in the Apache error log:\n{errors or '(none)'}")
+    if sentinels:  # the master, each replica's lag, each Sentinel's view, from one Redis host
+        conn = next(conn for conn, roles in hosts if "redis" in roles)
+        run(conn, plan.with_env(plan.python("scripts.redis_ha status"), role="admin"), hide=False)
+
+
+@task(name="redis-failover")
+def redis_failover(c: Context) -> None:
+    """A planned switchover of the Redis master (SENTINEL FAILOVER), for maintenance."""
+    plan = Plan.from_config(c.config)
+    conn = next(conn for conn, roles in targets(c, plan) if "redis" in roles)
+    run(conn, plan.with_env(plan.python("scripts.redis_ha failover"), role="admin"), hide=False)
 
 
 @task(name="new-api-key")
@@ -246,9 +260,13 @@ def stress(c: Context, requests: int = 500, concurrency: int = 0) -> None:
             run(conn, plan.with_env(plan.python(command)), hide=False)
 
 
-def _packages(conn: Connection, plan: Plan, roles: set[str], firewall: bool) -> None:
-    extra = ("nftables",) if firewall and "redis" in roles else ()
-    say(conn, "packages", host.packages(conn, plan, roles, extra))
+def _packages(conn: Connection, deployment: Cluster, roles: set[str]) -> None:
+    """The packages of the host's roles, with nftables (Redis reached by other hosts) and
+    redis-sentinel (several Redis hosts) on Redis hosts."""
+    extra: tuple[str, ...] = ()
+    if "redis" in roles:
+        extra = ("nftables",) * deployment.redis_tls + ("redis-sentinel",) * deployment.sentinels
+    say(conn, "packages", host.packages(conn, deployment.plan, roles, extra))
 
 
 def _code(conn: Connection, plan: Plan, release: Bundle, gpus: int) -> bool:
@@ -275,21 +293,35 @@ def _settings(conn: Connection, deployment: Cluster, roles: set[str]) -> None:
 
 
 def _redis(conn: Connection, deployment: Cluster) -> None:
-    plan = deployment.plan
+    """Redis on this host: the master, or a replica of it; with several Redis hosts, a
+    Sentinel beside it; over TLS and behind the firewall when others reach it."""
+    plan, own = deployment.plan, deployment.address_of[conn.host]
+    master = deployment.redis_address
     certificate = None
     if deployment.redis_tls:
-        name = f"redis-{conn.host}"
-        certificate = pki.Authority(plan.pki).issue(name, [deployment.redis_address])
+        certificate = pki.Authority(plan.pki).issue(f"redis-{conn.host}", [own])
     changes = redis_host.redis(
         conn,
         plan,
         deployment.passwords,
         deployment.settings.key_prefix,
-        bind=deployment.redis_address,
+        bind=own,
         certificate=certificate,
+        master="" if own == master else f"{master}:{plan.redis_port}",
     )
+    if deployment.sentinels:
+        quorum = len(deployment.redis_addresses) // 2 + 1
+        changes += redis_host.sentinel(
+            conn,
+            plan,
+            deployment.passwords,
+            bind=own,
+            master=f"{master}:{plan.redis_port}",
+            quorum=quorum,
+            certificate=certificate,
+        )
     if deployment.redis_tls:
-        changes += redis_host.firewall(conn, plan, deployment.peers)
+        changes += redis_host.firewall(conn, plan, deployment.peers, deployment.sentinels)
     say(conn, "redis", changes)
 
 

@@ -23,6 +23,9 @@ class Plan:
     open_api: bool = False  # serve the API without keys beyond loopback, on purpose
     redis_port: int = 6380  # Beagle's own Redis (Debian's keeps 6379)
     redis_address: str = ""  # the private address of the Redis host (several hosts)
+    redis_addresses: list = field(default_factory=list)  # each Redis host's, with Sentinel
+    sentinel_port: int = 26380
+    redis_min_replicas: int = 0  # a master writes only while this many replicas keep up
     roles: dict = field(default_factory=dict)  # {redis: [...], worker: [...], web: [...]}
     settings: dict = field(default_factory=dict)  # Beagle settings for the env file
     systemctl: str = "systemctl"
@@ -59,10 +62,9 @@ class Plan:
     def env_file(self) -> str:
         return f"{self.etc}/beagle.env"
 
-    @property
-    def debian_redis_note(self) -> str:
-        """Says whether Debian's redis-server ran before Beagle's first deploy."""
-        return f"{self.etc}/debian-redis-server"
+    def debian_note(self, unit: str) -> str:
+        """Says whether Debian's ``unit`` ran before Beagle's first deploy."""
+        return f"{self.etc}/debian-{unit}"
 
     def python(self, module_and_args: str) -> str:
         """A shell command running the current release's ``python -m <module> <args>``."""

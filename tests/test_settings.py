@@ -10,6 +10,8 @@ from app import config
 from app.config import SETTINGS
 from tools import settings_reference
 
+K1, K2 = "k1-0123456789abcdef0123456789abcd", "k2-0123456789abcdef0123456789abcd"
+
 
 def test_the_settings_reference_is_generated_from_the_definitions():
     """docs/settings.md is what `python -m tools.settings_reference` writes (run it after
@@ -28,14 +30,14 @@ def test_environment_overrides_defaults_with_the_right_type():
             "BEAGLE_BATCH_TIMEOUT": "0.005",
             "BEAGLE_MODELS": "digits:1, parts",
             "UNRELATED": "x",
-            "BEAGLE_API_KEYS": " k1 ,k2,",
+            "BEAGLE_API_KEYS": f" {K1} ,{K2},",
             "BEAGLE_WORKER_CPUS": "0-2,5",
             "BEAGLE_ADMIN_NETWORKS": "10.0.0.0/8",
         }
     )
     assert loaded.port == 9000 and loaded.batch_timeout == 0.005
     assert loaded.models == (("digits", 1), ("parts", None))
-    assert loaded.api_keys == ("k1", "k2") and loaded.worker_cpus == {0, 1, 2, 5}
+    assert loaded.api_keys == (K1, K2) and loaded.worker_cpus == {0, 1, 2, 5}
     assert loaded.admin_networks == (ipaddress.ip_network("10.0.0.0/8"),)
     assert loaded.max_batch_size == 32 and config.load({}).api_keys == ()
 
@@ -51,8 +53,8 @@ def test_settings_are_immutable_and_copied_with_changes():
     loaded = config.load({})
     with pytest.raises(dataclasses.FrozenInstanceError):
         loaded.redis_url = "redis://elsewhere"
-    changed = config.replace(loaded, redis_url="redis://elsewhere", api_keys="a,b")
-    assert changed.redis_url == "redis://elsewhere" and changed.api_keys == ("a", "b")
+    changed = config.replace(loaded, redis_url="redis://elsewhere", api_keys=f"{K1},{K2}")
+    assert changed.redis_url == "redis://elsewhere" and changed.api_keys == (K1, K2)
     assert loaded.redis_url == "redis://127.0.0.1:6379/0" and loaded.api_keys == ()
 
 
@@ -68,7 +70,7 @@ def test_as_environ_round_trips():
         port=1234,
         batch_timeout=0.25,
         models="a,b:2",
-        api_keys="x,y",
+        api_keys=f"{K1},{K2}",
         worker_cpus="1,3",
         admin_networks="::1/128",
     )
@@ -78,7 +80,7 @@ def test_as_environ_round_trips():
         "BEAGLE_BATCH_TIMEOUT": "0.25",
         "BEAGLE_MODELS": "a,b:2",
         "BEAGLE_WORKER_CPUS": "1,3",
-        "BEAGLE_API_KEYS": "x,y",
+        "BEAGLE_API_KEYS": f"{K1},{K2}",
         "BEAGLE_ADMIN_NETWORKS": "::1/128",
     }
 

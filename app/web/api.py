@@ -8,7 +8,7 @@ from flask import Blueprint, Response, abort, g, jsonify, request
 
 from app.imaging import BadImage, decode_base64
 from app.web.bodies import int_param, json_body
-from app.web.dispatch import in_flight_slot, pixels_of, resolve, submit_and_wait
+from app.web.dispatch import REDIS_DROPPED, in_flight_slot, pixels_of, resolve, submit_and_wait
 from app.web.resources import beagle, current_settings
 
 bp = Blueprint("api", __name__)
@@ -48,13 +48,23 @@ def healthz() -> Response:
 def readyz() -> Response:
     """Ready when Redis answers and some model has a live worker. A model whose workers
     all stopped is reported (live_workers 0), but does not make the host unready: a load
-    balancer following /readyz would pull every web host at once for it."""
-    models = beagle().directory.models()
+    balancer following /readyz would pull every web host at once for it. For the same
+    reason, with Sentinel, a master failing over (Redis unreachable for a few seconds) does
+    not either, while the registry was read within heartbeat_ttl: requests wait for the new
+    master meanwhile (app/web/dispatch.py)."""
+    redis_state = "ok"
+    try:
+        models = beagle().directory.models()
+    except REDIS_DROPPED:
+        recent = beagle().directory.last_known(current_settings().heartbeat_ttl)
+        if not current_settings().redis_sentinels or recent is None:
+            raise
+        models, redis_state = recent, "failing over"
     report = {
         m.name: {"versions": sorted(m.versions), "live_workers": m.live_workers} for m in models
     }
     ready = any(m.live_workers for m in models)
-    response = jsonify(ready=ready, redis="ok", models=report)
+    response = jsonify(ready=ready, redis=redis_state, models=report)
     if not ready:
         response.status_code = 503
         response.headers["Retry-After"] = "1"

@@ -43,7 +43,7 @@ class Target:
 def resolve(model: str, version: int | None) -> Target:
     """The target of a request for ``model`` (and ``version``): 404 if not served, 503
     (Shed) if no live worker serves it."""
-    info = beagle().directory.lookup(model)
+    info = _lookup(model)
     if info is None:
         abort(404, f"model {model!r} is not served")
     g.metric_model = model  # a served model: safe as a metric label (any name is not)
@@ -56,6 +56,20 @@ def resolve(model: str, version: int | None) -> Target:
     if not info.live_workers:
         raise Shed("no_worker", f"no live worker serves model {model!r}")
     return Target(model, info, version, info.shape(info.latest if version is None else version))
+
+
+def _lookup(model: str) -> ModelInfo | None:
+    """The registry's view of ``model``; with Sentinel, while the master fails over (Redis
+    unreachable), as last read within heartbeat_ttl: the request then waits for the new
+    master instead of failing."""
+    directory = beagle().directory
+    try:
+        return directory.lookup(model)
+    except REDIS_DROPPED:
+        recent = directory.last_known(current_settings().heartbeat_ttl)
+        if not current_settings().redis_sentinels or recent is None:
+            raise
+        return next((info for info in recent if info.name == model), None)
 
 
 def pixels_of(data: bytes, shape: tuple[int, int, int], where: str = "") -> bytes:
