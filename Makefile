@@ -11,7 +11,7 @@ setup:
 run: setup
 	@$(PYTHON) -m tools.devstack
 
-test: export BEAGLE_APT_EXTRA = chromium openssh-server debootstrap nftables socat faketime wrk pebble testssl.sh
+test: export BEAGLE_APT_EXTRA = chromium openssh-server debootstrap nftables socat faketime wrk pebble testssl.sh redis-sentinel haproxy prometheus
 test: setup lint
 	$(PYTHON) -m pytest $(PYTEST_ARGS)
 

@@ -9,3 +9,5 @@
 
 Nothing in app/ imports from app/web/ or app/worker/, and neither imports the other.
 """
+
+__version__ = "0.4.0"

@@ -242,6 +242,7 @@ SETTINGS = (
         _networks,
         _joined,
     ),
+    Setting("drain_file", "", "a file whose presence makes /readyz answer 503 (fab drain)"),
     Setting("log_level", "INFO", "Python logging level for web and worker"),
 )
 

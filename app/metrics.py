@@ -66,6 +66,7 @@ class Tally:
     def __init__(self) -> None:
         self.counts: Counter[str] = Counter()
         self.observations: defaultdict[str, list[float]] = defaultdict(list)
+        self.latest: dict[str, float] = {}
         self.lock = threading.Lock()
         self._updated = threading.Condition(self.lock)
 
@@ -79,6 +80,12 @@ class Tally:
             self.observations[_field(name, labels)].append(value)
             self._updated.notify()
 
+    def note(self, name: str, value: float, **labels: str | int) -> None:
+        """A gauge whose newest value wins (across processes: the last one written)."""
+        with self.lock:
+            self.latest[_field(name, labels)] = value
+            self._updated.notify()
+
     def pending(self) -> bool:
         with self.lock:
             return self._pending()
@@ -89,13 +96,16 @@ class Tally:
             self._updated.wait_for(self._pending)
 
     def _pending(self) -> bool:
-        return bool(self.counts or self.observations)
+        return bool(self.counts or self.observations or self.latest)
 
     def flush(self, pipe: Pipeline, keys: Keys) -> None:
         """Add the updates to ``pipe`` and forget them."""
         with self.lock:
             counts, self.counts = self.counts, Counter()
             observations, self.observations = self.observations, defaultdict(list)
+            latest, self.latest = self.latest, {}
+        for field, value in latest.items():
+            pipe.hset(keys.metrics("latest"), field, value)
         for field, amount in counts.items():
             pipe.hincrby(keys.metrics("counters"), field, amount)
         for field, values in observations.items():
@@ -139,16 +149,17 @@ def flush_every(seconds: float, tally: Tally, client: redis.Redis, keys: Keys) -
     atexit.register(close)
 
 
-def render(queue: Queue, directory: Directory) -> bytes:
-    """Prometheus text exposition of everything stored plus the scrape-time gauges."""
+def render(queue: Queue, directory: Directory, max_queue_wait: float) -> bytes:
+    """Prometheus text exposition of everything stored plus the scrape-time gauges, and
+    the max_queue_wait setting (which the queue-wait alert compares against)."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Collector(queue, directory))
+    registry.register(_Collector(queue, directory, max_queue_wait))
     return generate_latest(registry)
 
 
 class _Collector:
-    def __init__(self, queue: Queue, directory: Directory) -> None:
-        self.queue, self.directory = queue, directory
+    def __init__(self, queue: Queue, directory: Directory, max_queue_wait: float) -> None:
+        self.queue, self.directory, self.max_queue_wait = queue, directory, max_queue_wait
 
     def collect(self) -> Iterator[Metric]:
         client, keys = self.queue.redis, self.queue.keys
@@ -173,9 +184,23 @@ class _Collector:
             depth.add_metric([info.name], self.queue.backlog(info.name, info.versions))
             oldest.add_metric([info.name], self.queue.oldest_waiting(info.name, info.versions))
             live.add_metric([info.name], info.live_workers)
+        last = GaugeMetricFamily(
+            PREFIX + "last_inference_timestamp_seconds",
+            "when a worker last ran a forward pass of the model (Unix time)",
+            labels=["model"],
+        )
+        for field, value in self.queue.redis.hgetall(self.queue.keys.metrics("latest")).items():
+            name, labels = _parse(field.decode())  # type: ignore[union-attr]
+            if name == "last_inference":
+                last.add_metric([labels.get("model", "")], float(value))
         workers = GaugeMetricFamily(PREFIX + "workers", "live workers, all models")
         workers.add_metric([], len(self.directory.workers()))
-        yield from (depth, oldest, live, workers)
+        limit = GaugeMetricFamily(
+            PREFIX + "max_queue_wait_seconds",
+            "the max_queue_wait setting: queue wait beyond which requests are refused",
+        )
+        limit.add_metric([], self.max_queue_wait)
+        yield from (depth, oldest, live, last, workers, limit)
 
 
 def answered(client: redis.Redis, keys: Keys) -> dict[str, int]:
@@ -187,6 +212,29 @@ def answered(client: redis.Redis, keys: Keys) -> dict[str, int]:
         if name == "requests":
             totals[labels.get("model", "-")] += int(value)
     return dict(totals)
+
+
+def model_figures(client: redis.Redis, keys: Keys, model: str) -> dict[str, Any]:
+    """``model``'s stored figures: {"requests": {code: count}, and for each histogram
+    (request_duration_seconds, queue_wait_seconds, inference_seconds, batch_size) its
+    {"count", "sum"}}, from every process."""
+    figures: dict[str, Any] = {"requests": Counter(), "last_inference": 0.0}
+    figures.update({name: {"count": 0, "sum": 0.0} for name in HISTOGRAMS})
+    # redis-py types replies as bytes | str; this client gets bytes
+    for field, value in client.hgetall(keys.metrics("counters")).items():
+        name, labels = _parse(field.decode())  # type: ignore[union-attr]
+        if name == "requests" and labels.get("model") == model:
+            figures["requests"][labels.get("code", "")] += int(value)
+    for field, value in client.hgetall(keys.metrics("latest")).items():
+        name, labels = _parse(field.decode())  # type: ignore[union-attr]
+        if name == "last_inference" and labels.get("model") == model:
+            figures["last_inference"] = float(value)
+    for field, value in client.hgetall(keys.metrics("histograms")).items():
+        series, _, part = field.decode().rpartition("|")  # type: ignore[union-attr]
+        name, labels = _parse(series)
+        if name in HISTOGRAMS and labels.get("model") == model and part in ("count", "sum"):
+            figures[name][part] = float(value) if part == "sum" else int(value)
+    return figures
 
 
 def _counters(stored: dict[bytes, bytes]) -> Iterable[CounterMetricFamily]:

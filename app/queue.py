@@ -104,6 +104,7 @@ class Request:
     top_k: int
     shape: tuple
     pixels: bytes
+    trace: str = ""  # its span's traceparent (app/trace_context.py)
 
     def fields(self) -> dict[FieldT, EncodableT]:
         return {
@@ -112,6 +113,7 @@ class Request:
             "top_k": self.top_k,
             "shape": ",".join(map(str, self.shape)),
             "pixels": self.pixels,
+            "trace": self.trace,
         }
 
 
@@ -371,6 +373,7 @@ class Queue:
                 top_k=int(fields[b"top_k"]),
                 shape=shape,
                 pixels=fields[b"pixels"],
+                trace=fields.get(b"trace", b"").decode("ascii", "replace"),
             )
             if len(shape) != 3 or len(request.pixels) != shape[0] * shape[1] * shape[2]:
                 raise ValueError(f"{len(request.pixels)} bytes of pixels for shape {shape}")

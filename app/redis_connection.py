@@ -11,9 +11,11 @@ the master is (provisioning/redis_users.py).
 Clients fail fast: a second to connect, so a request gets a 503 at once rather than waiting
 out an outage; with one Redis, one immediate retry (a pooled connection may be stale after
 Redis restarted). With Sentinel, every new connection asks the Sentinels where the master
-is, and a connection to a master since demoted (it answers READONLY) is dropped; no command
-is retried behind the caller's back, so the web tier knows when a wait broke and queues its
-request again on the new master (app/web/dispatch.py).
+is (all of them: the newest configuration wins, as one that has not yet heard of a
+switchover still names the demoted master), and a connection to a master since demoted (it
+answers READONLY) is dropped; no command is retried behind the caller's back, so the web
+tier knows when a wait broke and queues its request again on the new master
+(app/web/dispatch.py).
 """
 
 from typing import Any
@@ -23,11 +25,26 @@ import redis
 from redis.backoff import NoBackoff
 from redis.connection import SSLConnection, parse_url
 from redis.retry import Retry
-from redis.sentinel import Sentinel
+from redis.sentinel import MasterNotFoundError, Sentinel
 
 # XAUTOCLAIM, which hands a dead worker's requests to a live one, came in Redis 6.2.
 MIN_REDIS_VERSION = (6, 2)
 CONNECT_TIMEOUT_S = 1.0
+
+
+def master_changed(exc: Exception) -> bool:
+    """Whether ``exc`` means the master went away or stepped down, so asking the Sentinels
+    again is the cure: a dropped connection, a timeout, or a blocking read that Redis ended
+    because it became a replica (``UNBLOCKED``, which a planned switchover sends)."""
+    if isinstance(exc, (redis.ConnectionError, redis.TimeoutError)):
+        return True
+    return isinstance(exc, redis.ResponseError) and str(exc).startswith("UNBLOCKED")
+
+
+def master_address(client: redis.Redis) -> tuple[str, int] | None:
+    """Where ``client``'s connections last found the master the Sentinels name (None with
+    one Redis): known in the process, no round trip."""
+    return getattr(client.connection_pool, "master_address", None)
 
 
 def redis_url(user: str, password: str, host: str, port: int, db: int = 0, tls_ca: str = "") -> str:
@@ -35,7 +52,7 @@ def redis_url(user: str, password: str, host: str, port: int, db: int = 0, tls_c
     with ``tls_ca``, the file of the CA whose certificate Redis's must carry, over TLS."""
     host = f"[{host}]" if ":" in host else host
     scheme, query = ("rediss", f"?ssl_ca_certs={quote(tls_ca)}") if tls_ca else ("redis", "")
-    return f"{scheme}://{quote(user)}:{quote(password)}@{host}:{port}/{db}{query}"
+    return f"{scheme}://{quote(user, safe='')}:{quote(password, safe='')}@{host}:{port}/{db}{query}"
 
 
 def url_password(url: str) -> str | None:
@@ -62,10 +79,33 @@ def connect(
         "socket_timeout": socket_timeout,
         "retry": Retry(NoBackoff(), 0 if sentinels else 1),
         "health_check_interval": 0,
+        "protocol": 2,  # RESP2: what every Redis speaks, so a too-old one gets a clear message
     }
     if not sentinels:
         return redis.Redis.from_url(url, **fail_fast)
     return sentinel_for(url, sentinels).master_for(master, **fail_fast)
+
+
+class NewestSentinel(Sentinel):
+    """redis-py's Sentinel, but the master is the one named in the newest configuration
+    (highest config-epoch) of the Sentinels that answer, not the first one's: for a second
+    or two after a switchover the others still name the old master, which, demoted, would
+    serve reads from a replica no one writes to."""
+
+    def discover_master(self, service_name: str) -> tuple[str, int]:
+        found, errors = [], []
+        for sentinel in self.sentinels:
+            try:
+                state = sentinel.sentinel_masters().get(service_name)
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                errors.append(f"{sentinel} - {exc!r}")
+                continue
+            if state and self.check_master_state(state, service_name):
+                found.append(state)
+        if not found:
+            raise MasterNotFoundError(f"No master found for {service_name!r}: {errors}")
+        newest = max(found, key=lambda state: state["config-epoch"])
+        return newest["ip"], newest["port"]
 
 
 def sentinel_for(url: str, sentinels: str) -> Sentinel:
@@ -78,7 +118,7 @@ def sentinel_for(url: str, sentinels: str) -> Sentinel:
         options["ssl"] = True
     login = {k: options[k] for k in ("username", "password") if k in options}
     tls = {k: v for k, v in options.items() if k.startswith("ssl")}
-    return Sentinel(
+    return NewestSentinel(
         sentinel_addresses(sentinels),
         sentinel_kwargs={
             "socket_connect_timeout": CONNECT_TIMEOUT_S,

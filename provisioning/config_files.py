@@ -12,7 +12,17 @@ from app.config import PROJECT_ROOT, Settings, body_limit, per_core
 from app.keys import Keys
 from provisioning import redis_users
 
-APACHE_MODULES = ("mpm_event", "authz_core", "alias", "mime", "headers", "reqtimeout", "wsgi")
+APACHE_MODULES = (
+    "mpm_event",
+    "authz_core",
+    "authz_host",
+    "alias",
+    "mime",
+    "headers",
+    "reqtimeout",
+    "status",
+    "wsgi",
+)
 ERROR_STATUSES = (400, 403, 404, 405, 408, 413, 500, 502, 503, 504)
 REQUEST_GRACE_S = 5
 # Apache's environment, hence the mod_wsgi daemon's. glibc normally raises its mmap
@@ -165,12 +175,14 @@ def redis_conf(
     dir: str | Path = "/var/lib/redis",
     tls: RedisTLS | None = None,
     master: str = "",
+    replicated: bool = False,
     min_replicas: int = 0,
 ) -> str:
     """Redis for Beagle: loopback or a private address (then TLS only, with ``tls``), one
     user per role in ``passwords`` ({role: password}; provisioning/redis_users.py), the
-    default user off, never evicting. With ``master`` (host:port), a replica of it, logged
-    in as the replica user; ``min_replicas``: a master accepts writes only while that many
+    default user off, never evicting. ``replicated``: one of several, each logging in to
+    its master as the replica user; with ``master`` (host:port), a replica of it now;
+    ``min_replicas``: a master accepts writes only while that many
     replicas are in step."""
     keys = Keys(key_prefix)
     users = [redis_users.acl_line(role, password, keys) for role, password in passwords.items()]
@@ -183,6 +195,7 @@ def redis_conf(
         maxmemory=maxmemory,
         dir=dir,
         master=master.replace(":", " ", 1) if master else "",
+        replicated=replicated or bool(master),
         replica_password=passwords.get("replica", ""),
         min_replicas=min_replicas,
     )

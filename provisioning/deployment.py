@@ -110,6 +110,7 @@ def cluster(c: Context) -> Cluster:
             host=plan.listen,
             port=plan.port,
             model_repository=f"{plan.prefix}/models",
+            drain_file=plan.drain_file,
             **plan.settings,
         )
     except (KeyError, ValueError) as exc:

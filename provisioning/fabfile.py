@@ -196,6 +196,33 @@ def status(c: Context) -> None:
         run(conn, plan.with_env(plan.python("scripts.redis_ha status"), role="admin"), hide=False)
 
 
+@task(positional=["web"])
+def drain(c: Context, web: str) -> None:
+    """Take one web host out of service for maintenance, losing no request (fab drain web1).
+
+    /readyz answers 503 so the load balancer stops sending, the requests in flight finish,
+    then Apache stops. `fab resume web1` is the reverse."""
+    conn, deployment = _web_host(c, web)
+    say(conn, "drain", web_host.drain(conn, deployment.plan, deployment.edge, deployment.settings))
+
+
+@task(positional=["web"])
+def resume(c: Context, web: str) -> None:
+    """Bring a drained web host back into service: Apache started, /readyz 200 again."""
+    conn, deployment = _web_host(c, web)
+    say(conn, "resume", web_host.resume(conn, deployment.plan, deployment.edge))
+
+
+def _web_host(c: Context, web: str) -> tuple[Connection, Cluster]:
+    """The web host named ``web`` (as in beagle.roles.web)."""
+    deployment = cluster(c)
+    for conn, roles in deployment.hosts:
+        if "web" in roles and web in (conn.host, conn.original_host):
+            _settings(conn, deployment, roles)
+            return conn, deployment
+    raise Exit(f"{web} is not one of the web hosts in beagle.roles.web")
+
+
 @task(name="redis-failover")
 def redis_failover(c: Context) -> None:
     """A planned switchover of the Redis master (SENTINEL FAILOVER), for maintenance."""
@@ -308,6 +335,7 @@ def _redis(conn: Connection, deployment: Cluster) -> None:
         bind=own,
         certificate=certificate,
         master="" if own == master else f"{master}:{plan.redis_port}",
+        replicated=deployment.sentinels,
     )
     if deployment.sentinels:
         quorum = len(deployment.redis_addresses) // 2 + 1

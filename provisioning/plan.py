@@ -33,6 +33,7 @@ class Plan:
     keep_releases: int = 5
     stop_timeout: int = 90  # seconds a worker may take to finish its batch
     wheels: str = ""  # a folder here: air-gapped hosts' packages
+    drain_seconds: int = 5  # how long a load balancer takes to notice /readyz's 503
     known_hosts: str = "~/.ssh/known_hosts"  # here: the hosts' SSH keys, checked
     host_keys: str = "strict"  # or accept-new: record an unknown host's key on first contact
     pki: str = "~/.beagle/pki"  # here: the CA of Redis's TLS between hosts
@@ -78,6 +79,11 @@ class Plan:
     def redis_ca(self) -> str:
         """The CA certificate clients check Redis's against, on every host."""
         return f"{self.tls_dir}/redis-ca.pem"
+
+    @property
+    def drain_file(self) -> str:
+        """Present while the host is out of service (fab drain): /readyz answers 503."""
+        return f"{self.etc}/draining"
 
     def role_env(self, role: str) -> str:
         """The env file with the Redis URL of ``role`` (provisioning/credentials.py)."""

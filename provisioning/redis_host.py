@@ -54,10 +54,11 @@ def redis(
     bind: str,
     certificate: Issued | None,
     master: str = "",
+    replicated: bool = False,
 ) -> list[str]:
     """Beagle's Redis with a user per role in ``passwords``; with ``certificate`` (several
-    hosts), TLS only, with that certificate and the deployment's CA; with ``master``
-    (host:port), a replica of it."""
+    hosts), TLS only, with that certificate and the deployment's CA; ``replicated``: one
+    of several (Sentinel's); with ``master`` (host:port), a replica of it."""
     problem = redis_server_problem(run(c, "redis-server --version").stdout)
     if problem:
         raise Exit(f"{c.host}: {problem}")
@@ -70,15 +71,26 @@ def redis(
         dir=plan.redis_dir,
         tls=tls,
         master=master,
+        replicated=replicated,
         min_replicas=plan.redis_min_replicas,
     )
     run(c, f"install -d -o redis -g redis -m 750 {plan.redis_dir}")
-    changed |= put_if_changed(c, f"{plan.etc}/redis.conf", config, mode="640", owner="root:redis")
+    path = f"{plan.etc}/redis.conf"
+    before = read(c, path)
+    # Whom a running Redis replicates is the Sentinels' to change, live: a file that
+    # differs only there starts it right next time and is no reason to restart it (a
+    # master restarted comes back empty, and its replicas would copy that).
+    if put_if_changed(c, path, config, mode="640", owner="root:redis"):
+        changed |= _without_replicaof(before) != _without_replicaof(config)
     unit = config_files.render(
         "systemd/beagle-redis.service.j2", etc=plan.etc, redis_dir=plan.redis_dir
     )
     changed |= put_if_changed(c, "/etc/systemd/system/beagle-redis.service", unit)
     return _stop_debian_redis(c, plan) + keep_running(c, plan, ["beagle-redis"], changed)
+
+
+def _without_replicaof(config: str) -> str:
+    return re.sub(r"^replicaof .*\n", "", config, flags=re.M)
 
 
 def sentinel(

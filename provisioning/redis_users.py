@@ -56,7 +56,7 @@ def rules(role: str, keys: Keys) -> list[tuple[str, str]]:
                 "+smembers +hgetall +zrange +zrangebyscore +mget",
                 _patterns("%R", *registry, status),
             ),
-            ("+hgetall +hincrby +hincrbyfloat", _patterns("", metrics)),
+            ("+hgetall +hincrby +hincrbyfloat +hset", _patterns("", metrics)),
         ]
     if role == "worker":
         return [
@@ -72,7 +72,7 @@ def rules(role: str, keys: Keys) -> list[tuple[str, str]]:
                 _patterns("", *registry),
             ),
             ("+set +get +del +exists", _patterns("", status)),
-            ("+hincrby +hincrbyfloat", _patterns("", metrics)),
+            ("+hincrby +hincrbyfloat +hset", _patterns("", metrics)),
         ]
     if role == "admin":
         return [

@@ -10,12 +10,13 @@ from invoke.exceptions import Exit
 from app import config
 from app.config import Settings
 from provisioning import acme, config_files
+from provisioning.config_files import REQUEST_GRACE_S
 from provisioning.edge import Edge
 from provisioning.plan import Plan
 from provisioning.remote import exists, put_if_changed, run
 from provisioning.services import unit_is
 
-APACHE_MODULES = ("wsgi", "headers", "alias", "mime", "reqtimeout")
+APACHE_MODULES = ("wsgi", "headers", "alias", "mime", "reqtimeout", "status")
 TLS_MODULES = ("ssl", "rewrite")
 SAMPLE = "stress/images/digit_7.png"
 
@@ -148,3 +149,31 @@ def smoke(c: Connection, plan: Plan, edge: Edge, attempts: int = 30) -> str:
             return json.loads(result.stdout)["predictions"][0]["label"]
         run(c, "sleep 1")
     raise Exit(f"{c.host}: the smoke request failed: {result.stderr.strip() or result.stdout}")
+
+
+def drain(c: Connection, plan: Plan, edge: Edge, settings: Settings) -> list[str]:
+    """Take the host out of service without failing a request: /readyz answers 503 (the
+    load balancer stops sending within ``drain_seconds``), the requests in flight finish
+    (Apache's own count, by their deadline at the latest), then Apache stops."""
+    run(c, f"touch {plan.drain_file}")
+    run(c, f"sleep {int(plan.drain_seconds)}")
+    status = f"curl -sk {local_url(plan, edge)}/server-status?auto"
+    busy = "1"  # the status request itself
+    for _ in range(int(settings.request_timeout + REQUEST_GRACE_S) * 2):
+        busy = run(c, f"{status} | sed -n 's/^BusyWorkers: //p'", warn=True).stdout.strip()
+        if busy in ("", "1"):
+            break
+        run(c, "sleep 0.5")
+    run(c, f"{plan.systemctl} stop apache2")
+    return [f"out of service: /readyz answered 503, {busy or 'no'} request(s) left, Apache stopped"]
+
+
+def resume(c: Connection, plan: Plan, edge: Edge) -> list[str]:
+    """Back in service: Apache started, /readyz answering 200 again."""
+    run(c, f"rm -f {plan.drain_file} && {plan.systemctl} start apache2")
+    ready = f"curl -sk -o /dev/null -w '%{{http_code}}' {local_url(plan, edge)}/readyz"
+    for _ in range(60):
+        if run(c, ready, warn=True).stdout == "200":
+            return ["back in service: /readyz answers 200"]
+        run(c, "sleep 0.5")
+    raise Exit(f"{c.host}: /readyz did not answer 200 within 30 s of Apache's start")

@@ -43,7 +43,7 @@ def status(settings, sentinel):
         try:
             seen = each.sentinel_get_master_addr_by_name(name)
             quorum = each.execute_command("SENTINEL", "CKQUORUM", name)
-            print(f"sentinel {host}: sees master {seen[0]}:{seen[1]}; {quorum}")
+            print(f"sentinel {host}: sees master {_text(seen[0])}:{seen[1]}; {_text(quorum)}")
         except redis.RedisError as exc:
             print(f"sentinel {host}: unreachable ({type(exc).__name__}: {exc})")
 
@@ -82,6 +82,11 @@ def main(argv=None):
         return failover(settings, sentinel)
     status(settings, sentinel)
     return 0
+
+
+def _text(value: bytes | str) -> str:
+    """A Sentinel's reply as text (its clients do not decode replies)."""
+    return value.decode() if isinstance(value, bytes) else value
 
 
 if __name__ == "__main__":

@@ -154,6 +154,18 @@ class OverlayHost:
             time.sleep(0.1)
         raise RuntimeError(f"{self.name}: sshd did not start ({self.work / 'sshd.log'})")
 
+    def run(self, command, timeout=120):
+        """``command`` as root on the host (its network, its files), checked."""
+        done = subprocess.run(
+            ["ip", "netns", "exec", self.netns, "chroot", str(self.root), "/bin/sh", "-c", command],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"},
+        )
+        assert done.returncode == 0, f"{self.name}: {command}: {done.stdout}{done.stderr}"
+        return done.stdout
+
     def known_hosts_line(self):
         key_type, key = self.path("etc/beagle-test-sshd/host_key.pub").read_text().split()[:2]
         return f"{self.address} {key_type} {key}\n"

@@ -3,6 +3,7 @@ master, replicas of it and Sentinels (provisioning/redis.conf.j2, sentinel.conf.
 with the same users and passwords; and a closed-loop load that records what each client
 saw, for the failover tests."""
 
+import re
 import secrets
 import signal
 import subprocess
@@ -147,6 +148,12 @@ class RedisGroup:
                 server.stop()
 
 
+def gist(body):
+    """An answer's error without its request id or figures, so alike answers count as one."""
+    found = re.search(r'"error":"([^"]*)"', body)
+    return re.sub(r"\d+(\.\d+)?", "N", found.group(1) if found else body[:90])
+
+
 class Load:
     """A closed loop of ``concurrency`` clients posting ``image`` to ``url`` until stopped
     (or ``max_seconds``): per request, its start and end (monotonic), status (or the
@@ -156,6 +163,7 @@ class Load:
         self.url, self.image, self.headers = url, image, headers or {}
         self.concurrency, self.max_seconds = concurrency, max_seconds
         self.samples, self.lock, self.done = [], threading.Lock(), threading.Event()
+        self.odd = {}  # (status, the body's first words) -> count, for answers not 200
         self.threads = []
 
     def start(self):
@@ -178,10 +186,13 @@ class Load:
                 )
                 status, retry = response.status_code, response.headers.get("Retry-After")
                 request_id = response.headers.get("X-Request-ID")
+                said = gist(response.text) if status != 200 else ""
             except requests.RequestException as exc:
-                status, retry, request_id = type(exc).__name__, None, None
+                status, retry, request_id, said = type(exc).__name__, None, None, str(exc)[:90]
             with self.lock:
                 self.samples.append((started, time.monotonic(), status, retry, request_id))
+                if said:
+                    self.odd[(status, said)] = self.odd.get((status, said), 0) + 1
 
     def stop(self):
         self.done.set()
@@ -203,4 +214,5 @@ class Load:
             "statuses": statuses,
             "longest_s": round(max(end - start for start, end, *_ in self.samples), 2),
             "first_200_after_s": round(min(after) - fault_at, 2) if after else None,
+            **({"not_200": self.odd} if self.odd else {}),
         }

@@ -100,8 +100,8 @@ def test_prediction_gives_top_k_labels_or_every_probability():
     row = np.array([0.1, 0.7, 0.2], np.float32)
     answer = prediction(spec(), row, 2)
     assert answer["predictions"] == [
-        {"label": "b", "probability": 0.7},
-        {"label": "c", "probability": 0.2},
+        {"label": "b", "probability": 0.7, "index": 1},
+        {"label": "c", "probability": 0.2, "index": 2},
     ]
     assert prediction(spec(), row, 0)["probabilities"] == pytest.approx([0.1, 0.7, 0.2])
     short = prediction(spec(labels=("a",)), row, 1)  # a label file shorter than the output

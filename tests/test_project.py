@@ -19,6 +19,7 @@ FOLDERS = (
     "app",
     "docs",
     "models",
+    "prometheus",
     "provisioning",
     "reports",
     "scripts",

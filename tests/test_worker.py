@@ -173,6 +173,22 @@ def test_second_sigterm_stops_at_once_and_another_worker_claims(slow_worker, cli
     assert all(a and a["ok"] for a in answers)
 
 
+def test_a_queue_lost_mid_batch_is_joined_again_and_the_batch_in_hand_answered(slow_worker, client):
+    """As on a new master that lacks the queue (failed over before it was copied), here
+    without Sentinel: the stream and its group vanish while a batch runs. The worker's next
+    read gets NOGROUP; it joins again, answers the batch in hand and serves what comes."""
+    start, queue, stream = slow_worker
+    ids = submit(queue, "slow", 8, (128, 128, 3))
+    worker = start("rejoin")
+    wait_pending(client, stream, 8)
+    client.delete(stream)
+    answers = [wait_result(queue, i, 30) for i in ids]
+    assert all(a and a["ok"] for a in answers)
+    wait_for(lambda: "joining again" in worker.log_path.read_text(), 10, "NOGROUP noticed")
+    later = [wait_result(queue, i, 30) for i in submit(queue, "slow", 2, (128, 128, 3))]
+    assert all(a and a["ok"] for a in later)
+
+
 STOPS = 12
 
 
@@ -230,7 +246,7 @@ def test_a_redis_too_old_stops_the_worker_for_good_with_a_clear_message(tmp_path
 
         def answers():
             try:
-                return server_version(redis.Redis.from_url(url)) == "5.0.6"
+                return server_version(redis.Redis.from_url(url, protocol=2)) == "5.0.6"
             except redis.ConnectionError:
                 return False
 

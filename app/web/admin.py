@@ -8,7 +8,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from app import metrics
 from app.web.auth import from_admin_network, require_admin_or_key
-from app.web.resources import beagle
+from app.web.resources import beagle, current_settings
 
 bp = Blueprint("admin", __name__)
 
@@ -19,7 +19,8 @@ def prometheus() -> Response:
         abort(403, f"/metrics is open to admin_networks only, not to {request.remote_addr}")
     metrics.write(beagle().tally, beagle().redis, beagle().keys)  # this process's, now
     return Response(
-        metrics.render(beagle().queue, beagle().directory), mimetype=CONTENT_TYPE_LATEST
+        metrics.render(beagle().queue, beagle().directory, current_settings().max_queue_wait),
+        mimetype=CONTENT_TYPE_LATEST,
     )
 
 

@@ -1,5 +1,6 @@
 """The HTTP API: POST /predict, GET /healthz, GET /readyz (the README's HTTP API)."""
 
+import os
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -52,6 +53,20 @@ def readyz() -> Response:
     reason, with Sentinel, a master failing over (Redis unreachable for a few seconds) does
     not either, while the registry was read within heartbeat_ttl: requests wait for the new
     master meanwhile (app/web/dispatch.py)."""
+    ready, report = readiness()
+    response = jsonify(report)
+    if not ready:
+        response.status_code = 503
+        response.headers["Retry-After"] = "1"
+    return response
+
+
+def readiness() -> tuple[bool, dict[str, Any]]:
+    """Whether this host should be sent requests, and the report that says why (/readyz's
+    and /v2/health/ready's answer)."""
+    drain_file = current_settings().drain_file
+    if drain_file and os.path.exists(drain_file):  # taken out of service: fab drain
+        return False, {"ready": False, "draining": True}
     redis_state = "ok"
     try:
         models = beagle().directory.models()
@@ -64,11 +79,7 @@ def readyz() -> Response:
         m.name: {"versions": sorted(m.versions), "live_workers": m.live_workers} for m in models
     }
     ready = any(m.live_workers for m in models)
-    response = jsonify(ready=ready, redis=redis_state, models=report)
-    if not ready:
-        response.status_code = 503
-        response.headers["Retry-After"] = "1"
-    return response
+    return ready, {"ready": ready, "redis": redis_state, "models": report}
 
 
 def read_image() -> tuple[bytes, Mapping[str, Any]]:

@@ -1,7 +1,8 @@
 """Who may call what: API keys on the prediction APIs, and the admin networks (or a key)
 for the operators' endpoints.
 
-With api_keys set, /predict and /v1/... need ``Authorization: Bearer <key>``; a request
+With api_keys set, /predict, /v1/... and /v2/models/... need ``Authorization: Bearer <key>``
+(the v2 server metadata and health endpoints stay open, like /healthz and /readyz); a request
 without a valid one gets 401 (counted in /metrics as beagle_unauthorized_total). Keys are
 compared in constant time, against every key, so timing says nothing about any.
 """
@@ -13,7 +14,7 @@ from flask import abort, request
 
 from app.web.resources import beagle, current_settings
 
-PROTECTED_PATHS = ("/predict", "/v1/")
+PROTECTED_PATHS = ("/predict", "/v1/", "/v2/models")
 
 
 def presents_valid_key() -> bool:

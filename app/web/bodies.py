@@ -21,7 +21,11 @@ SHOWN = 40  # characters of a bad value quoted back
 
 def json_body(max_values: int) -> Any:
     """The request's JSON document."""
-    data = request.get_data()
+    return json_document(request.get_data(), max_values)
+
+
+def json_document(data: bytes, max_values: int) -> Any:
+    """``data`` parsed as JSON, within ``max_values``."""
     values = data.count(b",") + 1
     if values > max_values:
         abort(413, f"JSON body holds up to {values} values; the limit is {max_values}")

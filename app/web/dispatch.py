@@ -19,14 +19,23 @@ from redis.retry import Retry
 
 from app.imaging import BadImage, Busy, to_pixels
 from app.queue import Request, Shed
+from app.redis_connection import master_address, master_changed
 from app.registry import ModelInfo
 from app.web.resources import beagle, current_settings
 
 log = logging.getLogger("beagle.web")
 
+# The tensors every protocol names: a model's input pixels and its output.
+PIXELS = "pixels"
+PROBABILITIES = "probabilities"
 # A Redis connection that broke: with Sentinel, a failover; ask again, then carry on.
 REDIS_DROPPED = (redis.ConnectionError, redis.TimeoutError)
 FAILOVER_BACKOFF_S = 0.5  # longest pause between attempts while the Sentinels fail over
+WATCH_S = 1.0  # how often a wait looks whether its process has since heard of a new master
+
+
+class MasterMoved(Exception):
+    """The Sentinels named another master while a request waited on an answer."""
 
 
 @dataclass(frozen=True)
@@ -43,19 +52,34 @@ class Target:
 def resolve(model: str, version: int | None) -> Target:
     """The target of a request for ``model`` (and ``version``): 404 if not served, 503
     (Shed) if no live worker serves it."""
+    info = served(model, version)
+    g.metric_model = model  # a served model: safe as a metric label (any name is not)
+    if not info.live_workers:
+        raise Shed("no_worker", f"no live worker serves model {model!r}")
+    return Target(model, info, version, info.shape(info.latest if version is None else version))
+
+
+def served(model: str, version: int | None) -> ModelInfo:
+    """The registry's view of ``model``, which serves ``version`` if one is given; 404 if
+    not (a model with no live worker is still served: its requests get 503)."""
     info = _lookup(model)
     if info is None:
         abort(404, f"model {model!r} is not served")
-    g.metric_model = model  # a served model: safe as a metric label (any name is not)
     if version is not None and version not in info.versions:
         abort(
             404,
             f"model {model!r} has no version {version} "
             f"(served: {', '.join(map(str, sorted(info.versions)))})",
         )
-    if not info.live_workers:
-        raise Shed("no_worker", f"no live worker serves model {model!r}")
-    return Target(model, info, version, info.shape(info.latest if version is None else version))
+    return info
+
+
+def instances_limit(count: int) -> None:
+    """400 for a request of more than a quarter of max_queue images: no client fills a
+    model's queue alone."""
+    limit = max(1, current_settings().max_queue // 4)
+    if count > limit:
+        abort(400, f"{count} images in one request; the limit is {limit} (a quarter of max_queue)")
 
 
 def _lookup(model: str) -> ModelInfo | None:
@@ -98,6 +122,7 @@ def submit_and_wait(target: Target, images: list[bytes], top_k: int) -> list[dic
             top_k=top_k,
             shape=target.shape,
             pixels=pixels,
+            trace=str(g.trace),
         )
         for n, pixels in enumerate(images)
     ]
@@ -125,16 +150,36 @@ def submit_and_wait(target: Target, images: list[bytes], top_k: int) -> list[dic
     def wait() -> None:
         queue.wait_results([r.request_id for r in requests], remaining, answers)
 
+    def wait_watching(master: tuple[str, int] | None) -> None:
+        """Wait in slices; between them, raise MasterMoved if this process has since found
+        another master: the old one may have taken the requests in its last moment, after
+        its replicas' last copy, and the wait may be on a connection to the new one."""
+        while len(answers) < len(requests) and remaining() > 0:
+            ends = time.time() + WATCH_S
+            queue.wait_results(
+                [r.request_id for r in requests],
+                lambda ends=ends: min(remaining(), ends - time.time()),
+                answers,
+            )
+            now = master_address(queue.redis)
+            if master is not None and now != master:
+                raise MasterMoved(f"the Sentinels now name {now}")
+            master = now  # None before this process's first connection
+
     if not settings.redis_sentinels:
         submit()  # one Redis: down is a 503 now (redis_error)
         wait()
     else:
+        master = master_address(queue.redis)
         failed_over(submit)
         while True:
             try:
-                wait()
+                wait_watching(master)
                 break
-            except REDIS_DROPPED as exc:
+            except (redis.RedisError, MasterMoved) as exc:
+                if isinstance(exc, redis.RedisError) and not master_changed(exc):
+                    raise
+                master = master_address(queue.redis)
                 # The wait broke (the master went away). Replication is asynchronous, so
                 # the new master may lack what was queued: queue it again, same ids. A
                 # duplicate answer lands in the same list and is never read twice.

@@ -5,15 +5,10 @@ from typing import Any
 
 from flask import Blueprint, Response, jsonify
 
+from app.web.api import MAX_VERSION, MODEL_NAME
+from app.web.openapi_v2 import BASE64, SCHEMAS, TOP_K, json_content, paths, ref
+
 bp = Blueprint("openapi", __name__)
-
-
-def _ref(name: str) -> dict[str, str]:
-    return {"$ref": f"#/components/schemas/{name}"}
-
-
-def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
-    return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
 def _errors(*statuses: int, schema: str = "Error") -> dict[str, Any]:
@@ -29,21 +24,32 @@ def _errors(*statuses: int, schema: str = "Error") -> dict[str, Any]:
         503: "refused for now (queue full or slow, no live worker, Redis down); see Retry-After",
         504: "no answer by the deadline",
     }
-    return {str(s): _json(_ref(schema), why[s]) for s in statuses}
+    return {str(s): json_content(ref(schema), why[s]) for s in statuses}
 
 
 PREDICT_ERRORS = (400, 401, 404, 413, 415, 500, 503, 504)
-NAME = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
+
 VERSION = {
     "name": "version",
     "in": "path",
     "required": True,
     "schema": {"type": "integer", "minimum": 1},
 }
+MODEL = {"type": "string", "pattern": f"^{MODEL_NAME.pattern}$"}
+NAME = {"name": "name", "in": "path", "required": True, "schema": MODEL}
 OPTIONS = {
-    "model": {"type": "string", "description": "model name (default: default_model)"},
-    "version": {"type": "integer", "minimum": 1, "description": "default: the newest"},
-    "top_k": {"type": "integer", "minimum": 1, "maximum": 1000},
+    "model": {
+        "type": "string",
+        "pattern": f"^({MODEL_NAME.pattern})?$",
+        "description": "model name (empty or absent: default_model)",
+    },
+    "version": {
+        "type": "integer",
+        "minimum": 1,
+        "maximum": MAX_VERSION,
+        "description": "default: the newest",
+    },
+    "top_k": TOP_K,
 }
 
 
@@ -55,10 +61,10 @@ def _tf_predict(parameters: list[dict[str, Any]]) -> dict[str, Any]:
             "parameters": parameters,
             "requestBody": {
                 "required": True,
-                "content": {"application/json": {"schema": _ref("TFPredictRequest")}},
+                "content": {"application/json": {"schema": ref("TFPredictRequest")}},
             },
             "responses": {
-                "200": _json(_ref("TFPredictResponse"), "probabilities per instance"),
+                "200": json_content(ref("TFPredictResponse"), "probabilities per instance"),
                 **_errors(*PREDICT_ERRORS, schema="TFError"),
             },
         }
@@ -72,7 +78,7 @@ def _tf_get(parameters: list[dict[str, Any]], schema: str, summary: str) -> dict
             "tags": ["tensorflow-serving"],
             "parameters": parameters,
             "responses": {
-                "200": _json(_ref(schema), summary),
+                "200": json_content(ref(schema), summary),
                 **_errors(401, 404, 503, schema="TFError"),
             },
         }
@@ -84,8 +90,8 @@ DOCUMENT = {
     "info": {
         "title": "Beagle",
         "version": "1.0",
-        "description": "An image model behind HTTP: Beagle's own API and TensorFlow "
-        "Serving's REST API.",
+        "description": "An image model behind HTTP: Beagle's own API, the Open Inference "
+        "Protocol (KServe v2) with Triton's extensions, and TensorFlow Serving's REST API.",
     },
     "paths": {
         "/predict": {
@@ -113,20 +119,11 @@ DOCUMENT = {
                         "application/octet-stream": {
                             "schema": {"type": "string", "format": "binary"}
                         },
-                        "application/json": {
-                            "schema": {
-                                "type": "object",
-                                "required": ["image"],
-                                "properties": {
-                                    "image": {"type": "string", "description": "base64"},
-                                    **OPTIONS,
-                                },
-                            }
-                        },
+                        "application/json": {"schema": ref("PredictJSON")},
                     },
                 },
                 "responses": {
-                    "200": _json(_ref("Prediction"), "the top-k labels"),
+                    "200": json_content(ref("Prediction"), "the top-k labels"),
                     **_errors(*PREDICT_ERRORS),
                 },
             }
@@ -135,7 +132,7 @@ DOCUMENT = {
             "get": {
                 "summary": "The process is alive",
                 "tags": ["operations"],
-                "responses": {"200": _json(_ref("Health"), "alive")},
+                "responses": {"200": json_content(ref("Health"), "alive")},
             }
         },
         "/readyz": {
@@ -143,8 +140,8 @@ DOCUMENT = {
                 "summary": "Redis answers and some model has a live worker (all are listed)",
                 "tags": ["operations"],
                 "responses": {
-                    "200": _json(_ref("Readiness"), "ready"),
-                    "503": _json({"oneOf": [_ref("Readiness"), _ref("Error")]}, "not ready"),
+                    "200": json_content(ref("Readiness"), "ready"),
+                    "503": json_content({"oneOf": [ref("Readiness"), ref("Error")]}, "not ready"),
                 },
             }
         },
@@ -152,7 +149,7 @@ DOCUMENT = {
             "get": {
                 "summary": "Models, workers, queues, request totals",
                 "tags": ["operations"],
-                "responses": {"200": _json(_ref("Status"), "live status"), **_errors(503)},
+                "responses": {"200": json_content(ref("Status"), "live status"), **_errors(503)},
             }
         },
         "/metrics": {
@@ -184,7 +181,7 @@ DOCUMENT = {
             "get": {
                 "summary": "This document",
                 "tags": ["operations"],
-                "responses": {"200": _json({"type": "object"}, "OpenAPI 3")},
+                "responses": {"200": json_content({"type": "object"}, "OpenAPI 3")},
             }
         },
         "/v1/models/{name}:predict": _tf_predict([NAME]),
@@ -197,6 +194,7 @@ DOCUMENT = {
         "/v1/models/{name}/versions/{version}/metadata": _tf_get(
             [NAME, VERSION], "Metadata", "Model metadata"
         ),
+        **paths(NAME, VERSION),
     },
     "components": {
         "schemas": {
@@ -207,6 +205,19 @@ DOCUMENT = {
                     "success": {"type": "boolean", "enum": [False]},
                     "error": {"type": "string"},
                     "request_id": {"type": "string", "nullable": True},
+                },
+            },
+            "PredictJSON": {
+                "type": "object",
+                "required": ["image"],
+                "properties": {
+                    "image": {
+                        "type": "string",
+                        "minLength": 1,
+                        "pattern": BASE64,
+                        "description": "base64 of an encoded image",
+                    },
+                    **OPTIONS,
                 },
             },
             "Prediction": {
@@ -222,6 +233,7 @@ DOCUMENT = {
                             "properties": {
                                 "label": {"type": "string"},
                                 "probability": {"type": "number"},
+                                "index": {"type": "integer", "minimum": 0},
                             },
                         },
                     },
@@ -269,10 +281,48 @@ DOCUMENT = {
             "TFPredictRequest": {
                 "type": "object",
                 "properties": {
-                    "signature_name": {"type": "string"},
-                    "instances": {"type": "array", "items": {}},
-                    "inputs": {},
+                    "signature_name": {"type": "string", "enum": ["serving_default"]},
+                    "instances": {"type": "array", "minItems": 1, "items": ref("TFInstance")},
+                    "inputs": {
+                        "oneOf": [
+                            {"type": "array", "minItems": 1, "items": ref("TFInstance")},
+                            {
+                                "type": "object",
+                                "required": ["pixels"],
+                                "additionalProperties": False,
+                                "properties": {
+                                    "pixels": {
+                                        "type": "array",
+                                        "minItems": 1,
+                                        "items": ref("TFInstance"),
+                                    }
+                                },
+                            },
+                        ]
+                    },
                 },
+                "oneOf": [
+                    {"required": ["instances"], "not": {"required": ["inputs"]}},
+                    {"required": ["inputs"], "not": {"required": ["instances"]}},
+                ],
+            },
+            "TFInstance": {
+                "oneOf": [
+                    {
+                        "type": "object",
+                        "required": ["b64"],
+                        "additionalProperties": False,
+                        "properties": {
+                            "b64": {"type": "string", "minLength": 1, "pattern": BASE64}
+                        },
+                    },
+                    {
+                        "type": "array",
+                        "description": "pixels, height x width (x 1 or 3 channels), 0-255",
+                        "minItems": 1,
+                        "items": {"type": "array", "minItems": 1},
+                    },
+                ]
             },
             "TFPredictResponse": {
                 "type": "object",
@@ -310,6 +360,7 @@ DOCUMENT = {
                     }
                 },
             },
+            **SCHEMAS,
             "Metadata": {
                 "type": "object",
                 "required": ["model_spec", "metadata"],

@@ -22,18 +22,23 @@ from flask import Blueprint, Response, abort, jsonify
 from app.imaging import BadImage, array_pixels, decode_base64
 from app.registry import ModelInfo
 from app.web.bodies import json_body
-from app.web.dispatch import in_flight_slot, pixels_of, resolve, submit_and_wait
+from app.web.dispatch import (
+    PIXELS,
+    PROBABILITIES,
+    in_flight_slot,
+    instances_limit,
+    pixels_of,
+    resolve,
+    submit_and_wait,
+)
 from app.web.resources import beagle, current_settings
 
 URL_PREFIX = "/v1/models"
 bp = Blueprint("tfserving", __name__, url_prefix=URL_PREFIX)
 
-INPUT_NAME = "pixels"
-OUTPUT_NAME = "probabilities"
 
-
-@bp.post("/<name>:predict")
-@bp.post("/<name>/versions/<int:version>:predict")
+@bp.post("/<model:name>:predict")
+@bp.post("/<model:name>/versions/<int:version>:predict")
 def predict(name: str, version: int | None = None) -> Response:
     body = json_body(current_settings().max_json_values)
     if not isinstance(body, dict):
@@ -48,12 +53,7 @@ def predict(name: str, version: int | None = None) -> Response:
     batch = _only_input(body["inputs"]) if columnar else body["instances"]
     if not isinstance(batch, list) or not batch:
         abort(400, "expected a non-empty list of instances")
-    limit = max(1, current_settings().max_queue // 4)
-    if len(batch) > limit:
-        abort(
-            400,
-            f"{len(batch)} instances in one request; the limit is {limit} (a quarter of max_queue)",
-        )
+    instances_limit(len(batch))
     target = resolve(name, version)
     field = "inputs" if columnar else "instances"
     with in_flight_slot():  # admitted before the work of decoding
@@ -67,8 +67,8 @@ def predict(name: str, version: int | None = None) -> Response:
     )
 
 
-@bp.get("/<name>")
-@bp.get("/<name>/versions/<int:version>")
+@bp.get("/<model:name>")
+@bp.get("/<model:name>/versions/<int:version>")
 def status(name: str, version: int | None = None) -> Response:
     info = _model(name, version)
     state = "AVAILABLE" if info.live_workers else "END"
@@ -81,8 +81,8 @@ def status(name: str, version: int | None = None) -> Response:
     )
 
 
-@bp.get("/<name>/metadata")
-@bp.get("/<name>/versions/<int:version>/metadata")
+@bp.get("/<model:name>/metadata")
+@bp.get("/<model:name>/versions/<int:version>/metadata")
 def metadata(name: str, version: int | None = None) -> Response:
     info = _model(name, version)
     version = info.latest if version is None else version
@@ -100,8 +100,8 @@ def metadata(name: str, version: int | None = None) -> Response:
         }
 
     signature = {
-        "inputs": {INPUT_NAME: tensor(INPUT_NAME, "DT_UINT8", [-1, height, width, channels])},
-        "outputs": {OUTPUT_NAME: tensor(OUTPUT_NAME, "DT_FLOAT", [-1, classes])},
+        "inputs": {PIXELS: tensor(PIXELS, "DT_UINT8", [-1, height, width, channels])},
+        "outputs": {PROBABILITIES: tensor(PROBABILITIES, "DT_FLOAT", [-1, classes])},
         "method_name": "tensorflow/serving/predict",
     }
     return jsonify(
@@ -123,7 +123,7 @@ def _only_input(value: Any) -> Any:
     """The value of the model's one input: {"<name>": value} or the value itself."""
     if isinstance(value, dict) and "b64" not in value:
         if len(value) != 1:
-            abort(400, f"the model has one input ({INPUT_NAME!r}), not {sorted(value)}")
+            abort(400, f"the model has one input ({PIXELS!r}), not {sorted(value)}")
         (value,) = value.values()
     return value
 

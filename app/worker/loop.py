@@ -38,7 +38,7 @@ from app.queue import (
     Queue,
 )
 from app.redis_connection import client as redis_client
-from app.redis_connection import server_version, version_problem
+from app.redis_connection import master_changed, server_version, version_problem
 from app.stop_signals import StopSignals
 from app.worker import runtimes
 from app.worker.loaded_models import LoadedModels
@@ -103,6 +103,14 @@ class Worker:
                     log.error("worker %s: Redis unreachable (%s); retrying in 1s", self.name, exc)
                     self._stop.wait(1.0)
                 except redis.ResponseError as exc:
+                    if master_changed(exc):
+                        log.warning(
+                            "worker %s: Redis ended its read (%s); reading from the master "
+                            "the Sentinels name",
+                            self.name,
+                            exc,
+                        )
+                        continue
                     if "NOGROUP" not in str(exc):
                         raise
                     log.warning(

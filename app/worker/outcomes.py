@@ -8,9 +8,11 @@ heartbeat status, and in the tally that /metrics reads.
 """
 
 import logging
+import time
 from collections import Counter
 from typing import Any
 
+from app import trace_context
 from app.metrics import Tally
 from app.queue import Answer, Entry, Outgoing, error_answer
 from app.worker.passes import PassResult, prediction, summary
@@ -107,6 +109,7 @@ class Outcomes:
         self.stats["requests"] += len(entries)
         self.tally.observe("batch_size", len(entries), model=spec.name)
         self.tally.observe("inference_seconds", took, model=spec.name)
+        self.tally.note("last_inference", time.time(), model=spec.name)
         for entry in entries:
             waited = max(0.0, redis_now - took - entry.queued_ms / 1000)
             self.tally.observe("queue_wait_seconds", waited, model=spec.name)
@@ -117,5 +120,10 @@ class Outcomes:
             spec.name,
             spec.version,
             took * 1000,
-            " ".join(e.request_id for e in entries),
+            " ".join(f"{e.request_id} (trace {_trace_id(e)})" for e in entries),
         )
+
+
+def _trace_id(entry: Entry) -> str:
+    parent = trace_context.parse(entry.request.trace if entry.request else "")
+    return parent.trace_id if parent else "-"

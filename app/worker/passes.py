@@ -37,6 +37,7 @@ def prediction(spec: ModelSpec, probabilities: np.ndarray, top_k: int) -> dict[s
         {
             "label": spec.labels[i] if i < len(spec.labels) else str(i),
             "probability": round(float(probabilities[i]), 6),
+            "index": int(i),
         }
         for i in best
     ]
