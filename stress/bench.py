@@ -7,10 +7,13 @@ litserve) LitServe serving the same model file, both driven by the same C load g
     make bench MODEL=null PEER=litserve
 
 For each runtime: (a) raw: the worker's forward pass in this process, by batch size;
-(b) served: closed loops of --requests requests at each concurrency (wrk, stress/wrk.py)
-through Apache -> Redis -> one worker with max_batch_size --max-batch-size, then through
-the peer with the same batch size: req/s, p50/p99, and the CPU milliseconds each part of
-the stack spends per request (stress/cpu.py), and the load generator's. The model is
+(b) served: closed loops of at least --requests requests and --min-seconds seconds at each
+concurrency (wrk, stress/wrk.py) through Apache -> Redis -> one worker with max_batch_size
+--max-batch-size (over /predict and, with --protocols predict,v2, the Open Inference
+Protocol's binary infer), then through the peer with the same batch size, in --rounds
+rounds where they take turns: req/s, p50/p99, and the CPU milliseconds each part of the
+stack spends per request (stress/cpu.py), and the load generator's; medians, spreads and
+per-round ratios. The model is
 MobileNetV2 with random weights (same compute, offline), exported for each runtime; `null`
 is an ONNX graph that computes nothing (stress/null_model.py). The image is a 224x224 JPEG.
 Writes report.md, results.json and bench.png to --report (stress/bench_report.py).
@@ -18,10 +21,14 @@ Writes report.md, results.json and bench.png to --report (stress/bench_report.py
 
 import argparse
 import io
+import json
 import shutil
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +39,7 @@ from app.config import PROJECT_ROOT
 from app.keys import Keys
 from app.redis_connection import client as redis_client
 from app.registry import Directory
+from app.web.v2_tensors import HEADER_LENGTH, LENGTH
 from app.worker import repository, runtimes
 from stress import bench_report, cpu, null_model, wrk
 from stress.peer import LitServe
@@ -70,31 +78,112 @@ def raw_benchmark(spec, batch_sizes, seconds):
     return results
 
 
-def levels(url, image, args, parts, batches=None):
-    """The closed loops at each concurrency: [{concurrency, summary, cpu_ms, mean_batch}],
-    cpu_ms being {part: CPU ms per request} with the load generator's as "client";
-    ``batches()``, if given, (forward passes, requests) so far."""
-    wrk.run(url, image, 60, 4, api_key=args.api_key)  # warm everything up
-    rows = []
-    for level in args.concurrency_levels:
-        before, passes = parts(), batches and batches()
-        summary = wrk.run(url, image, args.requests, level, args.seconds, args.api_key)
-        used = cpu.per_request_ms(before, parts(), summary["requests"])
-        used["client"] = summary.pop("client_cpu_s") * 1000 / max(1, summary["requests"])
-        rows.append({"concurrency": level, "summary": summary, "cpu_ms": used})
-        if batches:
-            time.sleep(1.2)  # the workers' next heartbeats carry their counts
-            ran, served = (after - was for after, was in zip(batches(), passes, strict=True))
-            rows[-1]["mean_batch"] = served / max(1, ran)
-        print(
-            f"  c={level}: {summary['throughput']:.1f} req/s, p99 {summary['p99_ms']:.0f} ms, "
-            f"server CPU {sum(v for k, v in used.items() if k != 'client'):.2f} ms/req",
-            flush=True,
-        )
-    return rows
+@dataclass
+class Contender:
+    """One server and protocol under load: where it posts, what, and how to read the
+    CPU its parts used (and, for Beagle, its workers' batch counts)."""
+
+    name: str
+    url: str
+    body: bytes
+    headers: dict[str, str]
+    parts: Callable[[], dict]
+    batches: Callable[[], tuple[int, int]] | None = None
 
 
-def serve_beagle(spec, args, image, work):
+def multipart(image, api_key=""):
+    """/predict's body: ``image`` as multipart field image."""
+    boundary = "beagle-bench-boundary"
+    body = (
+        (
+            f"--{boundary}\r\n"
+            'Content-Disposition: form-data; name="image"; filename="image.jpg"\r\n'
+            "Content-Type: image/jpeg\r\n\r\n"
+        ).encode()
+        + image
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    return body, _keyed({"Content-Type": f"multipart/form-data; boundary={boundary}"}, api_key)
+
+
+def v2_binary(image, api_key=""):
+    """An Open Inference Protocol infer request: ``image`` as a binary BYTES input, the top
+    5 classes asked for in binary, as tritonclient sends it (the same work as /predict's
+    answer; the whole probability vector costs more to carry)."""
+    element = LENGTH.pack(len(image)) + image
+    header = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "image",
+                    "shape": [1],
+                    "datatype": "BYTES",
+                    "parameters": {"binary_data_size": len(element)},
+                }
+            ],
+            "outputs": [
+                {"name": "probabilities", "parameters": {"binary_data": True, "classification": 5}}
+            ],
+        }
+    ).encode()
+    return header + element, _keyed({HEADER_LENGTH: str(len(header))}, api_key)
+
+
+def _keyed(headers, api_key):
+    return {**headers, "Authorization": f"Bearer {api_key}"} if api_key else headers
+
+
+def rounds(contenders, args):
+    """Each contender at each concurrency, in --rounds rounds (A B A B ...: drift hits every
+    contender alike): {name: [{concurrency, rounds: [{summary, cpu_ms, mean_batch}]}]}."""
+    found = {
+        c.name: [{"concurrency": n, "rounds": []} for n in args.concurrency_levels]
+        for c in contenders
+    }
+    for contender in contenders:  # warm everything up
+        wrk.run(contender.url, contender.body, contender.headers, 60, 4)
+    for number in range(1, args.rounds + 1):
+        for contender in contenders:
+            for row in found[contender.name]:
+                row["rounds"].append(one_level(contender, row["concurrency"], args))
+                measured = row["rounds"][-1]
+                print(
+                    f"  round {number}, {contender.name}, c={row['concurrency']}: "
+                    f"{measured['summary']['throughput']:.1f} req/s, "
+                    f"p99 {measured['summary']['p99_ms']:.0f} ms, "
+                    f"server CPU {bench_report.server_ms(measured):.2f} ms/req",
+                    flush=True,
+                )
+    return found
+
+
+def one_level(contender, level, args):
+    """One closed loop at ``level``: its summary, CPU ms per request by part (the load
+    generator's as "client") and, for Beagle, the mean batch."""
+    before = contender.parts()
+    passes = contender.batches() if contender.batches else None
+    summary = wrk.run(
+        contender.url,
+        contender.body,
+        contender.headers,
+        args.requests,
+        level,
+        args.seconds,
+        args.min_seconds,
+    )
+    used = cpu.per_request_ms(before, contender.parts(), summary["requests"])
+    used["client"] = summary.pop("client_cpu_s") * 1000 / max(1, summary["requests"])
+    measured = {"summary": summary, "cpu_ms": used}
+    if contender.batches and passes:
+        time.sleep(1.2)  # the workers' next heartbeats carry their counts
+        ran, served = (after - was for after, was in zip(contender.batches(), passes, strict=True))
+        measured["mean_batch"] = served / max(1, ran)
+    return measured
+
+
+@contextmanager
+def beagle(spec, args, work):
+    """Beagle serving ``spec``: (the stack, its parts' CPU, its batch counts)."""
     prefix = f"bench-{spec.runtime}"
     own_redis = RedisServer(work / f"redis-{spec.runtime}", key_prefix=prefix).start()
     settings = config.load(
@@ -109,15 +198,17 @@ def serve_beagle(spec, args, image, work):
         worker_threads=args.worker_threads,
         **dict(item.split("=", 1) for item in args.set),
     )
-    run_dir = work / f"run-{spec.runtime}"
-    stack = Stack(settings, run_dir, workers=args.workers, role_urls=own_redis.role_urls).start()
-    directory = Directory(
-        redis_client(settings, socket_timeout=5),
-        Keys(settings.key_prefix),
-        settings.heartbeat_ttl,
+    stack = Stack(
+        settings, work / f"run-{spec.runtime}", workers=args.workers, role_urls=own_redis.role_urls
     )
-    workers = [worker.process.pid for worker in stack.workers]
     try:
+        stack.start()
+        directory = Directory(
+            redis_client(settings, socket_timeout=5),
+            Keys(settings.key_prefix),
+            settings.heartbeat_ttl,
+        )
+        workers = [worker.process.pid for worker in stack.workers]
 
         def parts():
             return cpu.beagle_parts(stack.apache.process.pid, workers, own_redis.process.pid)
@@ -126,24 +217,25 @@ def serve_beagle(spec, args, image, work):
             status = directory.workers()
             return sum(s["batches"] for s in status), sum(s["requests"] for s in status)
 
-        rows = levels(stack.url + "/predict", image, args, parts, batches)
-        return {
-            "levels": rows,
-            "memory_mb": {
+        def memory():
+            return {
                 "worker": sum(cpu.rss_mb(pid) for pid in workers),
                 "web": [
                     cpu.rss_mb(pid)
                     for pid in cpu.children(stack.apache.process.pid)
                     if cpu.is_wsgi_daemon(pid)
                 ],
-            },
-        }
+            }
+
+        yield stack.url, parts, batches, memory
     finally:
         stack.stop()
         own_redis.stop()
 
 
-def serve_peer(spec, args, image, work):
+@contextmanager
+def peer(spec, args, work):
+    """LitServe serving ``spec``: (its URL, its CPU, its memory)."""
     server = LitServe(
         spec,
         args.max_batch_size,
@@ -152,22 +244,13 @@ def serve_peer(spec, args, image, work):
         args.worker_threads,
         work / f"litserve-{spec.runtime}.log",
     ).start()
+    tree = [server.process.pid]
+
+    def memory():
+        return {"server": sum(cpu.rss_mb(pid) for pid in [*tree, *cpu.descendants(tree[0])])}
+
     try:
-        rows = levels(
-            server.url + "/predict",
-            image,
-            args,
-            lambda: cpu.tree_parts(server.process.pid, "litserve"),
-        )
-        return {
-            "levels": rows,
-            "memory_mb": {
-                "server": sum(
-                    cpu.rss_mb(pid)
-                    for pid in [server.process.pid, *cpu.descendants(server.process.pid)]
-                )
-            },
-        }
+        yield server.url, (lambda: cpu.tree_parts(tree[0], "litserve")), memory
     finally:
         server.stop()
 
@@ -201,11 +284,39 @@ def bench_runtime(runtime, args, image, work):
     spec = model_for(runtime, args, work)
     print(f"{runtime}: raw forward pass of {spec.name} by batch size...", flush=True)
     raw = raw_benchmark(spec, [int(b) for b in args.batches.split(",")], args.raw_seconds)
-    print(f"{runtime}: Beagle (Apache -> Redis -> worker)...", flush=True)
-    served = {"beagle": serve_beagle(spec, args, image, work)}
-    if args.peer:
-        print(f"{runtime}: {args.peer}...", flush=True)
-        served[args.peer] = serve_peer(spec, args, image, work)
+    print(
+        f"{runtime}: Beagle (Apache -> Redis -> worker) and {args.peer or 'no peer'}, "
+        f"{args.rounds} rounds...",
+        flush=True,
+    )
+    with ExitStack() as running:
+        url, parts, batches, beagle_memory = running.enter_context(beagle(spec, args, work))
+        bodies = {"predict": multipart(image, args.api_key), "v2": v2_binary(image, args.api_key)}
+        paths = {"predict": "/predict", "v2": f"/v2/models/{spec.name}/infer"}
+        contenders = [
+            Contender(
+                "beagle" if protocol == "predict" else f"beagle {protocol}",
+                url + paths[protocol],
+                *bodies[protocol],
+                parts,
+                batches,
+            )
+            for protocol in args.protocols.split(",")
+        ]
+        memory = {"beagle": beagle_memory}
+        if args.peer:
+            peer_url, peer_parts, memory[args.peer] = running.enter_context(peer(spec, args, work))
+            contenders.append(
+                Contender(args.peer, peer_url + "/predict", *multipart(image), peer_parts)
+            )
+        found = rounds(contenders, args)
+        served = {
+            name: {
+                "levels": [bench_report.summarize(row) for row in rows],
+                "memory_mb": memory[name.split()[0]](),
+            }
+            for name, rows in found.items()
+        }
     return {
         "runtime": runtime,
         "model": args.model,
@@ -231,9 +342,22 @@ def main(argv=None):
     parser.add_argument("--repository", default=str(PROJECT_ROOT / "models"))
     parser.add_argument("--image", help="image to post (default: a 224x224 JPEG photo)")
     parser.add_argument("--batches", default="1,4,16")
-    parser.add_argument("--concurrency", default="1,8,32")
-    parser.add_argument("--requests", type=int, default=1000, help="per concurrency level")
+    parser.add_argument("--concurrency", default="1,8,32,128")
+    parser.add_argument(
+        "--requests", type=int, default=5000, help="per concurrency level, at least"
+    )
+    parser.add_argument(
+        "--min-seconds", type=float, default=10, help="per concurrency level, at least"
+    )
     parser.add_argument("--seconds", type=float, default=120, help="time cap per level")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="Beagle and the peer take turns, this many times"
+    )
+    parser.add_argument(
+        "--protocols",
+        default="predict",
+        help="Beagle's, comma-separated: predict (multipart /predict), v2 (binary infer)",
+    )
     parser.add_argument("--raw-seconds", type=float, default=3, help="per batch size")
     parser.add_argument("--max-batch-size", type=int, default=16, help="for both servers")
     parser.add_argument(

@@ -7,6 +7,7 @@ CPU per request), results.json (the run's options and every figure) and bench.pn
 
 import json
 import os
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -23,6 +24,8 @@ def write(folder, results, args, image):
             "model",
             "peer",
             "requests",
+            "min_seconds",
+            "rounds",
             "max_batch_size",
             "workers",
             "worker_threads",
@@ -49,6 +52,46 @@ def render(folder):
     print(f"wrote {folder / 'report.md'}, {folder / 'results.json'}, {folder / 'bench.png'}")
 
 
+def summarize(row):
+    """One concurrency level over its rounds: the median of each figure (counts summed),
+    each round's figures kept in "rounds" and the spread (min, max) of the main ones."""
+    rounds = row["rounds"]
+    summary = {
+        key: (sum if key in ("requests", "failed") else statistics.median)(
+            [r["summary"][key] for r in rounds]
+        )
+        for key in rounds[0]["summary"]
+    }
+    cpu_ms = {
+        part: statistics.median([r["cpu_ms"][part] for r in rounds]) for part in rounds[0]["cpu_ms"]
+    }
+    level = {
+        "concurrency": row["concurrency"],
+        "summary": summary,
+        "cpu_ms": cpu_ms,
+        "rounds": rounds,
+    }
+    if "mean_batch" in rounds[0]:
+        level["mean_batch"] = statistics.median([r["mean_batch"] for r in rounds])
+    level["spread"] = {
+        name: [min(values), max(values)]
+        for name, values in (
+            ("throughput", [r["summary"]["throughput"] for r in rounds]),
+            ("p99_ms", [r["summary"]["p99_ms"] for r in rounds]),
+            ("server_ms", [server_ms(r) for r in rounds]),
+        )
+    }
+    return level
+
+
+def per_round(own, other, figure):
+    """``own``'s ``figure`` over ``other``'s, round by round (the same round ran both)."""
+    return [
+        mine["summary"][figure] / theirs["summary"][figure]
+        for mine, theirs in zip(own["rounds"], other["rounds"], strict=True)
+    ]
+
+
 def server_ms(row):
     """CPU ms per request of the serving stack's processes (the client's excluded)."""
     return sum(ms for part, ms in row["cpu_ms"].items() if part != "client")
@@ -60,8 +103,10 @@ def markdown(results, args):
         f"# Benchmark: {args.model}",
         "",
         f"{args.date}, {args.cores} cores. Load: wrk "
-        f"(C), closed loops of {args.requests} requests per concurrency level, posting a "
-        f"{args.image_kb} KB JPEG as multipart field `image`. Max batch "
+        f"(C), closed loops of at least {args.requests} requests and {args.min_seconds:g} s "
+        f"per concurrency level, {args.rounds} rounds (the servers take turns; figures are "
+        f"medians over the rounds, min–max beside them, ratios per round), posting a "
+        f"{args.image_kb} KB JPEG (Beagle v2: the same JPEG as a binary BYTES tensor). Max batch "
         f"{args.max_batch_size}, {args.workers} model worker(s) with "
         f"{args.worker_threads or 'one per core'} runtime threads each on "
         + (
@@ -100,30 +145,42 @@ def markdown(results, args):
 
 def served_table(result, peer):
     lines = [
-        "| concurrency | server | req/s | p50 ms | p99 ms | server CPU ms/req | mean batch |"
-        + (" Beagle ÷ peer req/s | Beagle ÷ peer p99 |" if peer else ""),
+        "| concurrency | server | req/s (min–max) | p50 ms | p99 ms (min–max) "
+        "| server CPU ms/req (min–max) | mean batch |"
+        + (" ÷ peer req/s, per round | ÷ peer p99, per round |" if peer else ""),
         "|---:|---|---:|---:|---:|---:|---:|" + ("---:|---:|" if peer else ""),
     ]
     rows = {name: served["levels"] for name, served in result["served"].items()}
-    for n, row in enumerate(rows["beagle"]):
+    for n, level in enumerate(next(iter(rows.values()))):
         for name in rows:
-            s, own = rows[name][n]["summary"], rows[name][n]
+            own = rows[name][n]
+            s, spread = own["summary"], own["spread"]
             failed = f" ({s['failed']} failed)" if s["failed"] else ""
             line = (
-                f"| {row['concurrency']} | {name} | {s['throughput']:.1f}{failed} | "
-                f"{s['p50_ms']:.1f} | {s['p99_ms']:.1f} | {server_ms(own):.2f} | "
+                f"| {level['concurrency']} | {name} | {s['throughput']:.1f}{failed} "
+                f"({_range(spread['throughput'], '.0f')}) | {s['p50_ms']:.1f} | "
+                f"{s['p99_ms']:.1f} ({_range(spread['p99_ms'], '.0f')}) | "
+                f"{server_ms(own):.2f} ({_range(spread['server_ms'], '.2f')}) | "
                 + (f"{own['mean_batch']:.1f} |" if "mean_batch" in own else " |")
             )
             if peer:
-                other = rows[peer][n]["summary"]
                 line += (
-                    f" {s['throughput'] / other['throughput']:.2f} | "
-                    f"{s['p99_ms'] / other['p99_ms']:.2f} |"
-                    if name == "beagle"
-                    else " | |"
+                    " | |"
+                    if name == peer
+                    else f" {_ratios(per_round(own, rows[peer][n], 'throughput'))} | "
+                    f"{_ratios(per_round(own, rows[peer][n], 'p99_ms'))} |"
                 )
             lines.append(line)
     return lines
+
+
+def _range(values, spec):
+    return "–".join(format(v, spec) for v in values)
+
+
+def _ratios(ratios):
+    """The median ratio, then each round's."""
+    return f"**{statistics.median(ratios):.2f}** ({', '.join(f'{r:.2f}' for r in ratios)})"
 
 
 def cpu_table(result, peer):
@@ -155,7 +212,7 @@ def plot(results, path):
     for result in results:
         for name, served in result["served"].items():
             levels = [row["concurrency"] for row in served["levels"]]
-            style = "-" if name == "beagle" else "--"
+            style = "-" if name.startswith("beagle") else "--"
             label = f"{result['runtime']}: {name}"
             (line,) = throughput.plot(
                 levels,
@@ -191,7 +248,7 @@ def cpu_bars(axes, results):
         for result in results
         for name, served in result["served"].items()
     ]
-    peers = sorted({name for _, name, _ in servers} - {"beagle"})
+    peers = sorted({name for _, name, _ in servers if not name.startswith("beagle")})
     bottoms = [0.0] * len(servers)
     for part in [*BEAGLE_PARTS, *peers, "client"]:
         heights = [row["cpu_ms"].get(part, 0.0) for _, _, row in servers]

@@ -21,6 +21,13 @@ def _stat(path):
     return comm, int(fields[1]), (int(fields[11]) + int(fields[12])) / TICKS
 
 
+def reaped_seconds(pid):
+    """CPU seconds of ``pid``'s children that exited and it reaped (Apache retires idle
+    children while a level runs: their time would otherwise vanish from the sum)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[13]) + int(fields[14])) / TICKS
+
+
 def group_alive(group):
     """Whether a process of process group ``group`` is alive (not a zombie)."""
     for stat in Path("/proc").glob("[0-9]*/stat"):
@@ -85,6 +92,7 @@ def beagle_parts(apache_pid, worker_pids, redis_pid):
     loop = sum(main_thread_seconds(pid) for pid in worker_pids)
     return {
         "apache": process_seconds(apache_pid)
+        + reaped_seconds(apache_pid)
         + sum(process_seconds(pid) for pid in apache_children if not is_wsgi_daemon(pid)),
         "mod_wsgi": sum(process_seconds(pid) for pid in apache_children if is_wsgi_daemon(pid)),
         "redis": process_seconds(redis_pid),

@@ -1,8 +1,9 @@
 """The benchmark's load generator: wrk, written in C, so that the client costs little
-and the same for every server it drives. A Lua script posts the image as multipart field
-``image`` over keep-alive connections (a closed loop: each connection sends its next
-request when the last is answered), each of wrk's threads stops after its share of the
-requests, and wrk prints the run's figures as JSON. Bounded in count and in time.
+and the same for every server it drives. A Lua script posts one body (a multipart image,
+an Open Inference Protocol request, ...) with its headers over keep-alive connections (a
+closed loop: each connection sends its next request when the last is answered); each of
+wrk's threads stops once it has its share of the requests *and* the minimum time has
+passed, and wrk prints the run's figures as JSON. Bounded in count and in time.
 """
 
 import json
@@ -25,23 +26,21 @@ local function now()
   return tonumber(t.tv_sec) + tonumber(t.tv_nsec) / 1e9
 end
 
-local boundary = "beagle-bench-boundary"
-local file = io.open(os.getenv("BENCH_IMAGE"), "rb")
-local image = file:read("*a")
+local file = io.open(os.getenv("BENCH_BODY"), "rb")
+wrk.body = file:read("*a")
 file:close()
 wrk.method = "POST"
-wrk.headers["Content-Type"] = "multipart/form-data; boundary=" .. boundary
-local key = os.getenv("BENCH_API_KEY")
-if key and key ~= "" then wrk.headers["Authorization"] = "Bearer " .. key end
-wrk.body = "--" .. boundary .. "\r\n"
-  .. 'Content-Disposition: form-data; name="image"; filename="image.jpg"\r\n'
-  .. "Content-Type: image/jpeg\r\n\r\n" .. image .. "\r\n--" .. boundary .. "--\r\n"
+for line in io.lines(os.getenv("BENCH_HEADERS")) do
+  local name, value = line:match("^([^:]+):%s*(.*)$")
+  if name then wrk.headers[name] = value end
+end
 
 -- Globals, not locals: done() reads them from each thread with thread:get.
 local threads = {}
 function setup(thread) table.insert(threads, thread) end
 
 share = tonumber(os.getenv("BENCH_SHARE"))
+min_seconds = tonumber(os.getenv("BENCH_MIN_SECONDS"))
 answered, failed, started, finished = 0, 0, 0, 0
 function init(args) started = now() end
 
@@ -50,7 +49,7 @@ function init(args) started = now() end
 function response(status, headers, body)
   answered = answered + 1
   if status ~= 200 then failed = failed + 1 end
-  if answered == share then
+  if finished == 0 and answered >= share and now() - started >= min_seconds then
     finished = now()
     local done = io.open(os.getenv("BENCH_DONE"), "a")
     done:write("done\n")
@@ -81,19 +80,22 @@ end
 """
 
 
-def run(url, image, requests, concurrency, max_seconds=300, api_key=""):
-    """Post ``image`` ``requests`` times over ``concurrency`` connections; the summary
-    (requests, seconds, throughput, failed, p50/p90/p99/max ms) and wrk's own CPU
-    seconds (client_cpu_s)."""
+def run(url, body, headers, requests, concurrency, max_seconds=300, min_seconds=0.0):
+    """Post ``body`` with ``headers`` over ``concurrency`` connections, ``requests`` times
+    and for ``min_seconds`` at least (``max_seconds`` at most); the summary (requests,
+    seconds, throughput, failed, p50/p90/p99/max ms) and wrk's own CPU seconds
+    (client_cpu_s)."""
     threads = min(concurrency, os.cpu_count() or 1)
     with tempfile.TemporaryDirectory() as work:
-        script, picture = Path(work) / "post.lua", Path(work) / "image.jpg"
+        script, posted = Path(work) / "post.lua", Path(work) / "body"
         script.write_text(SCRIPT)
-        picture.write_bytes(image)
+        posted.write_bytes(body)
+        (Path(work) / "headers").write_text("".join(f"{k}: {v}\n" for k, v in headers.items()))
         env = {
             **os.environ,
-            "BENCH_IMAGE": str(picture),
-            "BENCH_API_KEY": api_key,
+            "BENCH_BODY": str(posted),
+            "BENCH_HEADERS": str(Path(work) / "headers"),
+            "BENCH_MIN_SECONDS": str(min_seconds),
             "BENCH_SHARE": str(max(1, requests // threads)),
             "BENCH_THREADS": str(threads),
             "BENCH_DONE": str(Path(work) / "done"),

@@ -25,6 +25,12 @@ def test_bench_side_by_side_writes_report_table_and_plot(tmp_path):
             "1,4",
             "--requests",
             "200",
+            "--min-seconds",
+            "0",
+            "--rounds",
+            "2",
+            "--protocols",
+            "predict,v2",
             "--raw-seconds",
             "0.3",
             "--report",
@@ -38,16 +44,18 @@ def test_bench_side_by_side_writes_report_table_and_plot(tmp_path):
     )
     assert done.returncode == 0, done.stderr[-3000:]
     report = (tmp_path / "report.md").read_text()
-    assert "| 4 | beagle |" in report and "| 4 | litserve |" in report
-    assert "Beagle ÷ peer req/s" in report and "CPU milliseconds per request" in report
+    for server in ("beagle", "beagle v2", "litserve"):
+        assert f"| 4 | {server} |" in report
+    assert "÷ peer req/s, per round" in report and "CPU milliseconds per request" in report
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["run"]["model"] == "null" and saved["run"]["peer"] == "litserve"
     results = saved["results"]
-    for server in ("beagle", "litserve"):
+    for server in ("beagle", "beagle v2", "litserve"):
         levels = results[0]["served"][server]["levels"]
         assert [row["concurrency"] for row in levels] == [1, 4]
+        assert all(len(row["rounds"]) == 2 for row in levels)
         assert all(
-            row["summary"]["failed"] == 0 and row["summary"]["requests"] >= 200 for row in levels
+            row["summary"]["failed"] == 0 and row["summary"]["requests"] >= 400 for row in levels
         ), levels
         assert all(row["cpu_ms"]["client"] > 0 for row in levels)
     beagle = results[0]["served"]["beagle"]["levels"][-1]["cpu_ms"]
