@@ -18,6 +18,7 @@ tier knows when a wait broke and queues its request again on the new master
 (app/web/dispatch.py).
 """
 
+import time
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit
 
@@ -25,11 +26,12 @@ import redis
 from redis.backoff import NoBackoff
 from redis.connection import SSLConnection, parse_url
 from redis.retry import Retry
-from redis.sentinel import MasterNotFoundError, Sentinel
+from redis.sentinel import MasterNotFoundError, Sentinel, SentinelConnectionPool
 
 # XAUTOCLAIM, which hands a dead worker's requests to a live one, came in Redis 6.2.
 MIN_REDIS_VERSION = (6, 2)
 CONNECT_TIMEOUT_S = 1.0
+SENTINEL_REST_S = 10.0
 
 
 def master_changed(exc: Exception) -> bool:
@@ -45,6 +47,16 @@ def master_address(client: redis.Redis) -> tuple[str, int] | None:
     """Where ``client``'s connections last found the master the Sentinels name (None with
     one Redis): known in the process, no round trip."""
     return getattr(client.connection_pool, "master_address", None)
+
+
+def follow_master(client: redis.Redis) -> None:
+    """Under Sentinel, ask where the master is now; if it moved, the pool drops its idle
+    connections, so the next command goes to the new one. For long-lived clients (a
+    worker): in a switchover the old master keeps answering until the Sentinels demote it,
+    while web processes already queue on the new one."""
+    pool = client.connection_pool
+    if isinstance(pool, SentinelConnectionPool):
+        pool.get_master_address()
 
 
 def redis_url(user: str, password: str, host: str, port: int, db: int = 0, tls_ca: str = "") -> str:
@@ -90,16 +102,27 @@ class NewestSentinel(Sentinel):
     """redis-py's Sentinel, but the master is the one named in the newest configuration
     (highest config-epoch) of the Sentinels that answer, not the first one's: for a second
     or two after a switchover the others still name the old master, which, demoted, would
-    serve reads from a replica no one writes to."""
+    serve reads from a replica no one writes to. A Sentinel that failed is skipped for
+    SENTINEL_REST_S, so a dead or unreachable one does not slow every discovery."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.failed_at: dict[int, float] = {}  # a Sentinel's index -> when it last failed
 
     def discover_master(self, service_name: str) -> tuple[str, int]:
         found, errors = [], []
-        for sentinel in self.sentinels:
+        now = time.monotonic()
+        resting = {i for i, at in self.failed_at.items() if now - at < SENTINEL_REST_S}
+        asked = [i for i in range(len(self.sentinels)) if i not in resting] or list(resting)
+        for index in asked:
+            sentinel = self.sentinels[index]
             try:
                 state = sentinel.sentinel_masters().get(service_name)
             except (redis.ConnectionError, redis.TimeoutError) as exc:
                 errors.append(f"{sentinel} - {exc!r}")
+                self.failed_at[index] = time.monotonic()
                 continue
+            self.failed_at.pop(index, None)
             if state and self.check_master_state(state, service_name):
                 found.append(state)
         if not found:
@@ -123,6 +146,7 @@ def sentinel_for(url: str, sentinels: str) -> Sentinel:
         sentinel_kwargs={
             "socket_connect_timeout": CONNECT_TIMEOUT_S,
             "socket_timeout": 2.0,
+            "retry": Retry(NoBackoff(), 0),  # another Sentinel answers; never wait on one
             **login,
             **tls,
         },

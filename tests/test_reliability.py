@@ -347,6 +347,7 @@ def test_redis_holds_no_per_request_state_after_10000_requests(start_stack, clie
             keys.worker(worker),
             keys.metrics("counters"),
             keys.metrics("histograms"),
+            keys.metrics("latest"),
         ]
     )
     # The metrics hashes grow with models and label values, never with requests.

@@ -74,7 +74,7 @@ def test_redis_failing_mid_forward_pass_fails_nothing_and_runs_nothing_twice(
     settings = make_settings(through_proxy, model_repository=str(tmp_path), max_batch_size=8)
     queue = Queue(client, Keys(settings.key_prefix))
     queue.ensure_group(Keys(settings.key_prefix).stream("slow"))
-    ids = submit(queue, "slow", 8, (128, 128, 3))  # queued first: one batch of 8
+    ids = submit(queue, "slow", 8, (192, 192, 3))  # queued first: one batch of 8
     worker = WorkerProcess(settings, "blip", tmp_path / "blip.log").start()
     try:
         wait_pending(client, Keys(settings.key_prefix).stream("slow"), 8)

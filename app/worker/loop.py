@@ -38,7 +38,7 @@ from app.queue import (
     Queue,
 )
 from app.redis_connection import client as redis_client
-from app.redis_connection import master_changed, server_version, version_problem
+from app.redis_connection import follow_master, master_changed, server_version, version_problem
 from app.stop_signals import StopSignals
 from app.worker import runtimes
 from app.worker.loaded_models import LoadedModels
@@ -278,6 +278,7 @@ class Worker:
         if now < self._next.get("heartbeat", 0.0):
             return
         self._next["heartbeat"] = now + self._beat_s
+        follow_master(self.redis)
         pipe = self.redis.pipeline(transaction=False)
         registry.announce(
             pipe,
