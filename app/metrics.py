@@ -189,10 +189,8 @@ class _Collector:
             "when a worker last ran a forward pass of the model (Unix time)",
             labels=["model"],
         )
-        for field, value in self.queue.redis.hgetall(self.queue.keys.metrics("latest")).items():
-            name, labels = _parse(field.decode())  # type: ignore[union-attr]
-            if name == "last_inference":
-                last.add_metric([labels.get("model", "")], float(value))
+        for model, when in last_inferences(self.queue.redis, self.queue.keys).items():
+            last.add_metric([model], when)
         workers = GaugeMetricFamily(PREFIX + "workers", "live workers, all models")
         workers.add_metric([], len(self.directory.workers()))
         limit = GaugeMetricFamily(
@@ -225,16 +223,23 @@ def model_figures(client: redis.Redis, keys: Keys, model: str) -> dict[str, Any]
         name, labels = _parse(field.decode())  # type: ignore[union-attr]
         if name == "requests" and labels.get("model") == model:
             figures["requests"][labels.get("code", "")] += int(value)
-    for field, value in client.hgetall(keys.metrics("latest")).items():
-        name, labels = _parse(field.decode())  # type: ignore[union-attr]
-        if name == "last_inference" and labels.get("model") == model:
-            figures["last_inference"] = float(value)
+    figures["last_inference"] = last_inferences(client, keys).get(model, 0.0)
     for field, value in client.hgetall(keys.metrics("histograms")).items():
         series, _, part = field.decode().rpartition("|")  # type: ignore[union-attr]
         name, labels = _parse(series)
         if name in HISTOGRAMS and labels.get("model") == model and part in ("count", "sum"):
             figures[name][part] = float(value) if part == "sum" else int(value)
     return figures
+
+
+def last_inferences(client: redis.Redis, keys: Keys) -> dict[str, float]:
+    """{model: when a worker last ran a forward pass of it (Unix time)}, from every process."""
+    found = {}
+    for field, value in client.hgetall(keys.metrics("latest")).items():
+        name, labels = _parse(field.decode())  # type: ignore[union-attr]
+        if name == "last_inference":
+            found[str(labels.get("model", ""))] = float(value)
+    return found
 
 
 def _counters(stored: dict[bytes, bytes]) -> Iterable[CounterMetricFamily]:

@@ -89,8 +89,7 @@ class Cluster:
 
     @property
     def sentinels(self) -> bool:
-        """Several Redis hosts: replicas, and Sentinels that fail over."""
-        return len(self.redis_addresses) > 1
+        return self.plan.sentinels
 
     def url(self, role: str) -> str:
         """The Redis URL processes of ``role`` (web, worker, admin) log in with."""

@@ -156,10 +156,9 @@ def status(c: Context) -> None:
     plan = Plan.from_config(c.config)
     edge = Edge.from_plan(plan)
     hosts = targets(c, plan)
-    sentinels = len(plan.roles.get("redis", [])) > 1
     for conn, roles in hosts:
         units = ["beagle-redis"] * ("redis" in roles) + ["apache2"] * ("web" in roles)
-        units += ["beagle-sentinel"] * ("redis" in roles and sentinels)
+        units += ["beagle-sentinel"] * ("redis" in roles and plan.sentinels)
         units += run(
             conn,
             "ls /etc/systemd/system/multi-user.target.wants/ 2>/dev/null | "
@@ -191,7 +190,7 @@ def status(c: Context) -> None:
                 warn=True,
             ).stdout.strip()
             print(f"{conn.host}: last errors in the Apache error log:\n{errors or '(none)'}")
-    if sentinels:  # the master, each replica's lag, each Sentinel's view, from one Redis host
+    if plan.sentinels:  # the master, each replica's lag, each Sentinel's view, from one Redis host
         conn = next(conn for conn, roles in hosts if "redis" in roles)
         run(conn, plan.with_env(plan.python("scripts.redis_ha status"), role="admin"), hide=False)
 

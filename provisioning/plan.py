@@ -81,6 +81,11 @@ class Plan:
         return f"{self.tls_dir}/redis-ca.pem"
 
     @property
+    def sentinels(self) -> bool:
+        """Several Redis hosts: replicas, and Sentinels that fail over."""
+        return len(self.roles.get("redis", [])) > 1
+
+    @property
     def drain_file(self) -> str:
         """Present while the host is out of service (fab drain): /readyz answers 503."""
         return f"{self.etc}/draining"

@@ -74,6 +74,54 @@ def sh(*command, **kwargs):
     return subprocess.run(command, check=True, capture_output=True, text=True, **kwargs)
 
 
+def start_sshd(netns, root, hostname, log, options=""):
+    """sshd of the host whose files are ``root``, in network namespace ``netns``, its
+    hostname ``hostname`` (a UTS namespace of its own), errors to ``log``."""
+    return subprocess.Popen(
+        [
+            "ip",
+            "netns",
+            "exec",
+            netns,
+            "unshare",
+            "--uts",
+            "chroot",
+            str(root),
+            "/bin/sh",
+            "-c",
+            f"hostname {hostname} && exec /usr/sbin/sshd -D -e{options}",
+        ],
+        stderr=open(log, "wb"),
+    )
+
+
+def processes_in(root):
+    """PIDs of the processes running inside ``root`` (their root directory is in it)."""
+    found = []
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            seen = os.readlink(entry / "root")
+        except OSError:
+            continue
+        if seen == str(root) or seen.startswith(f"{root}/"):
+            found.append(int(entry.name))
+    return found
+
+
+def kill_processes_in(root, tries):
+    """SIGKILL what runs inside ``root`` until nothing does, at most ``tries`` rounds."""
+    for _ in range(tries):
+        pids = processes_in(root)
+        if not pids:
+            return
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.2)
+
+
 class BareHost:
     def __init__(self, work, client_key, gpu=False):
         tag = secrets.token_hex(3)
@@ -114,22 +162,7 @@ class BareHost:
         self._network()
         self._mounts()
         self._configure()
-        self.sshd = subprocess.Popen(
-            [
-                "ip",
-                "netns",
-                "exec",
-                self.netns,
-                "unshare",
-                "--uts",
-                "chroot",
-                str(self.root),
-                "/bin/sh",
-                "-c",
-                f"hostname {self.hostname} && exec /usr/sbin/sshd -D -e",
-            ],
-            stderr=open(self.root.parent / "sshd.log", "wb"),
-        )
+        self.sshd = start_sshd(self.netns, self.root, self.hostname, self.root.parent / "sshd.log")
         self.relay = subprocess.Popen(
             [
                 "socat",
@@ -240,32 +273,11 @@ class BareHost:
         self.path(path).write_text(text)
         self.path(path).chmod(0o755)
 
-    def processes(self):
-        """PIDs of the processes running inside this host's root."""
-        found = []
-        for entry in Path("/proc").glob("[0-9]*"):
-            try:
-                root = os.readlink(entry / "root")
-            except OSError:
-                continue
-            if root == str(self.root) or root.startswith(f"{self.root}/"):
-                found.append(int(entry.name))
-        return found
-
     def stop(self):
         for process in (self.relay, self.sshd):
             if process:
                 process.kill()
-        for _ in range(20):
-            pids = self.processes()
-            if not pids:
-                break
-            for pid in pids:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-            time.sleep(0.2)
+        kill_processes_in(self.root, 20)
         for mount in self._mounted():
             subprocess.run(["umount", "-l", mount], capture_output=True)
         subprocess.run(["ip", "netns", "del", self.netns], capture_output=True)

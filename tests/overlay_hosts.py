@@ -10,16 +10,12 @@ Folders given as ``shared`` are the same on every host (a venv built by the firs
 is found ready by the next hosts').
 """
 
-import os
 import secrets
-import signal
 import subprocess
 import time
 from pathlib import Path
 
-
-def sh(*command):
-    return subprocess.run(command, check=True, capture_output=True, text=True)
+from bare_host import kill_processes_in, processes_in, sh, start_sshd
 
 
 class Network:
@@ -127,22 +123,12 @@ class OverlayHost:
             "PermitRootLogin prohibit-password\nPasswordAuthentication no\nUsePAM no\n"
             "StrictModes no\nSubsystem sftp internal-sftp\n"
         )
-        self.sshd = subprocess.Popen(
-            [
-                "ip",
-                "netns",
-                "exec",
-                self.netns,
-                "unshare",
-                "--uts",
-                "chroot",
-                str(self.root),
-                "/bin/sh",
-                "-c",
-                f"hostname {self.name} && exec /usr/sbin/sshd -D -e "
-                "-f /etc/beagle-test-sshd/sshd_config",
-            ],
-            stderr=open(self.work / "sshd.log", "wb"),
+        self.sshd = start_sshd(
+            self.netns,
+            self.root,
+            self.name,
+            self.work / "sshd.log",
+            " -f /etc/beagle-test-sshd/sshd_config",
         )
         for _ in range(100):
             probe = subprocess.run(
@@ -170,22 +156,10 @@ class OverlayHost:
         key_type, key = self.path("etc/beagle-test-sshd/host_key.pub").read_text().split()[:2]
         return f"{self.address} {key_type} {key}\n"
 
-    def pids(self):
-        """Processes running inside this host's files."""
-        found = []
-        for entry in Path("/proc").glob("[0-9]*"):
-            try:
-                root = os.readlink(entry / "root")
-            except OSError:
-                continue
-            if root == str(self.root) or root.startswith(f"{self.root}/"):
-                found.append(int(entry.name))
-        return found
-
     def pids_of(self, command_line):
         """PIDs of this host's processes whose command line holds ``command_line``."""
         found = []
-        for pid in self.pids():
+        for pid in processes_in(self.root):
             try:
                 if (
                     command_line
@@ -199,16 +173,7 @@ class OverlayHost:
     def stop(self):
         if self.sshd:
             self.sshd.kill()
-        for _ in range(30):
-            pids = self.pids()
-            if not pids:
-                break
-            for pid in pids:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-            time.sleep(0.2)
+        kill_processes_in(self.root, 30)
         mounts = [line.split()[1] for line in Path("/proc/self/mounts").read_text().splitlines()]
         for mount in sorted((m for m in mounts if m.startswith(f"{self.work}/")), reverse=True):
             subprocess.run(["umount", "-l", mount], capture_output=True)

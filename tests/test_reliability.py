@@ -11,7 +11,15 @@ import uuid
 
 import pytest
 import requests
-from helpers import TEST_PREFIXES, make_settings, predict, public_tempdir, sample, wait_result
+from helpers import (
+    TEST_PREFIXES,
+    daemon_pids,
+    make_settings,
+    predict,
+    public_tempdir,
+    sample,
+    wait_result,
+)
 from PIL import Image
 
 from app.imaging import DecodeBudget, to_pixels
@@ -257,8 +265,6 @@ def test_web_restarts_under_load_fail_nothing(start_stack):
     `apachectl graceful` loses nothing either: the few requests Apache refuses while
     mod_wsgi recreates the socket are sent again by the client (counted)."""
     stack = start_stack()
-    from test_web import daemon_pids
-
     before = daemon_pids(stack.apache.process.pid)
     load = Load(stack.url, sample(9), count=30_000, concurrency=16, max_seconds=8)
     for _ in range(3):
