@@ -167,16 +167,6 @@ def assert_all_200(cluster, summary):
     assert summary["statuses"] == {"200": summary["requests"]}, logs_tail(cluster)
 
 
-def assert_rare_misses(cluster, summary, at_most=0.002):
-    """The residue measured and documented for a switchover and Apache's graceful restart
-    (docs/availability.md): no 500 or 504, and at most ``at_most`` of answers not a 200
-    (a 503 with Retry-After, or a reused connection dropped, which a client may retry)."""
-    statuses = summary["statuses"]
-    assert "500" not in statuses and "504" not in statuses, logs_tail(cluster)
-    missed = summary["requests"] - statuses.get("200", 0)
-    assert missed <= at_most * summary["requests"], logs_tail(cluster)
-
-
 def assert_only_200_or_503_with_retry_after(load):
     odd = [s for s in load.samples if s[2] not in (200, 503) or (s[2] == 503 and not s[3])]
     assert odd == [], odd[:5]
@@ -238,7 +228,7 @@ def test_a_planned_switchover_fails_not_one_request(cluster):
     print(f"\nfab redis-failover: {switched[0].strip().splitlines()[-1]}; {summary}")
     assert master_host(cluster) is not old
     assert_only_200_or_503_with_retry_after(load)
-    assert_rare_misses(cluster, summary)
+    assert_all_200(cluster, summary)
 
 
 def test_a_new_release_deployed_fails_not_one_request(cluster):
@@ -275,7 +265,7 @@ def test_apache_graceful_restarts_fail_not_one_request_behind_the_load_balancer(
         direct.stop()
     straight = direct.summary(load.began)
     print(f"\n6 graceful restarts, behind haproxy: {summary}; straight at web1: {straight}")
-    assert_rare_misses(cluster, summary)
+    assert_all_200(cluster, summary)
 
 
 def test_a_web_host_drained_and_brought_back_fails_not_one_request(cluster):
