@@ -216,7 +216,7 @@ def model_figures(client: redis.Redis, keys: Keys, model: str) -> dict[str, Any]
     """``model``'s stored figures: {"requests": {code: count}, and for each histogram
     (request_duration_seconds, queue_wait_seconds, inference_seconds, batch_size) its
     {"count", "sum"}}, from every process."""
-    figures: dict[str, Any] = {"requests": Counter(), "last_inference": 0.0}
+    figures: dict[str, Any] = {"requests": Counter()}
     figures.update({name: {"count": 0, "sum": 0.0} for name in HISTOGRAMS})
     # redis-py types replies as bytes | str; this client gets bytes
     for field, value in client.hgetall(keys.metrics("counters")).items():

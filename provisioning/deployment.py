@@ -87,10 +87,6 @@ class Cluster:
     edge: Edge
     address_of: dict[str, str]
 
-    @property
-    def sentinels(self) -> bool:
-        return self.plan.sentinels
-
     def url(self, role: str) -> str:
         """The Redis URL processes of ``role`` (web, worker, admin) log in with."""
         ca = self.plan.redis_ca if self.redis_tls else ""

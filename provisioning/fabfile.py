@@ -291,7 +291,8 @@ def _packages(conn: Connection, deployment: Cluster, roles: set[str]) -> None:
     redis-sentinel (several Redis hosts) on Redis hosts."""
     extra: tuple[str, ...] = ()
     if "redis" in roles:
-        extra = ("nftables",) * deployment.redis_tls + ("redis-sentinel",) * deployment.sentinels
+        extra = ("nftables",) * deployment.redis_tls
+        extra += ("redis-sentinel",) * deployment.plan.sentinels
     say(conn, "packages", host.packages(conn, deployment.plan, roles, extra))
 
 
@@ -334,9 +335,9 @@ def _redis(conn: Connection, deployment: Cluster) -> None:
         bind=own,
         certificate=certificate,
         master="" if own == master else f"{master}:{plan.redis_port}",
-        replicated=deployment.sentinels,
+        replicated=plan.sentinels,
     )
-    if deployment.sentinels:
+    if plan.sentinels:
         quorum = len(deployment.redis_addresses) // 2 + 1
         changes += redis_host.sentinel(
             conn,
@@ -348,7 +349,7 @@ def _redis(conn: Connection, deployment: Cluster) -> None:
             certificate=certificate,
         )
     if deployment.redis_tls:
-        changes += redis_host.firewall(conn, plan, deployment.peers, deployment.sentinels)
+        changes += redis_host.firewall(conn, plan, deployment.peers, plan.sentinels)
     say(conn, "redis", changes)
 
 

@@ -194,9 +194,8 @@ def open_loop(url, image, rate, seconds):
 def test_overload_sheds_fast_and_keeps_accepted_requests_in_time(tmp_path, start_stack, client):
     repo = public_tempdir("beagle-models-")
     slow_model(repo, side=96)
-    # max_queue sized to this model (about 10 req/s here): admission sheds on the age of
-    # the oldest waiting request, which lags a sudden step to 3x capacity, and until it
-    # does only max_queue bounds the burst; 50 is about 5 s of work, within the deadline.
+    # max_queue sized to this model's rate, as docs/architecture.md advises: admission by
+    # the oldest request's age lags a step to 3x capacity, and only max_queue bounds it.
     stack = start_stack(
         model_repository=str(repo), default_model="slow", max_batch_size=8, max_queue=50
     )
