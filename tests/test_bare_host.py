@@ -54,8 +54,8 @@ class Watch:
     def run(self):
         uploads, etc = self.host.path("var/tmp"), self.host.path("etc/beagle")
         while not self.stop.wait(0.002):
-            paths = [p for p in uploads.glob("beagle-upload.*")]
-            paths += [f for p in paths for f in p.glob("*")]
+            paths = list(uploads.glob("beagle-upload.*"))
+            paths += [f for p in paths for f in children(p)]
             paths += [p for name in SECRET_FILES for p in etc.glob(f"{name}*")]
             for path in paths:
                 try:
@@ -70,6 +70,14 @@ class Watch:
         self.stop.set()
         self.thread.join()
         return self.seen
+
+
+def children(folder):
+    """What ``folder`` holds, or nothing once the deploy has removed it."""
+    try:
+        return list(folder.iterdir())
+    except FileNotFoundError:
+        return []
 
 
 def test_a_sudoer_deploys_a_bare_host_with_api_keys(tmp_path, bare_host, client_key):
