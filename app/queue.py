@@ -55,8 +55,9 @@ end
 """
 # Run in one MULTI right after the request's XADDs, so that the pixels never pass through
 # Lua: copying them into a script costs Redis far more than a plain XADD.
-# KEYS[1] stream; ARGV: max_queue, max_wait_ms, group, entries just added. Refused: the
-# entries just added (the newest, as nothing runs between them and this) are deleted.
+# KEYS[1] stream; ARGV: max_queue, max_wait_ms (-1: no limit), group, entries just added.
+# Refused: the entries just added (the newest, as nothing runs between them and this) are
+# deleted.
 ADMIT_SCRIPT = (
     OLDEST_WAITING
     + """
@@ -65,7 +66,7 @@ local length = redis.call('XLEN', KEYS[1]) - count
 local verdict, detail = 'ok', count
 if length + count > tonumber(ARGV[1]) then
   verdict, detail = 'full', length
-elseif length > 0 then
+elseif length > 0 and tonumber(ARGV[2]) >= 0 then
   local waited = oldest_waiting(KEYS[1], ARGV[3], count)
   if waited >= tonumber(ARGV[2]) then verdict, detail = 'slow', waited end
 end
@@ -169,17 +170,19 @@ class Queue:
         version: int | None,
         requests: list[Request],
         max_queue: int,
-        max_wait_s: float,
+        max_wait_s: float | None,
     ) -> None:
         """Queue ``requests``, all or none; refused, none is queued and `Shed` says why:
-        "full" (max_queue entries) or "slow" (the oldest waiting waited max_wait_s)."""
+        "full" (max_queue entries) or "slow" (the oldest waiting waited max_wait_s; None:
+        no limit)."""
         stream = self.keys.stream(model, version)
         # EVAL, not EVALSHA: a script missing after a Redis restart would fail inside EXEC,
         # after the XADDs; Redis finds the compiled script by the body's hash anyway.
         pipe = self.redis.pipeline(transaction=True)
         for request in requests:
             pipe.xadd(stream, request.fields())
-        pipe.eval(ADMIT_SCRIPT, 1, stream, max_queue, int(max_wait_s * 1000), GROUP, len(requests))
+        max_wait_ms = -1 if max_wait_s is None else int(max_wait_s * 1000)
+        pipe.eval(ADMIT_SCRIPT, 1, stream, max_queue, max_wait_ms, GROUP, len(requests))
         verdict, detail = pipe.execute()[-1]
         if verdict == b"full":
             raise Shed("full", f"model {model!r} has {detail} requests waiting")

@@ -69,6 +69,16 @@ def test_submit_refuses_when_the_oldest_undelivered_request_waited_too_long(queu
     assert queue.backlog("m") == 2
 
 
+def test_submit_without_a_wait_limit_admits_behind_any_head(queue):
+    put(queue)
+    time.sleep(0.06)
+    put(queue, max_wait_s=None)  # a stalled queue: no worker is taking from it
+    assert queue.backlog("m") == 2
+    with pytest.raises(Shed) as refused:
+        put(queue, max_queue=2, max_wait_s=None)
+    assert refused.value.reason == "full"
+
+
 def test_requests_for_a_version_have_a_stream_of_their_own(queue):
     put(queue, version=2)
     queue.ensure_group(queue.keys.stream("m", 2))  # as a worker holding 2 does on joining

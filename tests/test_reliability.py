@@ -100,6 +100,28 @@ def test_one_worker_killed_and_restarted_nothing_hangs(start_stack):
     assert slowest <= 6.0 + 1.0  # nobody hangs past deadline + 1 s
 
 
+def test_the_only_worker_down_past_the_deadline_requests_wait_for_its_return(start_stack):
+    """A queue no worker takes from is stalled, not overloaded: its head may have waited
+    longer than any request's deadline, and still new requests wait (504 at the deadline)
+    instead of being refused for the queue's age."""
+    stack = start_stack(request_timeout=4.0, heartbeat_ttl=30.0)
+    load = Load(stack.url, sample(2), count=30_000, concurrency=16, max_seconds=20)
+    time.sleep(2)
+    worker = stack.workers[0]
+    worker.process.kill()
+    worker.process.wait()
+    time.sleep(4.0 + 2)  # down past the deadline
+    worker.start(wait=False)
+    results = load.finish()
+    counts = statuses(results)
+    slowest = max(latency for _, latency, _ in results.samples)
+    print(f"\n1 worker, down 6 s with a 4 s deadline: {counts}, slowest answer {slowest:.2f} s")
+    assert set(counts) == {200, 504}, results.errors
+    for _, latency, status in results.samples:
+        assert status == 200 or latency >= 4.0 - 0.05
+    assert slowest <= 4.0 + 1.0
+
+
 @pytest.fixture
 def poison_stack(tmp_path, start_stack):
     repo = public_tempdir("beagle-models-")

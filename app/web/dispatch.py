@@ -127,12 +127,11 @@ def submit_and_wait(target: Target, images: list[bytes], top_k: int) -> list[dic
         for n, pixels in enumerate(images)
     ]
     # Refusing on queue wait is for overload. While no worker is taking requests (one is
-    # restarting), the queue is stalled, not overloaded: requests wait for it instead,
-    # until their deadline, and max_queue alone bounds the backlog.
+    # restarting), the queue is stalled, not overloaded: its head may be past every
+    # deadline, yet requests wait for the worker until theirs, and max_queue alone bounds
+    # the backlog.
     max_wait = (
-        min(current_settings().max_queue_wait, timeout / 2)
-        if target.info.active_workers
-        else timeout
+        min(current_settings().max_queue_wait, timeout / 2) if target.info.active_workers else None
     )
     queue, settings = beagle().queue, current_settings()
     answers: dict[str, dict] = {}
