@@ -76,7 +76,7 @@ def children(folder):
     """What ``folder`` holds, or nothing once the deploy has removed it."""
     try:
         return list(folder.iterdir())
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         return []
 
 

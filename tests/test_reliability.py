@@ -112,11 +112,13 @@ def test_the_only_worker_down_past_the_deadline_requests_wait_for_its_return(sta
     worker.process.wait()
     time.sleep(4.0 + 2)  # down past the deadline
     worker.start(wait=False)
+    restarted = time.perf_counter() - load.results.t0
     results = load.finish()
     counts = statuses(results)
     slowest = max(latency for _, latency, _ in results.samples)
     print(f"\n1 worker, down 6 s with a 4 s deadline: {counts}, slowest answer {slowest:.2f} s")
     assert set(counts) == {200, 504}, results.errors
+    assert any(status == 200 and started > restarted for started, _, status in results.samples)
     for _, latency, status in results.samples:
         assert status == 200 or latency >= 4.0 - 0.05
     assert slowest <= 4.0 + 1.0
