@@ -63,12 +63,13 @@ ADMIT_SCRIPT = (
     + """
 local count = tonumber(ARGV[4])
 local length = redis.call('XLEN', KEYS[1]) - count
+local max_wait = tonumber(ARGV[2])
 local verdict, detail = 'ok', count
 if length + count > tonumber(ARGV[1]) then
   verdict, detail = 'full', length
-elseif length > 0 and tonumber(ARGV[2]) >= 0 then
+elseif length > 0 and max_wait >= 0 then
   local waited = oldest_waiting(KEYS[1], ARGV[3], count)
-  if waited >= tonumber(ARGV[2]) then verdict, detail = 'slow', waited end
+  if waited >= max_wait then verdict, detail = 'slow', waited end
 end
 if verdict ~= 'ok' then
   for _, entry in ipairs(redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', count)) do

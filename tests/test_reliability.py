@@ -60,9 +60,11 @@ def statuses(results):
     return counts
 
 
-def restart(worker):
+def restart(worker, down_s=0.0):
+    """SIGKILL, ``down_s`` seconds down, then started again (as systemd would)."""
     worker.process.kill()
     worker.process.wait()
+    time.sleep(down_s)
     worker.start(wait=False)
 
 
@@ -109,11 +111,7 @@ def test_the_only_worker_down_past_the_deadline_requests_wait_for_its_return(sta
     stack = start_stack(request_timeout=4.0, heartbeat_ttl=30.0)
     load = Load(stack.url, sample(2), count=30_000, concurrency=16, max_seconds=20)
     time.sleep(2)
-    worker = stack.workers[0]
-    worker.process.kill()
-    worker.process.wait()
-    time.sleep(4.0 + 2)  # down past the deadline
-    worker.start(wait=False)
+    restart(stack.workers[0], down_s=4.0 + 2)  # down past the deadline
     restarted = time.perf_counter() - load.results.t0
     results = load.finish()
     counts = statuses(results)
