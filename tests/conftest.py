@@ -48,7 +48,9 @@ def settings(redis_server):
 
 @pytest.fixture
 def client(redis_server):
-    return redis.Redis.from_url(redis_server.url)
+    # Above the longest wait for an answer in any test: redis-py's default (5 s) cut those
+    # waits short on a slow host.
+    return redis.Redis.from_url(redis_server.url, socket_timeout=150)
 
 
 @pytest.fixture

@@ -9,8 +9,10 @@ from pathlib import Path
 
 import pytest
 import requests
-from helpers import daemon_pids, predict, sample
+from helpers import daemon_pids, predict, sample, wait_for
 from PIL import Image
+
+from app.keys import Keys
 
 
 def error_of(response, status):
@@ -146,7 +148,7 @@ def test_no_live_worker_is_503_with_retry_after(start_stack):
     assert ready.status_code == 503 and ready.json()["ready"] is False
 
 
-def test_deadline_504_and_full_queue_503(start_stack):
+def test_deadline_504_and_full_queue_503(start_stack, client):
     stack = start_stack(request_timeout=2.0, max_queue=2)
     worker = stack.workers[0]
     assert predict(stack.url, sample(3)).status_code == 200
@@ -171,7 +173,10 @@ def test_deadline_504_and_full_queue_503(start_stack):
             assert "deadline" in error_of(response, 504)
     finally:
         worker.signal(signal.SIGCONT)
-    # The expired requests are skipped without inference, and service resumes.
+    # The expired requests are skipped without inference (until then they fill the queue:
+    # a request sent in that moment gets a 503), and service resumes.
+    stream = Keys(stack.settings.key_prefix).stream("digits")
+    wait_for(lambda: client.xlen(stream) == 0, 10, "the expired requests' removal")
     assert predict(stack.url, sample(8)).json()["predictions"][0]["label"] == "8"
     worker.stop()
     assert "2 expired" in worker.log_path.read_text()

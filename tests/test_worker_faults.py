@@ -24,7 +24,7 @@ from helpers import (
 )
 
 from app.config import PROJECT_ROOT
-from app.keys import Keys
+from app.keys import GROUP, Keys
 from app.queue import Queue
 from models import slow_model
 from tools.devstack import WorkerProcess, free_port
@@ -65,19 +65,39 @@ def worker_status(client, settings, name):
     return json.loads(client.get(Keys(settings.key_prefix).worker(name)) or "{}")
 
 
+def claims_renewed(client, stream, times, timeout=30):
+    """Wait until a worker's heartbeats have renewed its claim on the stream's first pending
+    entry ``times`` times (each renewal resets the entry's idle time)."""
+    renewed, idle = 0, -1
+
+    def renewal():
+        nonlocal renewed, idle
+        now = client.xpending_range(stream, GROUP, "-", "+", 1)[0]["time_since_delivered"]
+        renewed, idle = renewed + (now < idle), now
+        return renewed >= times
+
+    wait_for(renewal, timeout, f"{times} renewals of the claim")
+
+
 def test_redis_failing_mid_forward_pass_fails_nothing_and_runs_nothing_twice(
     tmp_path, redis_server, client
 ):
-    slow_model(tmp_path, side=192)  # a pass of 8 lasts a few heartbeats even on a fast host
+    slow_model(tmp_path, side=256)  # a pass of 8 lasts several heartbeats even on a fast host
     proxy = Proxy(redis_server.port).start()
     through_proxy = redis_server.url.replace(f":{redis_server.port}/", f":{proxy.port}/")
-    settings = make_settings(through_proxy, model_repository=str(tmp_path), max_batch_size=8)
+    settings = make_settings(
+        through_proxy, model_repository=str(tmp_path), max_batch_size=8, heartbeat_ttl=1.5
+    )  # a beat every 0.5 s
     queue = Queue(client, Keys(settings.key_prefix))
     queue.ensure_group(Keys(settings.key_prefix).stream("slow"))
-    ids = submit(queue, "slow", 8, (192, 192, 3))  # queued first: one batch of 8
+    ids = submit(queue, "slow", 8, (256, 256, 3))  # queued first: one batch of 8
     worker = WorkerProcess(settings, "blip", tmp_path / "blip.log").start()
     try:
-        wait_pending(client, Keys(settings.key_prefix).stream("slow"), 8)
+        stream = Keys(settings.key_prefix).stream("slow")
+        wait_pending(client, stream, 8)
+        # The first beat holding them may come just before the worker reads ahead; from
+        # the second on, it beats while it waits for the pass, where the cut must land.
+        claims_renewed(client, stream, 2)
         proxy.stop()  # the forward pass of 8 is under way; Redis is out until a beat fails
         wait_for(lambda: "heartbeat failed (" in worker.log_path.read_text(), 10, "a beat")
         proxy.start()
