@@ -112,7 +112,21 @@ class RedisGroup:
             20,
             "the replicas' first sync",
         )
+        # A Sentinel learns of the replicas from the master's INFO (every 10 s) and of the
+        # others from their hellos: one that knows neither cannot elect a new master.
+        wait_until(self.sentinels_see_all, self.sentinels[0].process, 30, "the Sentinels' view")
         return self
+
+    def sentinels_see_all(self):
+        try:
+            views = [sentinel.client().sentinel_master("beagle") for sentinel in self.sentinels]
+        except redis.RedisError:
+            return False
+        return all(
+            view["num-slaves"] == self.replica_count
+            and view["num-other-sentinels"] == self.sentinel_count - 1
+            for view in views
+        )
 
     def replicas_in_step(self):
         info = redis.Redis.from_url(self.servers[0].url).info("replication")

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from deploying import SYSTEMCTL, WHEELHOUSE, checkout, fab, step_lines
-from helpers import sample
+from helpers import sample, wait_for
 from overlay_hosts import Network
 from sentinels import Load
 
@@ -268,6 +268,10 @@ def test_apache_graceful_restarts_fail_not_one_request_behind_the_load_balancer(
     assert_all_200(cluster, summary)
 
 
+def served(access_log):
+    return access_log.read_text().count("/predict")
+
+
 def test_a_web_host_drained_and_brought_back_fails_not_one_request(cluster):
     web1 = cluster["web"][0]
     access_log = web1.path("var/log/apache2/beagle_access.log")
@@ -276,12 +280,13 @@ def test_a_web_host_drained_and_brought_back_fails_not_one_request(cluster):
     def maintenance():
         said.append(fab(cluster["source"], cluster["config"], "drain", web1.address))
         assert web1.pids_of("apache2") == []
-        served_while_down = access_log.read_text().count("/predict")
+        served_while_down = served(access_log)
         time.sleep(2.0)
-        assert access_log.read_text().count("/predict") == served_while_down
+        assert served(access_log) == served_while_down
         said.append(fab(cluster["source"], cluster["config"], "resume", web1.address))
-        time.sleep(3.0)  # haproxy's rise: two checks 0.5 s apart
-        served_after.append(access_log.read_text().count("/predict") - served_while_down)
+        # back in haproxy's rotation after its rise: two checks 0.5 s apart
+        wait_for(lambda: served(access_log) > served_while_down, 15, "web1 serving again")
+        served_after.append(served(access_log) - served_while_down)
 
     load, summary = under_load(cluster, maintenance, after_s=2.0)
     print(f"\nfab drain + resume of web1: {' / '.join(s.strip() for s in said)}; {summary}")

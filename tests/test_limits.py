@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import requests
-from helpers import daemon_pids, predict, sample
+from helpers import daemon_pids, predict, sample, wait_for
 from hostile import b64, big_digit
 
 from app.keys import Keys
@@ -27,14 +27,15 @@ def status_kb(pid, field):
 
 
 @contextmanager
-def waiting_requests(stack, count):
-    """``count`` requests waiting for answers while the worker is stopped."""
+def waiting_requests(stack, client, count):
+    """``count`` requests queued and waiting for answers while the worker is stopped."""
     stack.workers[0].signal(signal.SIGSTOP)
     waiting = [threading.Thread(target=predict, args=(stack.url, sample(1))) for _ in range(count)]
+    stream = Keys(stack.settings.key_prefix).stream("digits")
     try:
         for thread in waiting:
             thread.start()
-        time.sleep(0.5)
+        wait_for(lambda: client.xlen(stream) == count, 10, f"{count} requests queued")
         yield
     finally:
         stack.workers[0].signal(signal.SIGCONT)
@@ -87,7 +88,7 @@ def test_a_request_is_admitted_before_its_image_is_decoded(start_stack, client):
     """Every waiting slot taken: a 25 MP image is refused at once, not after decoding."""
     stack = start_stack(web_threads=4, request_timeout=5.0)  # 2 waiting slots
     big = big_digit(3, "PNG", "RGBA")
-    with waiting_requests(stack, 2):
+    with waiting_requests(stack, client, 2):
         began = time.monotonic()
         refused = predict(stack.url, big)
         took = time.monotonic() - began
@@ -115,8 +116,7 @@ def test_one_tf_serving_request_gets_a_quarter_of_the_queue_at_most(start_stack,
     assert too_many.status_code == 400 and "limit is 2" in too_many.json()["error"]
     # Room for one more entry, a request of two: refused whole, nothing left queued.
     stream = Keys(stack.settings.key_prefix).stream("digits")
-    with waiting_requests(stack, 7):
-        assert client.xlen(stream) == 7
+    with waiting_requests(stack, client, 7):
         two = {"instances": [{"b64": b64(sample(d))} for d in (1, 2)]}
         refused = requests.post(url, json=two)
         assert refused.status_code == 503 and client.xlen(stream) == 7

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import requests
-from helpers import predict, public_tempdir, sample
+from helpers import predict, public_tempdir, sample, wait_for
 
 from app import config
 from app.config import PROJECT_ROOT
@@ -73,21 +73,13 @@ class VersionLoad:
         return self.answers
 
 
-def wait_for(check, timeout=30):
-    for _ in range(int(timeout / 0.1)):
-        if check():
-            return
-        time.sleep(0.1)
-    raise AssertionError("condition not reached")
-
-
 def test_versions_swap_under_load_without_a_failure(repo, start_stack):
     stack = start_stack(model_repository=str(repo), repository_poll=0.5)
     load = VersionLoad(stack.url)
-    wait_for(lambda: len(load.answers) >= 300)
+    wait_for(lambda: len(load.answers) >= 300, 30, "300 answers")
     copy_version(repo, "digits", 2)
-    wait_for(lambda: load.answers and load.answers[-1][1] == 2)
-    wait_for(lambda: sum(v == 2 for _, v in load.answers) >= 300)
+    wait_for(lambda: load.answers and load.answers[-1][1] == 2, 30, "an answer from v2")
+    wait_for(lambda: sum(v == 2 for _, v in load.answers) >= 300, 30, "300 answers from v2")
     answers = load.finish()
     swap = next(i for i, (_, v) in enumerate(answers) if v == 2)
     print(
@@ -105,7 +97,7 @@ def test_a_removed_version_stops_being_served(repo, start_stack):
     stack = start_stack(model_repository=str(repo), repository_poll=0.5)
     assert predict(stack.url, sample(3)).json()["model"]["version"] == 2
     shutil.rmtree(repo / "digits" / "2")
-    wait_for(lambda: predict(stack.url, sample(3)).json()["model"]["version"] == 1)
+    wait_for(lambda: predict(stack.url, sample(3)).json()["model"]["version"] == 1, 30, "v1 served")
     time.sleep(1.1)  # the web processes' registry cache
     gone = predict(stack.url, sample(3), version="2")
     assert gone.status_code == 404 and "no version 2" in gone.json()["error"]

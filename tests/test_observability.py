@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import jsonschema_rs
@@ -34,15 +33,26 @@ CHROMIUM_ARGS = [
 ]
 
 
+def shared_counts(url):
+    """The metrics once they hold all 602 requests and the 600 images' batches."""
+    m = scrape(url)
+    done = (
+        metric_value(m, "beagle_request_duration_seconds_count", model="digits") == 601
+        and metric_value(m, "beagle_requests_total", model="-", code="404") == 1
+        and metric_value(m, "beagle_batch_size_sum", model="digits") == 600
+    )
+    return m if done else None
+
+
 def test_metrics_count_every_request_across_web_processes(start_stack, client):
     stack = start_stack(web_processes=2)
     summary = stress_test.run(stack.url + "/predict", sample(2), count=600, concurrency=16)
     assert summary["statuses"] == {"200": 600}
     predict(stack.url, b"not an image")
     predict(stack.url, sample(2), model="nope")
-    time.sleep(1.2)  # let a heartbeat carry the worker's latest counts
+    # Until the worker's and the other web process's next beats, some counts are not shared.
+    m = wait_for(lambda: shared_counts(stack.url), 10, "the latest counts in /metrics")
     status = json.loads(client.get(Keys(stack.settings.key_prefix).worker(stack.workers[0].name)))
-    m = scrape(stack.url)
     print(
         f"\nmetrics after 600 requests: {status['batches']} batches, "
         f"mean {600 / status['batches']:.2f} per batch"
@@ -68,13 +78,14 @@ def test_metrics_count_every_request_across_web_processes(start_stack, client):
     assert metric_value(m, "beagle_workers") == 1
 
 
-def test_shed_requests_are_counted_by_reason(start_stack):
+def test_shed_requests_are_counted_by_reason(start_stack, client):
     stack = start_stack(max_queue=1, request_timeout=2.0)
     stack.workers[0].signal(signal.SIGSTOP)
     try:
         waiting = threading.Thread(target=predict, args=(stack.url, sample(1)))
         waiting.start()
-        time.sleep(0.4)
+        stream = Keys(stack.settings.key_prefix).stream("digits")
+        wait_for(lambda: client.xlen(stream) == 1, 5, "a request queued")
         assert predict(stack.url, sample(1)).status_code == 503
         waiting.join()
     finally:

@@ -162,7 +162,8 @@ def test_deadline_504_and_full_queue_503(start_stack, client):
         began = time.monotonic()
         for thread in threads:
             thread.start()
-        time.sleep(0.5)
+        stream = Keys(stack.settings.key_prefix).stream("digits")
+        wait_for(lambda: client.xlen(stream) == 2, 5, "2 requests queued")
         shed = predict(stack.url, sample(3))
         assert "requests waiting" in error_of(shed, 503)
         assert shed.headers["Retry-After"] == "1"
@@ -175,7 +176,6 @@ def test_deadline_504_and_full_queue_503(start_stack, client):
         worker.signal(signal.SIGCONT)
     # The expired requests are skipped without inference (until then they fill the queue:
     # a request sent in that moment gets a 503), and service resumes.
-    stream = Keys(stack.settings.key_prefix).stream("digits")
     wait_for(lambda: client.xlen(stream) == 0, 10, "the expired requests' removal")
     assert predict(stack.url, sample(8)).json()["predictions"][0]["label"] == "8"
     worker.stop()

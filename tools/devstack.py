@@ -5,6 +5,7 @@ child runs in its own session, so Ctrl-C reaches only this launcher, which then 
 what it started (and nothing else) in order: Apache, workers, its own Redis.
 """
 
+import json
 import logging
 import os
 import secrets
@@ -260,9 +261,16 @@ class WorkerProcess:
         return self
 
     def wait_live(self, timeout=120, stop=None):
+        """Wait until this process has announced itself (a killed one under the same name
+        stays in the registry until its status expires)."""
         client = redis.Redis.from_url(self.settings.redis_url)
         key = Keys(self.settings.key_prefix).worker(self.name)
-        wait_until(lambda: client.exists(key), self.process, timeout, f"worker {self.name}", stop)
+
+        def announced():
+            status = client.get(key)
+            return status is not None and json.loads(status).get("pid") == self.process.pid
+
+        wait_until(announced, self.process, timeout, f"worker {self.name}", stop)
 
     def signal(self, signum):
         self.process.send_signal(signum)
