@@ -66,6 +66,12 @@ def announce(
     pipe.expire(keys.workers(), MODEL_TTL)
 
 
+def status(client: redis.Redis, keys: Keys, worker_id: str) -> dict[str, Any]:
+    """The status the worker last announced; {} if it retired or its status expired."""
+    raw = cast(bytes | None, client.get(keys.worker(worker_id)))
+    return json.loads(raw) if raw else {}
+
+
 def retire(client: redis.Redis, keys: Keys, worker_id: str) -> None:
     """A worker stopping on purpose drops its status, but keeps counting as live until its
     heartbeat ages out: requests that arrive while it restarts wait for it, not fail."""

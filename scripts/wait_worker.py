@@ -5,13 +5,12 @@ rolling restart waits for before it restarts the next worker. Reads BEAGLE_* set
 """
 
 import argparse
-import json
 import sys
 import time
 
 import redis
 
-from app import config
+from app import config, registry
 from app.keys import Keys
 from app.redis_connection import client as redis_client
 
@@ -24,11 +23,11 @@ def main(argv=None):
     args = parser.parse_args(argv)
     settings = config.load()
     client = redis_client(settings, socket_timeout=5)
-    key = Keys(settings.key_prefix).worker(args.name)
+    keys = Keys(settings.key_prefix)
     give_up = time.monotonic() + args.timeout
     while time.monotonic() < give_up:
         try:
-            status = json.loads(client.get(key) or "{}")
+            status = registry.status(client, keys, args.name)
         except (redis.ConnectionError, redis.TimeoutError):  # Redis restarting: wait on
             status = {}
         if status.get("started", 0) >= args.since and status.get("models"):

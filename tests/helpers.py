@@ -17,7 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from app import config
 from app.config import PROJECT_ROOT
-from app.keys import GROUP
+from app.keys import GROUP, Keys
 from app.queue import Request
 from tools.devstack import free_port
 
@@ -128,6 +128,12 @@ def submit(queue, model, count, shape, timeout_s=30.0):
         queue.submit(model, None, [request], 100, 60)
         ids.append(request.request_id)
     return ids
+
+
+def wait_queued(client, settings, count, timeout=10, model="digits"):
+    """Wait until the model's stream holds ``count`` entries, taken by a worker or not."""
+    stream = Keys(settings.key_prefix).stream(model)
+    wait_for(lambda: client.xlen(stream) == count, timeout, f"{count} requests queued")
 
 
 def wait_pending(client, stream, count, timeout=60):

@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import requests
-from helpers import daemon_pids, predict, sample, wait_for
+from helpers import daemon_pids, predict, sample, wait_queued
 from hostile import b64, big_digit
 
 from app.keys import Keys
@@ -31,11 +31,10 @@ def waiting_requests(stack, client, count):
     """``count`` requests queued and waiting for answers while the worker is stopped."""
     stack.workers[0].signal(signal.SIGSTOP)
     waiting = [threading.Thread(target=predict, args=(stack.url, sample(1))) for _ in range(count)]
-    stream = Keys(stack.settings.key_prefix).stream("digits")
     try:
         for thread in waiting:
             thread.start()
-        wait_for(lambda: client.xlen(stream) == count, 10, f"{count} requests queued")
+        wait_queued(client, stack.settings, count)
         yield
     finally:
         stack.workers[0].signal(signal.SIGCONT)

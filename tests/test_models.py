@@ -15,7 +15,7 @@ import pytest
 import requests
 from helpers import predict, public_tempdir, sample, wait_for
 
-from app import config
+from app import config, registry
 from app.config import PROJECT_ROOT
 from app.keys import Keys
 
@@ -165,7 +165,7 @@ def test_a_models_batch_cap_holds_under_load(repo, start_stack, client):
     stack = start_stack(model_repository=str(repo))
     answers = VersionLoad(stack.url, concurrency=16, count=1500).finish(now=False)
     time.sleep(1.5)  # the next heartbeat carries the counts
-    status = json.loads(client.get(Keys(stack.settings.key_prefix).worker(stack.workers[0].name)))
+    status = registry.status(client, Keys(stack.settings.key_prefix), stack.workers[0].name)
     print(f"\nbatch cap 2: {status['requests']} requests in {status['batches']} batches")
     assert len(answers) == 1500 and {s for s, _ in answers} == {200}
     assert status["requests"] <= 2 * status["batches"]

@@ -14,8 +14,9 @@ from pathlib import Path
 import jsonschema_rs
 import pytest
 import requests
-from helpers import metric_value, predict, sample, scrape, wait_for
+from helpers import metric_value, predict, sample, scrape, wait_for, wait_queued
 
+from app import registry
 from app.config import PROJECT_ROOT
 from app.keys import Keys
 from app.web import create_app
@@ -52,7 +53,7 @@ def test_metrics_count_every_request_across_web_processes(start_stack, client):
     predict(stack.url, sample(2), model="nope")
     # Until the worker's and the other web process's next beats, some counts are not shared.
     m = wait_for(lambda: shared_counts(stack.url), 10, "the latest counts in /metrics")
-    status = json.loads(client.get(Keys(stack.settings.key_prefix).worker(stack.workers[0].name)))
+    status = registry.status(client, Keys(stack.settings.key_prefix), stack.workers[0].name)
     print(
         f"\nmetrics after 600 requests: {status['batches']} batches, "
         f"mean {600 / status['batches']:.2f} per batch"
@@ -84,8 +85,7 @@ def test_shed_requests_are_counted_by_reason(start_stack, client):
     try:
         waiting = threading.Thread(target=predict, args=(stack.url, sample(1)))
         waiting.start()
-        stream = Keys(stack.settings.key_prefix).stream("digits")
-        wait_for(lambda: client.xlen(stream) == 1, 5, "a request queued")
+        wait_queued(client, stack.settings, 1, timeout=5)
         assert predict(stack.url, sample(1)).status_code == 503
         waiting.join()
     finally:

@@ -9,10 +9,8 @@ from pathlib import Path
 
 import pytest
 import requests
-from helpers import daemon_pids, predict, sample, wait_for
+from helpers import daemon_pids, predict, sample, wait_queued
 from PIL import Image
-
-from app.keys import Keys
 
 
 def error_of(response, status):
@@ -162,8 +160,7 @@ def test_deadline_504_and_full_queue_503(start_stack, client):
         began = time.monotonic()
         for thread in threads:
             thread.start()
-        stream = Keys(stack.settings.key_prefix).stream("digits")
-        wait_for(lambda: client.xlen(stream) == 2, 5, "2 requests queued")
+        wait_queued(client, stack.settings, 2, timeout=5)
         shed = predict(stack.url, sample(3))
         assert "requests waiting" in error_of(shed, 503)
         assert shed.headers["Retry-After"] == "1"
@@ -176,7 +173,7 @@ def test_deadline_504_and_full_queue_503(start_stack, client):
         worker.signal(signal.SIGCONT)
     # The expired requests are skipped without inference (until then they fill the queue:
     # a request sent in that moment gets a 503), and service resumes.
-    wait_for(lambda: client.xlen(stream) == 0, 10, "the expired requests' removal")
+    wait_queued(client, stack.settings, 0)
     assert predict(stack.url, sample(8)).json()["predictions"][0]["label"] == "8"
     worker.stop()
     assert "2 expired" in worker.log_path.read_text()

@@ -2,7 +2,6 @@
 failing mid forward pass, batches slower than claim_idle, workers on different versions,
 a worker whose clock runs ahead, a model whose only worker stopped. Real processes."""
 
-import json
 import shutil
 import socket
 import subprocess
@@ -23,6 +22,7 @@ from helpers import (
     wait_result,
 )
 
+from app import registry
 from app.config import PROJECT_ROOT
 from app.keys import GROUP, Keys
 from app.queue import Queue
@@ -62,7 +62,7 @@ class Proxy:
 
 
 def worker_status(client, settings, name):
-    return json.loads(client.get(Keys(settings.key_prefix).worker(name)) or "{}")
+    return registry.status(client, Keys(settings.key_prefix), name)
 
 
 def claims_renewed(client, stream, times, timeout=30):

@@ -5,7 +5,6 @@ child runs in its own session, so Ctrl-C reaches only this launcher, which then 
 what it started (and nothing else) in order: Apache, workers, its own Redis.
 """
 
-import json
 import logging
 import os
 import secrets
@@ -21,7 +20,7 @@ from pathlib import Path
 
 import redis
 
-from app import config
+from app import config, registry
 from app.config import PROJECT_ROOT
 from app.keys import Keys
 from app.redis_connection import redis_url
@@ -264,11 +263,10 @@ class WorkerProcess:
         """Wait until this process has announced itself (a killed one under the same name
         stays in the registry until its status expires)."""
         client = redis.Redis.from_url(self.settings.redis_url)
-        key = Keys(self.settings.key_prefix).worker(self.name)
+        keys = Keys(self.settings.key_prefix)
 
         def announced():
-            status = client.get(key)
-            return status is not None and json.loads(status).get("pid") == self.process.pid
+            return registry.status(client, keys, self.name).get("pid") == self.process.pid
 
         wait_until(announced, self.process, timeout, f"worker {self.name}", stop)
 
