@@ -3,6 +3,9 @@
 VENV ?= /opt/beagle-dev/venv
 PYTHON := $(VENV)/bin/python
 PYTEST_ARGS ?=
+# Two pytest processes (pytest-xdist): most tests wait on deploys, servers and timeouts, so
+# two overlap even on two cores; tests/conftest.py says how modules are shared out.
+TEST_PROCESSES ?= 2
 
 .PHONY: setup run test lint model bench
 setup:
@@ -13,7 +16,7 @@ run: setup
 
 test: export BEAGLE_APT_EXTRA = chromium openssh-server debootstrap nftables socat faketime wrk pebble testssl.sh redis-sentinel haproxy prometheus
 test: setup lint
-	$(PYTHON) -m pytest $(PYTEST_ARGS)
+	$(PYTHON) -m pytest -n $(TEST_PROCESSES) $(PYTEST_ARGS)
 
 # Fails fast, before the suite: ruff's lint and format, mypy on app/ and provisioning/.
 lint: setup

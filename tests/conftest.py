@@ -11,8 +11,32 @@ import subprocess
 import pytest
 import redis
 from helpers import TEST_PREFIXES, make_settings, public_tempdir
+from xdist.scheduler import LoadScopeScheduling
 
 from tools.devstack import RedisServer, Stack
+
+# make test runs the suite in two processes (pytest-xdist). These modules deploy to this
+# machine or make hosts of its files (tests/overlay_hosts.py): they take turns in one process.
+THIS_MACHINE = ("tests/test_provisioning.py", "tests/test_failover_hosts.py")
+
+
+class ByModule(LoadScopeScheduling):
+    """Hands out whole modules, as their tests share fixtures, in the order collected."""
+
+    def _split_scope(self, nodeid):
+        module = nodeid.split("::", 1)[0]
+        return "this machine" if module in THIS_MACHINE else module
+
+
+def pytest_xdist_make_scheduler(config, log):
+    config.option.loadscopereorder = False  # keep the order below, not "most tests first"
+    return ByModule(config, log)
+
+
+def pytest_collection_modifyitems(items):
+    """The modules marked `deploys` first: they take minutes a test, so the quick ones fill
+    in around them instead of waiting behind them at the end."""
+    items.sort(key=lambda item: item.get_closest_marker("deploys") is None)
 
 
 @pytest.fixture(scope="session")

@@ -17,6 +17,8 @@ from invoke.exceptions import UnexpectedExit
 from provisioning import remote
 from provisioning.pki import Authority
 
+pytestmark = pytest.mark.deploys
+
 KEYS = "bare-key-1-0123456789abcdef0123456789,bare-key-2-0123456789abcdef0123456789"
 SAMPLE = "/opt/beagle/current/stress/images/digit_7.png"
 

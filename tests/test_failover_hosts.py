@@ -23,6 +23,8 @@ from sentinels import Load
 from app.config import PROJECT_ROOT
 from tools.devstack import free_port
 
+pytestmark = pytest.mark.deploys
+
 API_KEY = "k-failover-0123456789abcdef0123456789"
 DEADLINE_S = 10
 

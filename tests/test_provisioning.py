@@ -33,6 +33,8 @@ from app.config import PROJECT_ROOT
 from provisioning import envfile
 from tools.devstack import free_port
 
+pytestmark = pytest.mark.deploys
+
 MD_STORE = "/etc/apache2/md"  # mod_md's certificates on this machine
 
 

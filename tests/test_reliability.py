@@ -255,7 +255,9 @@ def test_overload_sheds_fast_and_keeps_accepted_requests_in_time(tmp_path, start
     assert {status for status, _, _ in samples} == {200, 503}
     assert p99 <= stack.settings.request_timeout
     assert all(retry == "1" for status, _, retry in samples if status == 503)
-    assert shed_p99 <= 0.050
+    # Refused at once, not after waiting for the backlog: a bound in milliseconds would
+    # measure the machine (make test runs another test beside this one).
+    assert shed_p99 <= statistics.median(accepted) / 10
     assert max(backlog) <= stack.settings.max_queue
     assert len(accepted) >= 0.8 * capacity * 30
 
