@@ -116,7 +116,7 @@ def test_redis_failing_mid_forward_pass_fails_nothing_and_runs_nothing_twice(
 
 
 def test_a_batch_slower_than_claim_idle_keeps_its_claim(tmp_path, redis_server, client):
-    slow_model(tmp_path)
+    slow_model(tmp_path, side=192)
     settings = make_settings(
         redis_server.url, model_repository=str(tmp_path), max_batch_size=4, claim_idle=0.5
     )  # a batch of 4 takes 2-3 times as long
@@ -128,7 +128,7 @@ def test_a_batch_slower_than_claim_idle_keeps_its_claim(tmp_path, redis_server, 
     try:
         for worker in workers:
             worker.wait_live()
-        ids = submit(queue, "slow", 16, (128, 128, 3))
+        ids = submit(queue, "slow", 16, (192, 192, 3))
         answers = [wait_result(queue, request_id, 120) for request_id in ids]
         time.sleep(2)  # a second answer to any of them would arrive by now
         leftovers = list(client.scan_iter(match=keys.pattern("result")))
