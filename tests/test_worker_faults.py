@@ -116,10 +116,11 @@ def test_redis_failing_mid_forward_pass_fails_nothing_and_runs_nothing_twice(
 
 
 def test_a_batch_slower_than_claim_idle_keeps_its_claim(tmp_path, redis_server, client):
-    slow_model(tmp_path, side=192)
+    side = 192  # the model's input and the images': passes that outlast claim_idle
+    slow_model(tmp_path, side=side)
     settings = make_settings(
         redis_server.url, model_repository=str(tmp_path), max_batch_size=4, claim_idle=0.5
-    )  # a batch of 4 takes 2-3 times as long
+    )
     keys = Keys(settings.key_prefix)
     queue = Queue(client, keys)
     workers = [
@@ -128,7 +129,7 @@ def test_a_batch_slower_than_claim_idle_keeps_its_claim(tmp_path, redis_server, 
     try:
         for worker in workers:
             worker.wait_live()
-        ids = submit(queue, "slow", 16, (192, 192, 3))
+        ids = submit(queue, "slow", 16, (side, side, 3))
         answers = [wait_result(queue, request_id, 120) for request_id in ids]
         time.sleep(2)  # a second answer to any of them would arrive by now
         leftovers = list(client.scan_iter(match=keys.pattern("result")))
