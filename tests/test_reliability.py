@@ -1,5 +1,5 @@
 """The reliability contract, fault by fault, on real processes. Each test prints the
-figures it measured (run pytest with -s to see them); docs/architecture.md quotes them."""
+figures it measured (run pytest with -rP to see them); docs/architecture.md quotes them."""
 
 import io
 import re
@@ -18,13 +18,14 @@ from helpers import (
     predict,
     public_tempdir,
     sample,
+    wait_for,
     wait_result,
 )
 from PIL import Image
 
 from app.imaging import DecodeBudget, to_pixels
 from app.keys import GROUP, Keys
-from app.metrics import SECONDS
+from app.metrics import SECONDS, model_figures
 from app.queue import Queue, Request
 from models import marker_png, poison_model, slow_model
 from stress import stress_test
@@ -229,7 +230,14 @@ def test_overload_sheds_fast_and_keeps_accepted_requests_in_time(tmp_path, start
     Image.effect_noise((96, 96), 50).convert("RGB").save(buffer, "PNG")
     image = buffer.getvalue()
     capacity = stress_test.run(stack.url + "/predict", image, 60, concurrency=8)["throughput"]
-    stream = Keys(stack.settings.key_prefix).stream("slow")
+    keys = Keys(stack.settings.key_prefix)
+    stream = keys.stream("slow")
+
+    def computed():  # the worker's own figures, written once a second
+        return model_figures(client, keys, "slow")["batch_size"]["sum"]
+
+    wait_for(lambda: computed() >= 60, 10, "the capacity run's figures")
+    before = model_figures(client, keys, "slow")
     backlog, sampling = [], threading.Event()
 
     def sample_backlog():
@@ -243,6 +251,9 @@ def test_overload_sheds_fast_and_keeps_accepted_requests_in_time(tmp_path, start
     sampler.join()
 
     accepted = sorted(lat for status, lat, _ in samples if status == 200)
+    wait_for(lambda: computed() >= before["batch_size"]["sum"] + len(accepted), 10, "figures")
+    after = model_figures(client, keys, "slow")
+    busy = after["inference_seconds"]["sum"] - before["inference_seconds"]["sum"]
     shed = sorted(lat for status, lat, _ in samples if status == 503)
     p99 = accepted[int(0.99 * len(accepted))]
     shed_p99 = shed[int(0.99 * len(shed))]
@@ -250,7 +261,8 @@ def test_overload_sheds_fast_and_keeps_accepted_requests_in_time(tmp_path, start
         f"\noverload: capacity {capacity:.1f} req/s, offered {3 * capacity:.1f} req/s for 30 s:"
         f" {len(accepted)} answered (p50 {statistics.median(accepted):.2f} s, p99 {p99:.2f} s),"
         f" {len(shed)} shed (p50 {statistics.median(shed) * 1000:.1f} ms, p99 "
-        f"{shed_p99 * 1000:.1f} ms, max {shed[-1] * 1000:.1f} ms), backlog max {max(backlog)}"
+        f"{shed_p99 * 1000:.1f} ms, max {shed[-1] * 1000:.1f} ms), backlog max {max(backlog)},"
+        f" worker busy {busy:.1f} s"
     )
     assert {status for status, _, _ in samples} == {200, 503}
     assert p99 <= stack.settings.request_timeout
@@ -259,7 +271,11 @@ def test_overload_sheds_fast_and_keeps_accepted_requests_in_time(tmp_path, start
     # measure the machine (make test runs another test beside this one).
     assert shed_p99 <= statistics.median(accepted) / 10
     assert max(backlog) <= stack.settings.max_queue
-    assert len(accepted) >= 0.8 * capacity * 30
+    # Shedding keeps the worker fed: in forward passes 80% of the 30 s at least, on work
+    # every client still waits for. Counted by the worker, not against the capacity run,
+    # which a test in make test's other process can make faster than this window.
+    assert after["batch_size"]["sum"] - before["batch_size"]["sum"] == len(accepted)
+    assert busy >= 0.8 * 30
 
 
 def test_sigterm_to_a_worker_under_load_fails_nothing(start_stack):
