@@ -235,3 +235,62 @@ def json_cases():
         ),
         ("not base64 at all", predict, body('{"image": "%%%%not base64"}'), (400, "base64")),
     ]
+
+
+def multipart_cases():
+    """(name, Content-Type, body bytes, expected): hostile and awkward multipart forms for
+    /predict. expected is a digit label (must classify, with the form's top_k of 2 if it
+    sends one) or (status, words the error must hold)."""
+    image = sample(7)
+    form = "multipart/form-data; boundary=xyz"
+
+    def part(name, content, filename="d.png"):
+        disposition = f'form-data; name="{name}"' + (f'; filename="{filename}"' if filename else "")
+        return f"--xyz\r\nContent-Disposition: {disposition}\r\n\r\n".encode() + content + b"\r\n"
+
+    end = b"--xyz--\r\n"
+    return [
+        ("image and top_k", form, part("image", image) + part("top_k", b"2", None) + end, "7"),
+        (
+            "image twice: the first",
+            form,
+            part("image", image) + part("image", sample(1)) + end,
+            "7",
+        ),
+        (
+            "a quoted boundary",
+            'multipart/form-data; boundary="xyz"',
+            part("image", image) + end,
+            "7",
+        ),
+        ("no boundary", "multipart/form-data", part("image", image) + end, (400, "boundary")),
+        ("no closing boundary", form, part("image", image), (400, "malformed")),
+        ("cut inside the image", form, part("image", image)[:200], (400, "malformed")),
+        ("not a form", form, b"just some text\r\n", (400, "malformed")),
+        ("empty", form, b"", (400, "malformed")),
+        (
+            "17 parts",
+            form,
+            part("image", image) + part("x", b"1", None) * 16 + end,
+            (413, "limit"),
+        ),
+        ("image as a text field", form, part("image", image, None) + end, (400, "'image'")),
+        (
+            "another boundary",
+            form.replace("xyz", "abc"),
+            part("image", image) + end,
+            (400, "malformed"),
+        ),
+        (
+            "a header line of 8 KB",
+            form,
+            b"--xyz\r\nX-Long: " + b"a" * 8192 + b"\r\n" + part("image", image)[7:] + end,
+            (413, "limit"),
+        ),
+        (
+            "a part without headers",
+            form,
+            b"--xyz\r\n\r\n" + image + b"\r\n" + end,
+            (400, "malformed"),
+        ),
+    ]

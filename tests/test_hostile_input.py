@@ -11,7 +11,16 @@ import numpy as np
 import pytest
 import requests
 from helpers import predict, sample
-from hostile import b64, big_cases, cases, digit, encode, exif_rotated_jpeg, json_cases
+from hostile import (
+    b64,
+    big_cases,
+    cases,
+    digit,
+    encode,
+    exif_rotated_jpeg,
+    json_cases,
+    multipart_cases,
+)
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
@@ -21,6 +30,7 @@ from app.imaging import BadImage, DecodeBudget, to_pixels
 
 CORPUS = cases() + big_cases()
 JSON_CORPUS = json_cases()
+MULTIPART_CORPUS = multipart_cases()
 LIMIT = 25_000_000
 BUDGET = DecodeBudget(1 << 30)
 
@@ -78,6 +88,24 @@ def test_hostile_json_through_the_stack(stack, name, path, body, expected):
             else str(int(np.argmax(answer["predictions"][0])))
         )
         assert label == expected
+    else:
+        status, words = expected
+        assert response.status_code == status and words in answer["error"], answer
+
+
+@pytest.mark.parametrize(
+    "name,kind,body,expected", MULTIPART_CORPUS, ids=[c[0] for c in MULTIPART_CORPUS]
+)
+def test_hostile_multipart_through_the_stack(stack, name, kind, body, expected):
+    response = requests.post(
+        stack.url + "/predict", data=body, timeout=30, headers={"Content-Type": kind}
+    )
+    assert response.headers["Content-Type"] == "application/json", response.text[:300]
+    answer = response.json()
+    if isinstance(expected, str):
+        assert response.status_code == 200, answer
+        assert answer["predictions"][0]["label"] == expected
+        assert len(answer["predictions"]) == (2 if b"top_k" in body else 5)
     else:
         status, words = expected
         assert response.status_code == status and words in answer["error"], answer

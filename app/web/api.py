@@ -8,7 +8,7 @@ from typing import Any
 from flask import Blueprint, Response, abort, g, jsonify, request
 
 from app.imaging import BadImage, decode_base64
-from app.web.bodies import int_param, json_body
+from app.web.bodies import int_param, json_body, multipart_form
 from app.web.dispatch import REDIS_DROPPED, in_flight_slot, pixels_of, resolve, submit_and_wait
 from app.web.resources import beagle, current_settings
 
@@ -17,6 +17,7 @@ bp = Blueprint("api", __name__)
 RAW_TYPES = ("application/octet-stream", "")
 MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 MAX_VERSION = 2**63 - 1  # TF Serving's versions are int64
+FORM_PARTS = 16  # a form holds the image and a few parameters
 
 
 @bp.post("/predict")
@@ -86,14 +87,14 @@ def read_image() -> tuple[bytes, Mapping[str, Any]]:
     """The image bytes and the parameters, from multipart, JSON or a raw body."""
     kind = request.mimetype
     if kind == "multipart/form-data":
-        upload = request.files.get("image")
-        if upload is None:
+        fields, files = multipart_form(FORM_PARTS)
+        if "image" not in files:
             abort(
                 400,
                 "multipart body has no 'image' file field "
-                f"(fields: {', '.join([*request.files, *request.form]) or 'none'})",
+                f"(fields: {', '.join([*files, *fields]) or 'none'})",
             )
-        return upload.read(), {**request.args, **request.form}
+        return files["image"], {**request.args, **fields}
     if kind == "application/json":
         body = json_body(current_settings().max_json_values)
         if not isinstance(body, dict) or not isinstance(body.get("image"), str):
