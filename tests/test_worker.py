@@ -2,6 +2,7 @@
 under SIGTERM (warm stop finishes the batch; a second signal stops at once)."""
 
 import io
+import os
 import random
 import signal
 import subprocess
@@ -18,6 +19,7 @@ from app.config import model_pins
 from app.keys import GROUP, Keys
 from app.queue import Entry, Queue, Request
 from app.redis_connection import server_version
+from app.worker import repository
 from app.worker.loaded_models import LoadedModels
 from app.worker.loop import Worker
 from models import slow_model
@@ -192,14 +194,28 @@ def test_a_queue_lost_mid_batch_is_joined_again_and_the_batch_in_hand_answered(s
 STOPS = 12
 
 
-@pytest.mark.parametrize("idle", ["redis_unreachable", "no_model"])
+def never_loading_model(repo):
+    """An ONNX model whose file is a FIFO that nothing writes to: loading it never ends,
+    as a huge model on a slow disk would not for minutes."""
+    path = repo / "stuck" / "1"
+    path.mkdir(parents=True)
+    os.mkfifo(path / "model.onnx")
+    repository.publish(path, "model.onnx", 8, 8, 1, ["a", "b"], runtime="onnx")
+
+
+@pytest.mark.parametrize("idle", ["redis_unreachable", "no_model", "loading"])
 def test_an_idle_worker_stops_on_the_first_signal_at_any_moment(idle, redis_server, tmp_path):
-    """Idle with Redis unreachable (retrying every second) or with no model to serve (waiting
-    for one): a SIGTERM or SIGINT at any moment once it runs (its handlers are in before it
-    logs its cores) is a clean stop within a few seconds."""
+    """Idle with Redis unreachable (retrying every second), with no model to serve (waiting
+    for one) or loading its model (a load no signal interrupts, in C): a SIGTERM or SIGINT at
+    any moment once it runs (its handlers are in before it logs its cores) is a clean stop
+    within a few seconds."""
     rng = random.Random(idle)
     url = f"redis://127.0.0.1:{free_port()}/0" if idle == "redis_unreachable" else redis_server.url
-    settings = make_settings(url, model_repository=str(tmp_path / "empty"))
+    repo = tmp_path / "repository"
+    repo.mkdir()
+    if idle == "loading":
+        never_loading_model(repo)
+    settings = make_settings(url, model_repository=str(repo))
     stops = []
     for n in range(STOPS):
         worker = WorkerProcess(settings, f"idle-{n}", tmp_path / f"idle-{n}.log")

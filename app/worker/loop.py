@@ -89,6 +89,7 @@ class Worker:
         self._pass: Future[list[PassResult]] | None = None
         self._pass_began = 0.0  # monotonic time the running passes began
         self._pass_s = 0.0  # how long passes take, a moving average
+        self.abandoned = False  # a stop came during a model load, which still runs
 
     # -- the loop -----------------------------------------------------------------
 
@@ -148,7 +149,9 @@ class Worker:
             ",".join(map(str, sorted(os.sched_getaffinity(0)))),
             config.per_core(self.settings.worker_threads),
         )
-        self._await(self._inference.submit(self.models.refresh), heartbeat=False)
+        self._load_models(heartbeat=False)
+        if self._stop.is_set():
+            return
         if not self.models.names():
             log.warning(
                 "worker %s: no model to serve in %s (models=%r); waiting for one",
@@ -169,7 +172,7 @@ class Worker:
         now = time.monotonic()
         if now >= self._next.get("poll", 0.0):
             self._next["poll"] = now + self.settings.repository_poll
-            if self._await(self._inference.submit(self.models.refresh)):
+            if self._load_models():
                 self._joined = False
                 log.info("worker %s: now serving %s", self.name, self._describe_models())
         if not self._joined:
@@ -245,6 +248,8 @@ class Worker:
             registry.retire(self.redis, self.keys, self.name)
         except redis.RedisError as exc:
             log.warning("worker %s: could not retire from the registry: %s", self.name, exc)
+        if self.abandoned:
+            log.info("worker %s: stopped during a model load, which is abandoned", self.name)
         seconds = time.time() - self.started
         log.info("worker %s: stopped after %.0fs: %s", self.name, seconds, self.outcomes.summary())
 
@@ -316,6 +321,21 @@ class Worker:
         if self._pass is None:
             raise RuntimeError("no forward pass is running")
         return self._pass
+
+    def _load_models(self, heartbeat: bool = True) -> bool:
+        """`LoadedModels.refresh` on the inference thread; True if what it serves changed.
+        A stop signal meanwhile abandons the load: it runs in C, which no signal interrupts,
+        and may take minutes; there is no batch in hand to finish."""
+        future = self._inference.submit(self.models.refresh)
+        while True:
+            try:
+                return future.result(timeout=self._beat_s)
+            except FutureTimeout:
+                if self._stop.is_set():
+                    self.abandoned = True
+                    return False
+                if heartbeat:
+                    self._heartbeat_meanwhile()
 
     def _await(self, future: "Future[T]", heartbeat: bool = True) -> T:
         """The future's result; meanwhile the main thread keeps heartbeating, so a long
@@ -440,4 +460,8 @@ def main() -> None:
     logging.basicConfig(
         level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    Worker(settings).work()
+    worker = Worker(settings)
+    worker.work()
+    if worker.abandoned:  # exit now, not once the load's thread ends (it may never)
+        logging.shutdown()
+        os._exit(0)
