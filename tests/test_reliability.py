@@ -223,8 +223,16 @@ def test_overload_sheds_fast_and_keeps_accepted_requests_in_time(tmp_path, start
     slow_model(repo, side=96)
     # max_queue sized to this model's rate, as docs/architecture.md advises: admission by
     # the oldest request's age lags a step to 3x capacity, and only max_queue bounds it.
+    # The deadline is four times the age limit, so a worker slowed by make test's other
+    # process while this runs (a quarter of the capacity run's rate at least) still
+    # drains the 50 it holds before their deadline.
     stack = start_stack(
-        model_repository=str(repo), default_model="slow", max_batch_size=8, max_queue=50
+        model_repository=str(repo),
+        default_model="slow",
+        max_batch_size=8,
+        max_queue=50,
+        max_queue_wait=5,
+        request_timeout=20,
     )
     buffer = io.BytesIO()
     Image.effect_noise((96, 96), 50).convert("RGB").save(buffer, "PNG")
