@@ -245,13 +245,14 @@ def test_the_cuda_branch_runs_as_far_as_a_machine_without_a_gpu_allows(tmp_path,
         took = time.monotonic() - began
         lines = step_lines(done.stdout)
         linked = host.chroot("ldconfig", "-p").stdout
-        venv_size = subprocess.run(
-            ["du", "-sh", str(host.path("opt/beagle/venvs"))], capture_output=True, text=True
-        ).stdout.split()[0]
+        venvs = host.path("opt/beagle/venvs")
+        venv_size = subprocess.run(["du", "-sh", str(venvs)], capture_output=True, text=True)
         print(
-            f"\nCUDA branch: deploy stopped after {took:.0f} s (venv {venv_size});\n"
-            f"code: {lines['code']}\ncuda: {lines['cuda']}\n{done.stderr.strip()[:300]}"
+            f"\nCUDA branch: deploy stopped after {took:.0f} s (venvs: "
+            f"{venv_size.stdout.strip() or venv_size.stderr.strip()});\n"
+            f"{done.stdout[-3000:]}\n{done.stderr.strip()[-3000:]}"
         )
+        assert "code" in lines and "cuda" in lines, "the deploy stopped early: see above"
         assert done.returncode != 0
         assert re.search(r"venv /opt/beagle/venvs/\w+ built with CUDA", lines["code"])
         assert re.fullmatch(
