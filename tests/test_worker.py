@@ -195,8 +195,8 @@ STOPS = 12
 
 
 def never_loading_model(repo):
-    """An ONNX model whose file is a FIFO that nothing writes to: loading it never ends,
-    as a huge model on a slow disk would not for minutes."""
+    """An ONNX model whose file is a FIFO that nothing writes to: its load never ends (a
+    huge model on a slow disk takes minutes)."""
     path = repo / "stuck" / "1"
     path.mkdir(parents=True)
     os.mkfifo(path / "model.onnx")
