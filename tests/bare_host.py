@@ -26,7 +26,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -137,7 +136,7 @@ class BareHost:
         )
         self.gateway, self.address = (str(a) for a in subnet.hosts())
         self.subnet = str(subnet)
-        self.port = free_port()
+        self.port = None  # the relay's, once started
         self.sshd = self.relay = None
 
     @property
@@ -163,6 +162,17 @@ class BareHost:
         self._mounts()
         self._configure()
         self.sshd = start_sshd(self.netns, self.root, self.hostname, self.root.parent / "sshd.log")
+        for _ in range(5):
+            if self._relay():
+                return self
+        raise RuntimeError(f"the bare host's sshd did not answer on 127.0.0.1:{self.port}")
+
+    def _relay(self):
+        """Relay a free loopback port to the host's sshd; True once the host's own key
+        answers there. The other pytest process may take the port between free_port and
+        socat's bind, and a deploy would then reach its server: then False, and the
+        caller tries another port."""
+        self.port = free_port()
         self.relay = subprocess.Popen(
             [
                 "socat",
@@ -171,15 +181,26 @@ class BareHost:
             ],
             stderr=subprocess.DEVNULL,
         )
+        wanted = self.known_hosts_line().split()[2]
         for _ in range(100):
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as probe:
-                    if probe.recv(64).startswith(b"SSH-"):
-                        return self
-            except OSError:
-                pass
+            if self.relay.poll() is not None:  # its port was taken
+                return False
+            scan = subprocess.run(
+                ["ssh-keyscan", "-T", "1", "-t", "ed25519", "-p", str(self.port), "127.0.0.1"],
+                capture_output=True,
+                text=True,
+            )
+            keys = [line.split()[2] for line in scan.stdout.splitlines() if len(line.split()) > 2]
+            if keys:
+                if keys == [wanted] and self.relay.poll() is None:
+                    return True
+                self.relay.kill()  # another server's key: not our host
+                self.relay.wait()
+                return False
             time.sleep(0.1)
-        raise RuntimeError(f"the bare host's sshd did not answer on 127.0.0.1:{self.port}")
+        self.relay.kill()
+        self.relay.wait()
+        return False
 
     def _network(self):
         mtu = sh("cat", f"/sys/class/net/{self._uplink()}/mtu").stdout.strip()
