@@ -191,12 +191,10 @@ class BareHost:
                 text=True,
             )
             keys = [line.split()[2] for line in scan.stdout.splitlines() if len(line.split()) > 2]
-            if keys:
-                if keys == [wanted] and self.relay.poll() is None:
-                    return True
-                self.relay.kill()  # another server's key: not our host
-                self.relay.wait()
-                return False
+            if keys == [wanted]:
+                return True
+            if keys:  # another server's key: not our host
+                break
             time.sleep(0.1)
         self.relay.kill()
         self.relay.wait()

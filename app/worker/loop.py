@@ -196,7 +196,7 @@ class Worker:
         """Wait until the running pass is near its expected end (READ_AT of it); True if
         it still runs then."""
         running = self._running()
-        self._await_until(running, self._pass_began + READ_AT * self._pass_s)
+        self._wait(running, self._pass_began + READ_AT * self._pass_s)
         return not running.done()
 
     def read_queued(self) -> list[Entry]:
@@ -327,34 +327,36 @@ class Worker:
         A stop signal meanwhile abandons the load: it runs in C, which no signal interrupts,
         and may take minutes; there is no batch in hand to finish."""
         future = self._inference.submit(self.models.refresh)
-        while True:
-            try:
-                return future.result(timeout=self._beat_s)
-            except FutureTimeout:
-                if self._stop.is_set():
-                    self.abandoned = True
-                    return False
-                if heartbeat:
-                    self._heartbeat_meanwhile()
+        if self._wait(future, heartbeat=heartbeat, stoppable=True):
+            return future.result()
+        self.abandoned = True
+        return False
 
-    def _await(self, future: "Future[T]", heartbeat: bool = True) -> T:
-        """The future's result; meanwhile the main thread keeps heartbeating, so a long
-        forward pass or model load never looks like a dead worker nor loses its claim."""
-        while True:
-            try:
-                return future.result(timeout=self._beat_s)
-            except FutureTimeout:
-                if heartbeat:
-                    self._heartbeat_meanwhile()
+    def _await(self, future: "Future[T]") -> T:
+        """The future's result, heartbeating meanwhile (`_wait`)."""
+        self._wait(future)
+        return future.result()
 
-    def _await_until(self, future: "Future[T]", until: float) -> None:
-        """Wait for the future at most until ``until`` (a monotonic time), heartbeating."""
+    def _wait(
+        self,
+        future: "Future[Any]",
+        until: float = float("inf"),
+        heartbeat: bool = True,
+        stoppable: bool = False,
+    ) -> bool:
+        """True once ``future`` is done; False at ``until`` (a monotonic time) or, if
+        ``stoppable``, at a stop signal. Meanwhile the main thread keeps heartbeating, so a
+        long forward pass or model load never looks like a dead worker nor loses its claim."""
         while (left := until - time.monotonic()) > 0:
             try:
                 future.result(timeout=min(self._beat_s, left))
-                return
+                return True
             except FutureTimeout:
-                self._heartbeat_meanwhile()
+                if stoppable and self._stop.is_set():
+                    return False
+                if heartbeat:
+                    self._heartbeat_meanwhile()
+        return False
 
     def _heartbeat_meanwhile(self) -> None:
         try:
