@@ -1,8 +1,10 @@
 """Image intake: untrusted bytes -> uint8 pixels of the size a model expects.
 
-`to_pixels` takes encoded image bytes; `array_pixels` takes a pixel array (TF Serving's
-instances); `fit` brings a decoded image to a model's shape, for them and for the worker;
-`decode_base64` reads base64 as tools write it. Problems with the input itself raise
+`to_pixels` takes encoded image bytes; `to_queued` is what the web tier queues for them:
+their pixels, or the bytes themselves as a `Jpeg` when the worker can decode them as
+cheaply (`jpeg_pixels`); `array_pixels` takes a pixel array (TF Serving's instances); `fit`
+brings a decoded image to a model's shape, for them and for the worker; `decode_base64`
+reads base64 as tools write it. Problems with the input itself raise
 `BadImage(status, message)` (400 corrupt, 413 too large, 415 unsupported format), so the
 web tier never answers a 5xx for bad input. Pillow, NumPy and simplejpeg only: the web
 tier never imports TensorFlow. Pillow reads every header and decodes every format; an
@@ -53,6 +55,13 @@ class BadImage(Exception):
         self.message = message
 
 
+class Jpeg(bytes):
+    """An upright JPEG in a model's mode that decodes, at one of libjpeg's scales, to
+    exactly the model's input size: queued as it came, for the worker to decode. Clients
+    that send images at the model's size send these; they cross Redis far smaller than
+    their pixels, and the web tier's processes skip the decode."""
+
+
 class Busy(Exception):
     """The process's decode budget stayed full: retry shortly (503)."""
 
@@ -87,11 +96,49 @@ class DecodeBudget:
                 self._room.notify_all()
 
 
+def to_queued(
+    data: bytes, shape: tuple[int, int, int], max_pixels: int, budget: DecodeBudget
+) -> bytes:
+    """What the web tier queues for ``data``: a `Jpeg` if it is one, else `to_pixels`'s
+    pixels."""
+    image, turbo = _header(data, shape, max_pixels)
+    if turbo and image.size == (shape[1], shape[0]):
+        return Jpeg(data)
+    return _decoded(data, image, turbo, shape, budget)
+
+
 def to_pixels(
     data: bytes, shape: tuple[int, int, int], max_pixels: int, budget: DecodeBudget
 ) -> bytes:
     """Decode, orient, flatten and resize ``data`` to ``shape`` (h, w, c); HxWxC uint8
     bytes, row-major."""
+    image, turbo = _header(data, shape, max_pixels)
+    return _decoded(data, image, turbo, shape, budget)
+
+
+def jpeg_pixels(data: Jpeg, shape: tuple[int, int, int]) -> bytes:
+    """A queued `Jpeg`'s pixels at ``shape``: what `to_pixels` gives for it. BadImage 400
+    when its data past the header is corrupt or truncated."""
+    height, width, channels = shape
+    try:
+        pixels = simplejpeg.decode_jpeg(
+            data,
+            colorspace=TURBO_COLORSPACES[MODES[channels]],
+            min_height=height,
+            min_width=width,
+        )
+    except ValueError as exc:
+        raise BadImage(400, f"corrupt or truncated JPEG image: {_reason(exc)}") from None
+    if pixels.shape[:2] != (height, width):
+        raise BadImage(
+            400, f"the JPEG decodes to {pixels.shape[1]}x{pixels.shape[0]}, not {width}x{height}"
+        )
+    return pixels.tobytes()
+
+
+def _header(data: bytes, shape: tuple[int, int, int], max_pixels: int) -> tuple[Image.Image, bool]:
+    """``data`` opened (headers only, a JPEG drafted for ``shape``) and checked against
+    ``max_pixels``; and whether it is an upright JPEG in the model's mode, for simplejpeg."""
     if not data:
         raise BadImage(400, "empty image: the request carried no image bytes")
     image = _open(data)
@@ -102,9 +149,20 @@ def to_pixels(
             f"image is {image.width}x{image.height} = {pixels} pixels; the limit is {max_pixels}",
         )
     height, width, channels = shape
-    turbo = False  # an upright JPEG in the model's mode, for simplejpeg
-    if image.format == "JPEG":
-        turbo = _draft(image, MODES[channels], width, height) and image.mode == MODES[channels]
+    if image.format != "JPEG":
+        return image, False
+    upright = _draft(image, MODES[channels], width, height)
+    return image, upright and image.mode == MODES[channels]
+
+
+def _decoded(
+    data: bytes,
+    image: Image.Image,
+    turbo: bool,
+    shape: tuple[int, int, int],
+    budget: DecodeBudget,
+) -> bytes:
+    """``image`` (opened from ``data`` by `_header`) decoded to ``shape``'s pixels."""
     with budget.reserve(_decoded_bytes(image)):
         try:
             if turbo:

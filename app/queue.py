@@ -6,7 +6,9 @@ the newest version it holds), or to the stream of its version (read only by work
 holding that version): app/keys.py names them. An entry carries the request id, its time
 budget in ms counted from the entry's id (Redis's clock when it was added, so neither the
 web host's clock nor the worker's matters), top_k (0 = the whole probability vector) and
-uint8 pixels of shape h,w,c. An answer is JSON: {"ok": true, "model", "version",
+uint8 pixels of shape h,w,c, or (encoding "jpeg") a JPEG that decodes to that shape
+(app/imaging.py's `Jpeg`). An entry without an encoding holds pixels, as entries queued
+before there were two did. An answer is JSON: {"ok": true, "model", "version",
 "predictions" | "probabilities"} or `error_answer`'s {"ok": false, "status", "error"}.
 
 Web:       `submit` adds a request's entries, one per image, in one MULTI, all
@@ -27,6 +29,7 @@ import redis
 from redis.client import Pipeline
 from redis.typing import EncodableT, FieldT
 
+from app.imaging import Jpeg
 from app.keys import GROUP, Keys
 
 # Milliseconds the oldest entry no consumer of the group has taken has waited (0 if none),
@@ -105,7 +108,7 @@ class Request:
     timeout_ms: int  # its time left at admission
     top_k: int
     shape: tuple
-    pixels: bytes
+    pixels: bytes  # h*w*c uint8 pixels at ``shape``, or a `Jpeg` that decodes to it
     trace: str = ""  # its span's traceparent (app/trace_context.py)
 
     def fields(self) -> dict[FieldT, EncodableT]:
@@ -114,6 +117,7 @@ class Request:
             "timeout_ms": self.timeout_ms,
             "top_k": self.top_k,
             "shape": ",".join(map(str, self.shape)),
+            "encoding": "jpeg" if isinstance(self.pixels, Jpeg) else "raw",
             "pixels": self.pixels,
             "trace": self.trace,
         }
@@ -371,16 +375,23 @@ class Queue:
         request_id = fields.get(b"id", b"").decode("utf-8", "replace")
         try:
             shape = tuple(int(n) for n in fields[b"shape"].split(b","))
+            pixels, encoding = fields[b"pixels"], fields.get(b"encoding", b"raw")
+            if encoding == b"jpeg":
+                pixels = Jpeg(pixels)
+            elif encoding != b"raw":
+                raise ValueError(f"unknown encoding {encoding!r}")
             request = Request(
                 request_id=request_id,
                 timeout_ms=int(fields[b"timeout_ms"]),
                 top_k=int(fields[b"top_k"]),
                 shape=shape,
-                pixels=fields[b"pixels"],
+                pixels=pixels,
                 trace=fields.get(b"trace", b"").decode("ascii", "replace"),
             )
-            if len(shape) != 3 or len(request.pixels) != shape[0] * shape[1] * shape[2]:
-                raise ValueError(f"{len(request.pixels)} bytes of pixels for shape {shape}")
+            if len(shape) != 3:
+                raise ValueError(f"shape {shape} is not height,width,channels")
+            if encoding == b"raw" and len(pixels) != shape[0] * shape[1] * shape[2]:
+                raise ValueError(f"{len(pixels)} bytes of pixels for shape {shape}")
         except (KeyError, ValueError) as exc:
             return Entry(
                 stream,

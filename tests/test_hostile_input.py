@@ -26,7 +26,7 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from app.imaging import BadImage, DecodeBudget, to_pixels
+from app.imaging import BadImage, DecodeBudget, Jpeg, to_pixels, to_queued
 
 CORPUS = cases() + big_cases()
 JSON_CORPUS = json_cases()
@@ -44,6 +44,24 @@ def test_intake_answers_every_case(name, data, expected):
         with pytest.raises(BadImage) as caught:
             to_pixels(data, (32, 32, 1), LIMIT, BUDGET)
         assert caught.value.status == expected
+
+
+def test_a_jpeg_at_the_models_size_is_decoded_by_the_worker(stack):
+    """Queued as it came: the worker decodes it, and answers a corrupt one with the 400
+    the web tier gives any other corrupt image (and keeps running)."""
+    good = encode(digit(7), "JPEG", quality=95)  # 64x64: decoded at 1/2, the model's 32x32
+    assert isinstance(to_queued(good, (32, 32, 1), LIMIT, BUDGET), Jpeg)
+    assert predict(stack.url, good).json()["predictions"][0]["label"] == "7"
+    pids = [p.pid for p in stack.processes]
+    for bad in (good[: len(good) // 2], good[:400] + bytes(range(256)) * 4 + good[-2:]):
+        assert isinstance(to_queued(bad, (32, 32, 1), LIMIT, BUDGET), Jpeg)
+        response = predict(stack.url, bad)
+        assert response.status_code == 400, response.text
+        assert "corrupt or truncated JPEG image" in response.json()["error"]
+    logs = "".join(p.read_text() for p in (stack.run_dir / "logs").glob("worker-*.log"))
+    assert "corrupt or truncated JPEG image" in logs
+    assert [p.pid for p in stack.processes] == pids
+    assert predict(stack.url, good).json()["predictions"][0]["label"] == "7"
 
 
 def test_exif_orientation_is_honoured():

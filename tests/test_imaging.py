@@ -7,7 +7,17 @@ import pytest
 from helpers import sample
 from PIL import Image
 
-from app.imaging import DRAFT_SLACK, MODES, BadImage, DecodeBudget, fit, to_pixels
+from app.imaging import (
+    DRAFT_SLACK,
+    MODES,
+    BadImage,
+    DecodeBudget,
+    Jpeg,
+    fit,
+    jpeg_pixels,
+    to_pixels,
+    to_queued,
+)
 
 LIMIT = 25_000_000
 
@@ -101,3 +111,29 @@ def test_jpeg_fast_path_gives_pillows_pixels(side, mode, shape, params):
     data = encode(photo, "JPEG", quality=85, **params)
     fast = to_pixels(data, shape, LIMIT, DecodeBudget(1 << 30))
     assert fast == pillow_pixels(data, shape)
+
+
+@pytest.mark.parametrize(
+    "side, mode, shape, queued_as_jpeg",
+    [
+        (224, "RGB", (224, 224, 3), True),  # the model's size
+        (448, "RGB", (224, 224, 3), True),  # twice it: decoded at 1/2
+        (64, "L", (32, 32, 1), True),
+        (300, "RGB", (224, 224, 3), False),  # needs a resize
+        (224, "RGB", (224, 224, 1), True),  # colour for a grey model: libjpeg makes it grey
+        (224, "L", (224, 224, 3), False),  # grey for a colour model
+    ],
+)
+def test_a_jpeg_the_worker_can_decode_is_queued_as_it_came(side, mode, shape, queued_as_jpeg):
+    from sklearn.datasets import load_sample_image
+
+    photo = Image.fromarray(load_sample_image("flower.jpg")).resize((side, side)).convert(mode)
+    data = encode(photo, "JPEG", quality=85)
+    queued = to_queued(data, shape, LIMIT, DecodeBudget(1 << 30))
+    pixels = to_pixels(data, shape, LIMIT, DecodeBudget(1 << 30))
+    assert isinstance(queued, Jpeg) == queued_as_jpeg
+    assert (jpeg_pixels(queued, shape) if queued_as_jpeg else queued) == pixels
+    if queued_as_jpeg:
+        with pytest.raises(BadImage) as caught:
+            jpeg_pixels(Jpeg(data[: len(data) // 2]), shape)
+        assert caught.value.status == 400

@@ -17,7 +17,7 @@ from flask import abort, g
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
-from app.imaging import BadImage, Busy, to_pixels
+from app.imaging import BadImage, Busy, to_queued
 from app.queue import Request, Shed
 from app.redis_connection import master_address, master_changed
 from app.registry import ModelInfo
@@ -97,10 +97,11 @@ def _lookup(model: str) -> ModelInfo | None:
 
 
 def pixels_of(data: bytes, shape: tuple[int, int, int], where: str = "") -> bytes:
-    """Model-sized pixels from encoded image bytes; 4xx for anything that is not one,
-    503 while the process's decode budget stays full. ``where`` prefixes errors."""
+    """Model-sized pixels (or a `Jpeg` of them) from encoded image bytes; 4xx for anything
+    that is not one, 503 while the process's decode budget stays full. ``where`` prefixes
+    errors."""
     try:
-        return to_pixels(data, shape, current_settings().max_image_pixels, beagle().decode_budget)
+        return to_queued(data, shape, current_settings().max_image_pixels, beagle().decode_budget)
     except BadImage as exc:
         abort(exc.status, where + exc.message)
     except Busy as exc:

@@ -9,7 +9,7 @@ from typing import Any, NamedTuple
 import numpy as np
 from PIL import Image
 
-from app.imaging import MODES, fit
+from app.imaging import MODES, BadImage, Jpeg, fit, jpeg_pixels
 from app.queue import Entry, Request
 from app.worker.repository import ModelSpec
 
@@ -45,13 +45,24 @@ def prediction(spec: ModelSpec, probabilities: np.ndarray, top_k: int) -> dict[s
 
 
 def compute(passes: list[tuple[Any, list]], worker_name: str) -> list[PassResult]:
-    """Run each (runner, entries) forward pass, on the inference thread. A failing pass
-    runs again one entry at a time, so only the input at fault gets the error."""
+    """Run each (runner, entries) forward pass, on the inference thread. An entry whose
+    image does not decode gets a result of its own (the BadImage); a failing pass runs
+    again one entry at a time, so only the input at fault gets the error."""
     results = []
     for runner, entries in passes:
         began = time.perf_counter()
+        decoded, inputs = [], []
+        for entry in entries:
+            try:
+                inputs.append(_fit(entry.request, runner.spec.shape))
+                decoded.append(entry)
+            except BadImage as exc:  # its own answer: the others still run
+                results.append(PassResult(runner, [entry], exc, 0.0))
+        if not decoded:
+            continue
+        entries = decoded
         try:
-            pixels = b"".join(_fit(e.request, runner.spec.shape) for e in entries)
+            pixels = b"".join(inputs)
             batch = np.frombuffer(pixels, np.uint8).reshape(len(entries), *runner.spec.shape)
             results.append(PassResult(runner, entries, runner(batch), time.perf_counter() - began))
         except Exception as exc:
@@ -85,12 +96,16 @@ def plan(runnable: list[tuple[Entry, Any]], max_batch_size: int) -> list[tuple[A
 
 
 def _fit(request: Request, shape: tuple[int, int, int]) -> bytes:
-    """The request's pixels at ``shape``: resized only if the web sized them for another
-    version (a worker answering with an older version than the newest served)."""
+    """The request's pixels at ``shape``: a queued JPEG decoded; resized only if the web
+    sized them for another version (a worker answering with an older version than the
+    newest served). BadImage for a JPEG that does not decode."""
+    pixels = request.pixels
+    if isinstance(pixels, Jpeg):
+        pixels = jpeg_pixels(pixels, request.shape)
     if request.shape == shape:
-        return request.pixels
+        return pixels
     h, w, c = request.shape
-    return fit(Image.frombytes(MODES[c], (w, h), request.pixels), shape)
+    return fit(Image.frombytes(MODES[c], (w, h), pixels), shape)
 
 
 def summary(exc: BaseException) -> str:
