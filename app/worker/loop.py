@@ -43,7 +43,7 @@ from app.stop_signals import StopSignals
 from app.worker import runtimes
 from app.worker.loaded_models import LoadedModels
 from app.worker.outcomes import Outcomes
-from app.worker.passes import PassResult, compute, plan
+from app.worker.passes import PassResult, compute, decode_images, plan
 
 log = logging.getLogger("beagle.worker")
 
@@ -404,9 +404,10 @@ class Worker:
         return self.queue.entries(replies[-1]) if streams else []
 
     def _hold(self, batch: list[Entry]) -> list[Entry]:
-        """``batch``, noted as taken and not yet acknowledged (its claim kept fresh)."""
+        """``batch``, noted as taken and not yet acknowledged (its claim kept fresh), its
+        queued JPEGs decoded."""
         self._holding += batch
-        return batch
+        return decode_images(batch)
 
     def _recover(self) -> list[Entry]:
         size, streams = self.settings.max_batch_size, self._streams()

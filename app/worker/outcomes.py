@@ -3,9 +3,8 @@
 `Outcomes.sort` decides, for a batch, which entries run, which are answered at once
 (malformed, given up after max_attempts deliveries, for a version not served) and which
 are dropped unanswered (expired); `Outcomes.answers` turns a forward pass's result into
-answers (a queued JPEG that does not decode into its 4xx). Every outcome is counted
-twice: in `stats`, for the worker's exit line and its heartbeat status, and in the tally
-that /metrics reads.
+answers. Every outcome is counted twice: in `stats`, for the worker's exit line and its
+heartbeat status, and in the tally that /metrics reads.
 """
 
 import logging
@@ -14,7 +13,6 @@ from collections import Counter
 from typing import Any
 
 from app import trace_context
-from app.imaging import BadImage
 from app.metrics import Tally
 from app.queue import Answer, Entry, Outgoing, error_answer
 from app.worker.passes import PassResult, prediction, summary
@@ -75,15 +73,6 @@ class Outcomes:
         """The answers of one forward pass that ended at ``redis_now`` (seconds, Redis's
         clock): its predictions, or the error for its one entry."""
         spec, entries = result.runner.spec, result.entries
-        if isinstance(result.outcome, BadImage):  # a queued JPEG that does not decode
-            self._count("malformed", entries[0])
-            log.warning(
-                "worker %s: request %s: %s",
-                self.name,
-                entries[0].request_id,
-                result.outcome.message,
-            )
-            return [(entries[0], error_answer(result.outcome.status, result.outcome.message))]
         if isinstance(result.outcome, Exception):
             self.stats["failed"] += 1
             self.tally.count("failed", model=spec.name)

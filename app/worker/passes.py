@@ -1,9 +1,11 @@
-"""A batch's forward passes, as the worker runs them: `plan` splits the runnable entries
-into passes, `compute` runs them on the worker's inference thread, and `prediction` is
-the answer for one request (the queue's answer format, app/queue.py)."""
+"""A batch's forward passes, as the worker runs them: `decode_images` turns the queued
+JPEGs of the entries it takes into pixels, `plan` splits the runnable entries into passes,
+`compute` runs them on the worker's inference thread, and `prediction` is the answer for
+one request (the queue's answer format, app/queue.py)."""
 
 import logging
 import time
+from dataclasses import replace
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -45,24 +47,13 @@ def prediction(spec: ModelSpec, probabilities: np.ndarray, top_k: int) -> dict[s
 
 
 def compute(passes: list[tuple[Any, list]], worker_name: str) -> list[PassResult]:
-    """Run each (runner, entries) forward pass, on the inference thread. An entry whose
-    image does not decode gets a result of its own (the BadImage); a failing pass runs
-    again one entry at a time, so only the input at fault gets the error."""
+    """Run each (runner, entries) forward pass, on the inference thread. A failing pass
+    runs again one entry at a time, so only the input at fault gets the error."""
     results = []
     for runner, entries in passes:
         began = time.perf_counter()
-        decoded, inputs = [], []
-        for entry in entries:
-            try:
-                inputs.append(_fit(entry.request, runner.spec.shape))
-                decoded.append(entry)
-            except BadImage as exc:  # its own answer: the others still run
-                results.append(PassResult(runner, [entry], exc, 0.0))
-        if not decoded:
-            continue
-        entries = decoded
         try:
-            pixels = b"".join(inputs)
+            pixels = b"".join(_fit(e.request, runner.spec.shape) for e in entries)
             batch = np.frombuffer(pixels, np.uint8).reshape(len(entries), *runner.spec.shape)
             results.append(PassResult(runner, entries, runner(batch), time.perf_counter() - began))
         except Exception as exc:
@@ -77,6 +68,21 @@ def compute(passes: list[tuple[Any, list]], worker_name: str) -> list[PassResult
             )
             results += compute([(runner, [e]) for e in entries], worker_name)
     return results
+
+
+def decode_images(entries: list[Entry]) -> list[Entry]:
+    """``entries``, each queued JPEG replaced by its pixels; an entry whose JPEG does not
+    decode becomes malformed, with the reason its request is answered 400 with. Run as
+    entries are taken, while the last batch's pass may still run: simplejpeg releases the
+    GIL, so the decode overlaps the forward pass."""
+    for entry in entries:
+        request = entry.request
+        if request is not None and isinstance(request.pixels, Jpeg):
+            try:
+                entry.request = replace(request, pixels=jpeg_pixels(request.pixels, request.shape))
+            except BadImage as exc:
+                entry.request, entry.problem = None, exc.message
+    return entries
 
 
 def plan(runnable: list[tuple[Entry, Any]], max_batch_size: int) -> list[tuple[Any, list[Entry]]]:
@@ -96,16 +102,12 @@ def plan(runnable: list[tuple[Entry, Any]], max_batch_size: int) -> list[tuple[A
 
 
 def _fit(request: Request, shape: tuple[int, int, int]) -> bytes:
-    """The request's pixels at ``shape``: a queued JPEG decoded; resized only if the web
-    sized them for another version (a worker answering with an older version than the
-    newest served). BadImage for a JPEG that does not decode."""
-    pixels = request.pixels
-    if isinstance(pixels, Jpeg):
-        pixels = jpeg_pixels(pixels, request.shape)
+    """The request's pixels at ``shape``: resized only if the web sized them for another
+    version (a worker answering with an older version than the newest served)."""
     if request.shape == shape:
-        return pixels
+        return request.pixels
     h, w, c = request.shape
-    return fit(Image.frombytes(MODES[c], (w, h), pixels), shape)
+    return fit(Image.frombytes(MODES[c], (w, h), request.pixels), shape)
 
 
 def summary(exc: BaseException) -> str:
