@@ -57,7 +57,8 @@ class BadImage(Exception):
 
 class Jpeg(bytes):
     """An upright JPEG in a model's mode that decodes, at one of libjpeg's scales, to
-    exactly the model's input size: queued as it came, for the worker to decode. Clients
+    exactly the model's input size, in no more bytes than its pixels: queued as it came,
+    for the worker to decode. Clients
     that send images at the model's size send these; they cross Redis far smaller than
     their pixels, and the web tier's processes skip the decode."""
 
@@ -99,10 +100,11 @@ class DecodeBudget:
 def to_queued(
     data: bytes, shape: tuple[int, int, int], max_pixels: int, budget: DecodeBudget
 ) -> bytes:
-    """What the web tier queues for ``data``: a `Jpeg` if it is one, else `to_pixels`'s
-    pixels."""
+    """What the web tier queues for ``data``: a `Jpeg` if it is one and no larger than its
+    pixels (a JPEG padded with metadata up to max_image_bytes would fill Redis), else
+    `to_pixels`'s pixels."""
     image, turbo = _header(data, shape, max_pixels)
-    if turbo and image.size == (shape[1], shape[0]):
+    if turbo and image.size == (shape[1], shape[0]) and len(data) <= shape[0] * shape[1] * shape[2]:
         return Jpeg(data)
     return _decoded(data, image, turbo, shape, budget)
 

@@ -118,7 +118,7 @@ def test_jpeg_fast_path_gives_pillows_pixels(side, mode, shape, params):
     [
         (224, "RGB", (224, 224, 3), True),  # the model's size
         (448, "RGB", (224, 224, 3), True),  # twice it: decoded at 1/2
-        (64, "L", (32, 32, 1), True),
+        (64, "L", (32, 32, 1), False),  # 1,347 bytes: more than its 1,024 pixels
         (300, "RGB", (224, 224, 3), False),  # needs a resize
         (224, "RGB", (224, 224, 1), True),  # colour for a grey model: libjpeg makes it grey
         (224, "L", (224, 224, 3), False),  # grey for a colour model
@@ -137,3 +137,12 @@ def test_a_jpeg_the_worker_can_decode_is_queued_as_it_came(side, mode, shape, qu
         with pytest.raises(BadImage) as caught:
             jpeg_pixels(Jpeg(data[: len(data) // 2]), shape)
         assert caught.value.status == 400
+
+
+def test_a_jpeg_larger_than_its_pixels_is_decoded_in_the_web_tier():
+    """Padded with metadata up to max_image_bytes, it would hold that much of Redis's
+    memory per queued request: its pixels are queued instead."""
+    photo = Image.new("RGB", (224, 224), (200, 30, 30))
+    padded = encode(photo, "JPEG", quality=85, icc_profile=b"\0" * 200_000)
+    queued = to_queued(padded, (224, 224, 3), LIMIT, DecodeBudget(1 << 30))
+    assert not isinstance(queued, Jpeg) and len(queued) == 224 * 224 * 3 < len(padded)
