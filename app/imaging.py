@@ -58,9 +58,8 @@ class BadImage(Exception):
 class Jpeg(bytes):
     """An upright JPEG in a model's mode that decodes, at one of libjpeg's scales, to
     exactly the model's input size, in no more bytes than its pixels: queued as it came,
-    for the worker to decode. Clients
-    that send images at the model's size send these; they cross Redis far smaller than
-    their pixels, and the web tier's processes skip the decode."""
+    for the worker to decode. Clients that send images at the model's size send these;
+    they cross Redis far smaller than their pixels, and the web tier skips the decode."""
 
 
 class Busy(Exception):
@@ -123,12 +122,7 @@ def jpeg_pixels(data: Jpeg, shape: tuple[int, int, int]) -> bytes:
     when its data past the header is corrupt or truncated."""
     height, width, channels = shape
     try:
-        pixels = simplejpeg.decode_jpeg(
-            data,
-            colorspace=TURBO_COLORSPACES[MODES[channels]],
-            min_height=height,
-            min_width=width,
-        )
+        pixels = _turbo(data, MODES[channels], height, width)
     except ValueError as exc:
         raise BadImage(400, f"corrupt or truncated JPEG image: {_reason(exc)}") from None
     if pixels.shape[:2] != (height, width):
@@ -275,15 +269,18 @@ def _draft(image: Image.Image, mode: str, width: int, height: int) -> bool:
 
 def _turbo_jpeg(data: bytes, image: Image.Image, shape: tuple[int, int, int]) -> bytes:
     """The JPEG decoded by simplejpeg at the scale and mode Pillow's draft chose."""
-    pixels = simplejpeg.decode_jpeg(
-        data,
-        colorspace=TURBO_COLORSPACES[image.mode],
-        min_height=image.height,
-        min_width=image.width,
-    )
+    pixels = _turbo(data, image.mode, image.height, image.width)
     if pixels.shape[:2] == tuple(shape[:2]):
         return pixels.tobytes()
     return fit(Image.fromarray(pixels[..., 0] if image.mode == "L" else pixels), shape)
+
+
+def _turbo(data: bytes, mode: str, height: int, width: int) -> np.ndarray:
+    """simplejpeg's decode of ``data`` in ``mode`` at the smallest of libjpeg's scales that
+    covers height x width: the one call both the web tier and the worker make."""
+    return simplejpeg.decode_jpeg(
+        data, colorspace=TURBO_COLORSPACES[mode], min_height=height, min_width=width
+    )
 
 
 def largest_decode(pixels: int) -> int:
