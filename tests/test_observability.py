@@ -287,8 +287,11 @@ def test_one_request_can_be_followed_through_every_log(start_stack):
     assert any(line.lstrip().startswith("worker-0 |") and "batch of" in line for line in lines), (
         done.stdout
     )
-    assert (
-        failed.headers["X-Request-ID"] in stack.apache.error_log.with_name("access.log").read_text()
+    access_log = stack.apache.error_log.with_name("access.log")
+    wait_for(  # Apache logs a request after it has sent the answer
+        lambda: failed.headers["X-Request-ID"] in access_log.read_text(),
+        10,
+        "the failed request's line in the access log",
     )
 
 
@@ -324,8 +327,12 @@ def test_trace_context_runs_from_the_caller_through_apache_and_redis_to_the_work
         assert (version, trace, flags) == ("00", trace_id, "01") and span != caller_span
     fresh = requests.get(f"{stack.url}/healthz", headers={"traceparent": "00-zz-bad-01"})
     assert fresh.headers["traceparent"].split("-")[1] not in (trace_id, "0" * 32)
-    access = stack.apache.error_log.with_name("access.log").read_text()
-    assert all(a.headers["traceparent"] in access for a in answers)
+    access_log = stack.apache.error_log.with_name("access.log")
+    wait_for(  # Apache logs a request after it has sent the answer
+        lambda: all(a.headers["traceparent"] in access_log.read_text() for a in answers),
+        10,
+        "each answer's traceparent in the access log",
+    )
     wait_for(
         lambda: stack.workers[0].log_path.read_text().count(f"(trace {trace_id})") >= 3,
         10,
