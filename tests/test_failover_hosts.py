@@ -157,7 +157,7 @@ def logs_tail(cluster, lines=15):
     for host in [*cluster["web"], cluster["worker"]]:
         for log in [
             host.path("var/log/apache2/beagle_error.log"),
-            host.path("var/log/apache2/error.log"),  # mod_wsgi's daemons log here
+            host.path("var/log/apache2/error.log"),  # Apache's own: its restarts, its children
             *sorted(host.path("var/log/journal").glob("beagle-worker*.log")),
         ]:
             if log.exists():
