@@ -165,6 +165,15 @@ def drain(c: Connection, plan: Plan, edge: Edge, settings: Settings) -> list[str
             break
         run(c, "sleep 0.5")
     run(c, f"{plan.systemctl} stop apache2")
+    # Its stop command (apachectl graceful-stop) returns before Apache has exited; systemd
+    # waits for the unit's processes, a lesser supervisor may not: wait for the PID file.
+    pid_file = '"$APACHE_PID_FILE"'
+    waits = int(settings.request_timeout + REQUEST_GRACE_S) * 2
+    run(
+        c,
+        f". /etc/apache2/envvars && for _ in $(seq {waits}); do "
+        f"[ -e {pid_file} ] || break; sleep 0.5; done; [ ! -e {pid_file} ]",
+    )
     return [f"out of service: /readyz answered 503, {busy or 'no'} request(s) left, Apache stopped"]
 
 
