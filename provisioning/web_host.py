@@ -159,7 +159,8 @@ def drain(c: Connection, plan: Plan, edge: Edge, settings: Settings) -> list[str
     run(c, f"sleep {int(plan.drain_seconds)}")
     status = f"curl -sk {local_url(plan, edge)}/server-status?auto"
     busy = "1"  # the status request itself
-    for _ in range(int(settings.request_timeout + REQUEST_GRACE_S) * 2):
+    waits = int(settings.request_timeout + REQUEST_GRACE_S) * 2  # of 0.5 s: a request's life
+    for _ in range(waits):
         busy = run(c, f"{status} | sed -n 's/^BusyWorkers: //p'", warn=True).stdout.strip()
         if busy in ("", "1"):
             break
@@ -168,7 +169,6 @@ def drain(c: Connection, plan: Plan, edge: Edge, settings: Settings) -> list[str
     # Its stop command (apachectl graceful-stop) returns before Apache has exited; systemd
     # waits for the unit's processes, a lesser supervisor may not: wait for the PID file.
     pid_file = '"$APACHE_PID_FILE"'
-    waits = int(settings.request_timeout + REQUEST_GRACE_S) * 2
     run(
         c,
         f". /etc/apache2/envvars && for _ in $(seq {waits}); do "

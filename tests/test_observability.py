@@ -252,6 +252,13 @@ def test_locust_file_runs_headless(stack, tmp_path):
     assert int(row["Request Count"]) > 50 and int(row["Failure Count"]) == 0
 
 
+def wait_logged(stack, *texts):
+    """Until Apache's access log holds each of ``texts``: Apache logs a request after it
+    has sent the answer, so a client can read the log first."""
+    access_log = stack.apache.error_log.with_name("access.log")
+    wait_for(lambda: all(t in access_log.read_text() for t in texts), 10, f"{texts} logged")
+
+
 def test_one_request_can_be_followed_through_every_log(start_stack):
     stack = start_stack(log_level="DEBUG")
     response = predict(stack.url, sample(5))
@@ -287,12 +294,7 @@ def test_one_request_can_be_followed_through_every_log(start_stack):
     assert any(line.lstrip().startswith("worker-0 |") and "batch of" in line for line in lines), (
         done.stdout
     )
-    access_log = stack.apache.error_log.with_name("access.log")
-    wait_for(  # Apache logs a request after it has sent the answer
-        lambda: failed.headers["X-Request-ID"] in access_log.read_text(),
-        10,
-        "the failed request's line in the access log",
-    )
+    wait_logged(stack, failed.headers["X-Request-ID"])
 
 
 def test_trace_context_runs_from_the_caller_through_apache_and_redis_to_the_worker(start_stack):
@@ -327,12 +329,7 @@ def test_trace_context_runs_from_the_caller_through_apache_and_redis_to_the_work
         assert (version, trace, flags) == ("00", trace_id, "01") and span != caller_span
     fresh = requests.get(f"{stack.url}/healthz", headers={"traceparent": "00-zz-bad-01"})
     assert fresh.headers["traceparent"].split("-")[1] not in (trace_id, "0" * 32)
-    access_log = stack.apache.error_log.with_name("access.log")
-    wait_for(  # Apache logs a request after it has sent the answer
-        lambda: all(a.headers["traceparent"] in access_log.read_text() for a in answers),
-        10,
-        "each answer's traceparent in the access log",
-    )
+    wait_logged(stack, *(a.headers["traceparent"] for a in answers))
     wait_for(
         lambda: stack.workers[0].log_path.read_text().count(f"(trace {trace_id})") >= 3,
         10,
