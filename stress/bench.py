@@ -22,7 +22,9 @@ Writes report.md, results.json and bench.png to --report (stress/bench_report.py
 import argparse
 import io
 import json
+import os
 import shutil
+import signal
 import statistics
 import tempfile
 import time
@@ -80,8 +82,8 @@ def raw_benchmark(spec, batch_sizes, seconds):
 
 @dataclass
 class Contender:
-    """One server and protocol under load: where it posts, what, and how to read the
-    CPU its parts used (and, for Beagle, its workers' batch counts)."""
+    """One server and protocol under load: where it posts, what, how to read the CPU its
+    parts used (and, for Beagle, its workers' batch counts), and its process groups."""
 
     name: str
     url: str
@@ -89,6 +91,7 @@ class Contender:
     headers: dict[str, str]
     parts: Callable[[], dict]
     batches: Callable[[], tuple[int, int]] | None = None
+    groups: tuple[int, ...] = ()
 
 
 def multipart(image, api_key=""):
@@ -140,27 +143,56 @@ def rounds(contenders, args):
         c.name: [{"concurrency": n, "rounds": []} for n in args.concurrency_levels]
         for c in contenders
     }
-    for contender in contenders:  # warm everything up
-        wrk.run(contender.url, contender.body, contender.headers, 60, 4)
-    for number in range(1, args.rounds + 1):
-        for contender in contenders:
-            for row in found[contender.name]:
-                row["rounds"].append(one_level(contender, row["concurrency"], args))
-                measured = row["rounds"][-1]
-                print(
-                    f"  round {number}, {contender.name}, c={row['concurrency']}: "
-                    f"{measured['summary']['throughput']:.1f} req/s, "
-                    f"p99 {measured['summary']['p99_ms']:.0f} ms, "
-                    f"server CPU {bench_report.server_ms(measured):.2f} ms/req",
-                    flush=True,
-                )
+    try:
+        for number in range(1, args.rounds + 1):
+            for contender in contenders:
+                alone(contender, contenders)
+                others = paused(contender, contenders)
+                for row in found[contender.name]:
+                    row["rounds"].append(one_level(contender, row["concurrency"], args, others))
+                    measured = row["rounds"][-1]
+                    print(
+                        f"  round {number}, {contender.name}, c={row['concurrency']}: "
+                        f"{measured['summary']['throughput']:.1f} req/s, "
+                        f"p99 {measured['summary']['p99_ms']:.0f} ms, "
+                        f"server CPU {bench_report.server_ms(measured):.2f} ms/req",
+                        flush=True,
+                    )
+    finally:
+        alone(None, contenders)  # stopped processes would not hear the signal to stop
     return found
 
 
-def one_level(contender, level, args):
+def alone(running, contenders):
+    """Let only ``running``'s processes run (None: every contender's), and warm it up. An
+    idle server still takes CPU (LitServe's loops poll its queues), which would come out of
+    the turn of the server under load."""
+    everyone = {group for contender in contenders for group in contender.groups}
+    keep = everyone if running is None else set(running.groups)
+    for group in keep:
+        os.killpg(group, signal.SIGCONT)
+    for group in everyone - keep:
+        os.killpg(group, signal.SIGSTOP)
+    if running is None:
+        return
+    for _ in range(10):  # a paused Beagle's heartbeats lapsed: its workers renew them
+        if wrk.run(running.url, running.body, running.headers, 60, 4)["failed"] == 0:
+            return
+        time.sleep(0.5)
+    raise RuntimeError(f"{running.name} failed its warm-up after being resumed")
+
+
+def paused(running, contenders):
+    """CPU seconds used so far by the servers other than ``running``'s (paused: none)."""
+    others = {c.groups: c.parts for c in contenders if c.groups != running.groups}
+    return lambda: sum(sum(parts().values()) for parts in others.values())
+
+
+def one_level(contender, level, args, paused_cpu):
     """One closed loop at ``level``: its summary, CPU ms per request by part (the load
-    generator's as "client") and, for Beagle, the mean batch."""
-    before = contender.parts()
+    generator's as "client"), the CPU ms the paused servers used meanwhile (``paused_cpu``
+    reads their seconds) and, for Beagle, the mean batch."""
+    before, paused_before = contender.parts(), paused_cpu()
     passes = contender.batches() if contender.batches else None
     summary = wrk.run(
         contender.url,
@@ -173,7 +205,11 @@ def one_level(contender, level, args):
     )
     used = cpu.per_request_ms(before, contender.parts(), summary["requests"])
     used["client"] = summary.pop("client_cpu_s") * 1000 / max(1, summary["requests"])
-    measured = {"summary": summary, "cpu_ms": used}
+    measured = {
+        "summary": summary,
+        "cpu_ms": used,
+        "paused_cpu_ms": (paused_cpu() - paused_before) * 1000,
+    }
     if contender.batches and passes:
         time.sleep(1.2)  # the workers' next heartbeats carry their counts
         ran, served = (after - was for after, was in zip(contender.batches(), passes, strict=True))
@@ -227,7 +263,8 @@ def beagle(spec, args, work):
                 ],
             }
 
-        yield stack.url, parts, batches, memory
+        groups = (stack.apache.process.pid, *workers, own_redis.process.pid)
+        yield stack.url, parts, batches, memory, groups
     finally:
         stack.stop()
         own_redis.stop()
@@ -250,7 +287,7 @@ def peer(spec, args, work):
         return {"server": sum(cpu.rss_mb(pid) for pid in [*tree, *cpu.descendants(tree[0])])}
 
     try:
-        yield server.url, (lambda: cpu.tree_parts(tree[0], "litserve")), memory
+        yield server.url, (lambda: cpu.tree_parts(tree[0], "litserve")), memory, (tree[0],)
     finally:
         server.stop()
 
@@ -290,7 +327,7 @@ def bench_runtime(runtime, args, image, work):
         flush=True,
     )
     with ExitStack() as running:
-        url, parts, batches, beagle_memory = running.enter_context(beagle(spec, args, work))
+        url, parts, batches, beagle_memory, groups = running.enter_context(beagle(spec, args, work))
         bodies = {"predict": multipart(image, args.api_key), "v2": v2_binary(image, args.api_key)}
         paths = {"predict": "/predict", "v2": f"/v2/models/{spec.name}/infer"}
         contenders = [
@@ -300,14 +337,24 @@ def bench_runtime(runtime, args, image, work):
                 *bodies[protocol],
                 parts,
                 batches,
+                groups,
             )
             for protocol in args.protocols.split(",")
         ]
         memory = {"beagle": beagle_memory}
         if args.peer:
-            peer_url, peer_parts, memory[args.peer] = running.enter_context(peer(spec, args, work))
+            peer_url, peer_parts, memory[args.peer], peer_groups = running.enter_context(
+                peer(spec, args, work)
+            )
             contenders.append(
-                Contender(args.peer, peer_url + "/predict", *multipart(image), peer_parts)
+                Contender(
+                    args.peer,
+                    peer_url + "/predict",
+                    *multipart(image),
+                    peer_parts,
+                    None,
+                    peer_groups,
+                )
             )
         found = rounds(contenders, args)
         served = {

@@ -97,6 +97,20 @@ def server_ms(row):
     return sum(ms for part, ms in row["cpu_ms"].items() if part != "client")
 
 
+def paused_ms(results):
+    """The most CPU ms a paused server used while another's level ran."""
+    return max(
+        (
+            measured.get("paused_cpu_ms", 0.0)
+            for result in results
+            for server in result["served"].values()
+            for level in server["levels"]
+            for measured in level["rounds"]
+        ),
+        default=0.0,
+    )
+
+
 def markdown(results, args):
     peer = args.peer
     lines = [
@@ -104,7 +118,14 @@ def markdown(results, args):
         "",
         f"{args.date}, {args.cores} cores. Load: wrk "
         f"(C), closed loops of at least {args.requests} requests and {args.min_seconds:g} s "
-        f"per concurrency level, {args.rounds} rounds (the servers take turns; figures are "
+        f"per concurrency level, {args.rounds} rounds ("
+        + (
+            f"the servers take turns, the one not under load paused: it used at most "
+            f"{paused_ms(results):.0f} ms of CPU in a level; "
+            if peer
+            else ""
+        )
+        + "figures are "
         f"medians over the rounds, min–max beside them, ratios per round), posting a "
         f"{args.image_kb} KB JPEG (Beagle v2: the same JPEG as a binary BYTES tensor). Max batch "
         f"{args.max_batch_size}, {args.workers} model worker(s) with "

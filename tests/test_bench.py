@@ -1,5 +1,6 @@
-"""The benchmark runs end to end, Beagle and its peer side by side, and writes its report
-(small counts: a smoke run; the figures themselves are the benchmark's, never a test's)."""
+"""The benchmark runs end to end, Beagle and its peer side by side (each alone while the
+other is paused), and writes its report (small counts: a smoke run; the figures themselves
+are the benchmark's, never a test's)."""
 
 import json
 import subprocess
@@ -58,6 +59,8 @@ def test_bench_side_by_side_writes_report_table_and_plot(tmp_path):
             row["summary"]["failed"] == 0 and row["summary"]["requests"] >= 400 for row in levels
         ), levels
         assert all(row["cpu_ms"]["client"] > 0 for row in levels)
+        # the other server is paused while one is under load: its CPU stays still (a tick)
+        assert all(r["paused_cpu_ms"] <= 10 for row in levels for r in row["rounds"]), levels
     beagle = results[0]["served"]["beagle"]["levels"][-1]["cpu_ms"]
     # /proc counts CPU in 10 ms ticks: a smoke run's smaller parts may read 0
     assert set(BEAGLE_PARTS) <= set(beagle) and beagle["mod_wsgi"] > 0
