@@ -29,7 +29,7 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -169,10 +169,9 @@ def alone(running, contenders):
     the turn of the server under load."""
     everyone = {group for contender in contenders for group in contender.groups}
     keep = everyone if running is None else set(running.groups)
-    for group in keep:
-        os.killpg(group, signal.SIGCONT)
-    for group in everyone - keep:
-        os.killpg(group, signal.SIGSTOP)
+    for group in everyone:
+        with suppress(ProcessLookupError):  # a server that died: its stop will say so
+            os.killpg(group, signal.SIGCONT if group in keep else signal.SIGSTOP)
     if running is None:
         return
     for _ in range(10):  # a paused Beagle's heartbeats lapsed: its workers renew them
