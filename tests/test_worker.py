@@ -6,6 +6,7 @@ import os
 import random
 import signal
 import subprocess
+import threading
 import time
 import uuid
 
@@ -89,6 +90,29 @@ def test_classify_skips_expired_and_refuses_unknown_versions(worker):
         "error": "model digits version 9 is not served",
     }
     assert len(by_entry[id(good)]["probabilities"]) == 10  # top_k 0: the whole vector
+
+
+def test_a_stalled_read_of_redis_clock_does_not_skew_the_deadlines(worker, redis_server):
+    """Deadlines are counted on Redis's clock, which each heartbeat reads. A read that
+    stalls on its way (here Redis paused for half a second; in the field the worker paused
+    or descheduled) would put the worker's idea of it off by half the stall, and requests
+    past their deadline would run as if in time."""
+
+    def off_by():
+        seconds, micros = worker.redis.time()
+        return abs(worker._redis_now() - (seconds + micros / 1e6))
+
+    worker._heartbeat()
+    assert off_by() < 0.05
+    worker._next.clear()  # the next heartbeat is due now
+    os.kill(redis_server.process.pid, signal.SIGSTOP)
+    resume = threading.Timer(0.5, os.kill, (redis_server.process.pid, signal.SIGCONT))
+    resume.start()
+    try:
+        worker._heartbeat()
+    finally:
+        resume.join()
+    assert off_by() < 0.05
 
 
 def test_classify_gives_up_after_max_attempts(worker):

@@ -51,6 +51,7 @@ BLOCK_MS = 1000  # longest wait on Redis, so stop requests are seen within a sec
 CONSUMER_IDLE_S = 3600  # consumers of dead workers are forgotten after this
 EX_CONFIG = 78  # exit status for "fix the configuration": the unit does not restart it
 READ_AT = 0.9  # of a pass's expected duration: then the next batch is read
+CLOCK_READ_MAX_S = 0.1  # a slower read of Redis's clock is not trusted (see _heartbeat)
 
 T = TypeVar("T")
 
@@ -81,7 +82,7 @@ class Worker:
         self._next: dict[str, float] = {}  # monotonic time each periodic step is next due
         self._beat_s = min(1.0, settings.heartbeat_ttl / 3, settings.claim_idle / 3)
         self._joined = False  # consumer groups exist for every stream it reads
-        self._redis_clock_offset = 0.0
+        self._redis_clock_offset: float | None = None  # Redis's clock minus this host's
         self._reclaim = False  # entries this consumer held before a restart may wait
         self._holding: list[Entry] = []  # entries taken and not yet acknowledged
         self._unsent: Outgoing | None = None  # an Outgoing that Redis was down to receive
@@ -298,11 +299,15 @@ class Worker:
         pipe.time()
         sent = time.time()
         seconds, micros = pipe.execute()[-1]
-        # Entry ids carry Redis's clock: deadlines and queue waits are measured on it.
-        self._redis_clock_offset = seconds + micros / 1e6 - (sent + time.time()) / 2
+        received = time.time()
+        # Entry ids carry Redis's clock: deadlines and queue waits are measured on it. A
+        # read stalled on its way (this process paused or descheduled, Redis busy) would
+        # skew it by half the stall, so a slow one keeps the offset read before.
+        if self._redis_clock_offset is None or received - sent <= CLOCK_READ_MAX_S:
+            self._redis_clock_offset = seconds + micros / 1e6 - (sent + received) / 2
 
     def _redis_now(self) -> float:
-        return time.time() + self._redis_clock_offset
+        return time.time() + (self._redis_clock_offset or 0.0)
 
     def _check_redis(self) -> None:
         """Stop for good, not in a restart loop, on a Redis too old for Beagle's commands."""
