@@ -159,21 +159,23 @@ def rounds(contenders, args):
                         flush=True,
                     )
     finally:
-        alone(None, contenders)  # stopped processes would not hear the signal to stop
+        run_only(contenders, None)  # stopped processes would not hear the signal to stop
     return found
 
 
-def alone(running, contenders):
-    """Let only ``running``'s processes run (None: every contender's), and warm it up. An
-    idle server still takes CPU (LitServe's loops poll its queues), which would come out of
-    the turn of the server under load."""
-    everyone = {group for contender in contenders for group in contender.groups}
-    keep = everyone if running is None else set(running.groups)
-    for group in everyone:
+def run_only(contenders, keep):
+    """Resume the process groups in ``keep`` (None: all) and stop every other contender's."""
+    for group in {group for contender in contenders for group in contender.groups}:
+        resume = keep is None or group in keep
         with suppress(ProcessLookupError):  # a server that died: its stop will say so
-            os.killpg(group, signal.SIGCONT if group in keep else signal.SIGSTOP)
-    if running is None:
-        return
+            os.killpg(group, signal.SIGCONT if resume else signal.SIGSTOP)
+
+
+def alone(running, contenders):
+    """Let only ``running``'s processes run, and warm it up. An idle server still takes
+    CPU (LitServe's loops poll its queues), which would come out of the turn of the server
+    under load."""
+    run_only(contenders, set(running.groups))
     for _ in range(10):  # a paused Beagle's heartbeats lapsed: its workers renew them
         if wrk.run(running.url, running.body, running.headers, 60, 4)["failed"] == 0:
             return
