@@ -112,3 +112,13 @@ def test_make_run_stops_when_its_process_group_is_signalled_at_any_moment(redis_
         f"slowest {slowest:.2f} s"
     )
     assert slowest < 10
+
+
+def test_free_ports_are_below_the_ephemeral_range_and_each_handed_out_once():
+    """A port from the kernel's ephemeral range can be taken by any outgoing connection
+    (the other pytest process's load, say) between free_port and the server's bind: the
+    server then fails to start (a deploy's Apache did, in CI)."""
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    ports = [free_port() for _ in range(200)]
+    assert max(ports) < low
+    assert len(set(ports)) == len(ports)

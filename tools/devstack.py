@@ -35,9 +35,27 @@ NOT_STAGED = ("__pycache__", "*.pyc", "worker")  # app/worker/ runs in the worke
 
 
 def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A loopback port nothing is bound to, below the kernel's ephemeral range: a port of
+    that range may be taken by any outgoing connection before the server binds it. Each
+    process hands out its ports in turn from a point of its own, and each once, so two
+    processes choosing at the same time seldom meet."""
+    ephemeral = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    first = min(10_000, ephemeral // 2)  # above the ports services usually take
+    span, pid = ephemeral - first, os.getpid()
+    place = _PORT_TURNS.setdefault(pid, pid * 7919 % span)
+    for step in range(span):
+        port = first + (place + step) % span
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _PORT_TURNS[pid] = place + step + 1
+        return port
+    raise RuntimeError(f"no free port in {first}-{ephemeral - 1}")
+
+
+_PORT_TURNS: dict[int, int] = {}  # PID -> where its next port is looked for (forks differ)
 
 
 class Stopped(Exception):
