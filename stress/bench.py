@@ -190,9 +190,10 @@ def paused(running, contenders):
 
 
 def one_level(contender, level, args, paused_cpu):
-    """One closed loop at ``level``: its summary, CPU ms per request by part (the load
-    generator's as "client"), the CPU ms the paused servers used meanwhile (``paused_cpu``
-    reads their seconds) and, for Beagle, the mean batch."""
+    """One closed loop at ``level``: its summary, the answers other than 200 by status,
+    CPU ms per request by part (the load generator's as "client"), the CPU ms the paused
+    servers used meanwhile (``paused_cpu`` reads their seconds) and, for Beagle, the mean
+    batch."""
     before, paused_before = contender.parts(), paused_cpu()
     passes = contender.batches() if contender.batches else None
     summary = wrk.run(
@@ -207,6 +208,7 @@ def one_level(contender, level, args, paused_cpu):
     used = cpu.per_request_ms(before, contender.parts(), summary["requests"])
     used["client"] = summary.pop("client_cpu_s") * 1000 / max(1, summary["requests"])
     measured = {
+        "failures": summary.pop("failures"),
         "summary": summary,
         "cpu_ms": used,
         "paused_cpu_ms": (paused_cpu() - paused_before) * 1000,

@@ -151,7 +151,8 @@ def markdown(results, args):
             f"| {b} | {r['latency_ms']:.3g} | {r['images_per_s']:.1f} |"
             for b, r in result["raw"].items()
         ]
-        lines += [""] + served_table(result, peer) + [""] + cpu_table(result, peer) + [""]
+        lines += [""] + served_table(result, peer) + [""] + failures(result)
+        lines += cpu_table(result, peer) + [""]
         beagle = result["served"]["beagle"]
         lines += [
             f"Resident memory: Beagle's worker{'s' if args.workers > 1 else ''} "
@@ -193,6 +194,20 @@ def served_table(result, peer):
                 )
             lines.append(line)
     return lines
+
+
+def failures(result):
+    """Each answer other than 200, by server, level, round and status, with the first
+    one's body (what the server said was wrong)."""
+    seen = [
+        f"- {name}, c={level['concurrency']}, round {n}: {failure['count']} × {status}: "
+        f"`{failure['first']}`"
+        for name, served in result["served"].items()
+        for level in served["levels"]
+        for n, measured in enumerate(level["rounds"], 1)
+        for status, failure in measured.get("failures", {}).items()
+    ]
+    return ["Answers other than 200:", "", *seen, ""] if seen else []
 
 
 def _range(values, spec):

@@ -42,13 +42,18 @@ function setup(thread) table.insert(threads, thread) end
 share = tonumber(os.getenv("BENCH_SHARE"))
 min_seconds = tonumber(os.getenv("BENCH_MIN_SECONDS"))
 answered, failed, started, finished = 0, 0, 0, 0
+failures, failure_bodies = {}, {}  -- by status: how many, and the first one's body
 function init(args) started = now() end
 
 -- wrk runs for its whole -d even after every thread stopped, so the last thread to
 -- finish its share (a line each in BENCH_DONE) interrupts it, as Ctrl-C would.
 function response(status, headers, body)
   answered = answered + 1
-  if status ~= 200 then failed = failed + 1 end
+  if status ~= 200 then
+    failed = failed + 1
+    failures[status] = (failures[status] or 0) + 1
+    failure_bodies[status] = failure_bodies[status] or body:sub(1, 300):gsub("%s+", " ")
+  end
   if finished == 0 and answered >= share and now() - started >= min_seconds then
     finished = now()
     local done = io.open(os.getenv("BENCH_DONE"), "a")
@@ -63,8 +68,13 @@ end
 
 function done(summary, latency, requests)
   local failed_total, first, last = 0, math.huge, 0
+  local by_status, bodies = {}, {}
   for _, thread in ipairs(threads) do
     failed_total = failed_total + thread:get("failed")
+    for status, count in pairs(thread:get("failures")) do
+      by_status[status] = (by_status[status] or 0) + count
+      bodies[status] = bodies[status] or thread:get("failure_bodies")[status]
+    end
     first = math.min(first, thread:get("started"))
     last = math.max(last, thread:get("finished"))
   end
@@ -76,6 +86,11 @@ function done(summary, latency, requests)
     summary.errors.connect + summary.errors.read + summary.errors.write
     + summary.errors.timeout, latency:percentile(50) / 1000, latency:percentile(90) / 1000,
     latency:percentile(99) / 1000, latency.max / 1000))
+  local out = io.open(os.getenv("BENCH_FAILURES"), "w")
+  for status, count in pairs(by_status) do
+    out:write(string.format("%d\t%d\t%s\n", status, count, bodies[status]))
+  end
+  out:close()
 end
 """
 
@@ -83,8 +98,9 @@ end
 def run(url, body, headers, requests, concurrency, max_seconds=300, min_seconds=0.0):
     """Post ``body`` with ``headers`` over ``concurrency`` connections, ``requests`` times
     and for ``min_seconds`` at least (``max_seconds`` at most); the summary (requests,
-    seconds, throughput, failed, p50/p90/p99/max ms) and wrk's own CPU seconds
-    (client_cpu_s)."""
+    seconds, throughput, failed, p50/p90/p99/max ms), wrk's own CPU seconds
+    (client_cpu_s) and the answers other than 200 by status (failures: how many, and the
+    first one's body, cut at 300 bytes)."""
     threads = min(concurrency, os.cpu_count() or 1)
     with tempfile.TemporaryDirectory() as work:
         script, posted = Path(work) / "post.lua", Path(work) / "body"
@@ -99,6 +115,7 @@ def run(url, body, headers, requests, concurrency, max_seconds=300, min_seconds=
             "BENCH_SHARE": str(max(1, requests // threads)),
             "BENCH_THREADS": str(threads),
             "BENCH_DONE": str(Path(work) / "done"),
+            "BENCH_FAILURES": str(Path(work) / "failures"),
         }
         process = subprocess.Popen(
             [
@@ -122,10 +139,16 @@ def run(url, body, headers, requests, concurrency, max_seconds=300, min_seconds=
         )
         output = process.stdout.read()
         _, status, usage = os.wait4(process.pid, 0)
+        failures = Path(work) / "failures"
+        lines = failures.read_text().splitlines() if failures.exists() else []
     line = next((line for line in output.splitlines() if line.startswith("BENCH ")), None)
     if status != 0 or line is None:
         raise RuntimeError(f"wrk failed ({status}): {output[-2000:]}")
     summary = json.loads(line[len("BENCH ") :])
     summary["throughput"] = summary["requests"] / summary["seconds"]
     summary["client_cpu_s"] = usage.ru_utime + usage.ru_stime
+    summary["failures"] = {
+        status: {"count": int(count), "first": body}
+        for status, count, body in (line.split("\t", 2) for line in lines)
+    }
     return summary

@@ -2,12 +2,16 @@
 other is paused), and writes its report (small counts: a smoke run; the figures themselves
 are the benchmark's, never a test's)."""
 
+import itertools
 import json
 import subprocess
 import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from app.config import PROJECT_ROOT
-from stress.bench_report import BEAGLE_PARTS
+from stress import wrk
+from stress.bench_report import BEAGLE_PARTS, failures
 
 
 def test_bench_side_by_side_writes_report_table_and_plot(tmp_path):
@@ -73,3 +77,41 @@ def test_bench_side_by_side_writes_report_table_and_plot(tmp_path):
         capture_output=True,
     )
     assert (tmp_path / "report.md").read_text() == report
+
+
+def test_wrk_counts_each_status_other_than_200_and_keeps_the_first_body():
+    """A level's failed requests say what they were: the bench keeps each status's count
+    and its first answer's body, and the report lists them."""
+    turns = itertools.cycle([200, 200, 503])
+    lock = threading.Lock()
+
+    class Alternating(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self):
+            self.rfile.read(int(self.headers["Content-Length"]))
+            with lock:
+                status = next(turns)
+            body = b'{"ok": true}' if status == 200 else b'{"error": "busy\nnow"}'
+            self.send_response(status)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Alternating)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/"
+        summary = wrk.run(url, b"x", {"Content-Type": "text/plain"}, 90, 1, max_seconds=30)
+    finally:
+        server.shutdown()
+    assert summary["failed"] == summary["requests"] // 3 > 0, summary
+    assert summary["failures"] == {
+        "503": {"count": summary["failed"], "first": '{"error": "busy now"}'}
+    }
+    level = {"concurrency": 1, "rounds": [{"failures": summary["failures"]}]}
+    listed = failures({"served": {"beagle": {"levels": [level]}}})
+    assert f'- beagle, c=1, round 1: {summary["failed"]} × 503: `{{"error": "busy now"}}`' in listed
