@@ -89,11 +89,17 @@ PACKER = PythonRespSerializer(6000, Encoder("utf-8", "strict", False).encode)
 
 
 def connect(
-    url: str, socket_timeout: float, sentinels: str = "", master: str = "beagle"
+    url: str,
+    socket_timeout: float,
+    sentinels: str = "",
+    master: str = "beagle",
+    max_connections: int | None = None,
 ) -> redis.Redis:
     """A client of Redis at ``url``, or of the master the ``sentinels`` name, that fails
-    fast when Redis is down."""
+    fast when Redis is down, with a pool of up to ``max_connections`` (None: redis-py's
+    default, 100)."""
     fail_fast: dict[str, Any] = {
+        "max_connections": max_connections,
         "socket_connect_timeout": CONNECT_TIMEOUT_S,
         "socket_timeout": socket_timeout,
         "retry": Retry(NoBackoff(), 0 if sentinels else 1),
@@ -162,10 +168,14 @@ def sentinel_for(url: str, sentinels: str) -> Sentinel:
     )
 
 
-def client(settings: Any, socket_timeout: float) -> redis.Redis:
+def client(settings: Any, socket_timeout: float, max_connections: int | None = None) -> redis.Redis:
     """The client for ``settings`` (redis_url, redis_sentinels, redis_master)."""
     return connect(
-        settings.redis_url, socket_timeout, settings.redis_sentinels, settings.redis_master
+        settings.redis_url,
+        socket_timeout,
+        settings.redis_sentinels,
+        settings.redis_master,
+        max_connections,
     )
 
 

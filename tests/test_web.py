@@ -146,6 +146,32 @@ def test_no_live_worker_is_503_with_retry_after(start_stack):
     assert ready.status_code == 503 and ready.json()["ready"] is False
 
 
+def test_every_in_flight_slot_of_a_web_process_gets_a_redis_connection(start_stack, client):
+    """A web process lets web_threads − 2 requests wait on their answers at once, each on a
+    Redis connection of its own: its pool holds them all. (redis-py's default pool holds
+    100: the bench's c=128 saw 503s "Redis is unavailable (MaxConnectionsError)".)"""
+    stack = start_stack(request_timeout=30.0)  # one web process of 128 threads
+    worker = stack.workers[0]
+    assert predict(stack.url, sample(3)).status_code == 200
+    waiting = stack.settings.web_threads - 4
+    answers = []
+    threads = [
+        threading.Thread(target=lambda: answers.append(predict(stack.url, sample(3), timeout=60)))
+        for _ in range(waiting)
+    ]
+    worker.signal(signal.SIGSTOP)  # alive to the registry, answering nothing
+    try:
+        for thread in threads:
+            thread.start()
+        wait_queued(client, stack.settings, waiting, timeout=20)
+    finally:
+        worker.signal(signal.SIGCONT)
+        for thread in threads:
+            thread.join()
+    failed = [f"{r.status_code} {r.text}" for r in answers if r.status_code != 200]
+    assert len(answers) == waiting and failed == [], failed[:3]
+
+
 def test_deadline_504_and_full_queue_503(start_stack, client):
     stack = start_stack(request_timeout=2.0, max_queue=2)
     worker = stack.workers[0]

@@ -28,7 +28,13 @@ def init_app(app: Flask) -> None:
             f"of max_image_pixels={settings.max_image_pixels}: give it at least "
             f"{-(-largest_decode(settings.max_image_pixels) >> 20)} MB"
         )
-    client = redis_client(settings, socket_timeout=settings.request_timeout + 2)
+    # A connection for each thread (a request waits for its answers on one of its own) and
+    # the metrics flusher's: redis-py's default pool of 100 refused the excess at c=128.
+    client = redis_client(
+        settings,
+        socket_timeout=settings.request_timeout + 2,
+        max_connections=settings.web_threads + 1,
+    )
     keys = Keys(settings.key_prefix)
     tally = Tally()
     flush_every(METRICS_FLUSH_S, tally, client, keys)
