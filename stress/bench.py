@@ -138,7 +138,8 @@ def _keyed(headers, api_key):
 
 def rounds(contenders, args):
     """Each contender at each concurrency, in --rounds rounds (A B A B ...: drift hits every
-    contender alike): {name: [{concurrency, rounds: [{summary, cpu_ms, mean_batch}]}]}."""
+    contender alike): {name: [{concurrency, rounds: [{summary, failures, cpu_ms,
+    mean_batch}]}]}."""
     found = {
         c.name: [{"concurrency": n, "rounds": []} for n in args.concurrency_levels]
         for c in contenders
@@ -155,7 +156,11 @@ def rounds(contenders, args):
                         f"  round {number}, {contender.name}, c={row['concurrency']}: "
                         f"{measured['summary']['throughput']:.1f} req/s, "
                         f"p99 {measured['summary']['p99_ms']:.0f} ms, "
-                        f"server CPU {bench_report.server_ms(measured):.2f} ms/req",
+                        f"server CPU {bench_report.server_ms(measured):.2f} ms/req"
+                        + "".join(
+                            f", {failure['count']} × {status}"
+                            for status, failure in measured["failures"].items()
+                        ),
                         flush=True,
                     )
     finally:
