@@ -16,6 +16,7 @@ BIN = Path(sys.executable).parent
 SYSTEMCTL = BIN / "systemctl3"
 STEPS = ("packages", "code", "current", "settings", "redis", "workers", "apache", "releases")
 WHEELHOUSE = "/var/cache/beagle-test-wheels"  # downloaded once, kept between runs
+JOURNAL = Path("/var/log/journal")  # what units on this machine print, under systemctl3
 
 
 class SSHHost:
@@ -103,8 +104,17 @@ def fab(source, config, *args, timeout=900):
         text=True,
         timeout=timeout,
     )
-    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:] + units_printed()
     return done.stdout
+
+
+def units_printed(lines=10):
+    """The last lines each unit on this machine printed: a unit that failed to start says
+    why only there (Apache's failed bind, say), not in the deploy's output."""
+    return "".join(
+        f"\n--- {log}:\n" + "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
+        for log in sorted(JOURNAL.glob("*.log"))
+    )
 
 
 def fab_refused(source, config, *args, timeout=120):
