@@ -98,7 +98,7 @@ def connect(
     """A client of Redis at ``url``, or of the master the ``sentinels`` name, that fails
     fast when Redis is down, with a pool of up to ``max_connections`` (None: redis-py's
     default, 100)."""
-    fail_fast: dict[str, Any] = {
+    options: dict[str, Any] = {
         "max_connections": max_connections,
         "socket_connect_timeout": CONNECT_TIMEOUT_S,
         "socket_timeout": socket_timeout,
@@ -108,8 +108,8 @@ def connect(
         "command_packer": PACKER,
     }
     if not sentinels:
-        return redis.Redis.from_url(url, **fail_fast)
-    return sentinel_for(url, sentinels).master_for(master, **fail_fast)
+        return redis.Redis.from_url(url, **options)
+    return sentinel_for(url, sentinels).master_for(master, **options)
 
 
 class NewestSentinel(Sentinel):

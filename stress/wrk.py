@@ -42,7 +42,9 @@ function setup(thread) table.insert(threads, thread) end
 share = tonumber(os.getenv("BENCH_SHARE"))
 min_seconds = tonumber(os.getenv("BENCH_MIN_SECONDS"))
 answered, failed, started, finished = 0, 0, 0, 0
-failures, failure_bodies = {}, {}  -- by status: how many, and the first one's body
+-- By status: how many, and the first one's body (flat tables: wrk's thread:get copies
+-- only those).
+failures, failure_bodies = {}, {}
 function init(args) started = now() end
 
 -- wrk runs for its whole -d even after every thread stopped, so the last thread to
@@ -71,9 +73,10 @@ function done(summary, latency, requests)
   local by_status, bodies = {}, {}
   for _, thread in ipairs(threads) do
     failed_total = failed_total + thread:get("failed")
+    local its_bodies = thread:get("failure_bodies")
     for status, count in pairs(thread:get("failures")) do
       by_status[status] = (by_status[status] or 0) + count
-      bodies[status] = bodies[status] or thread:get("failure_bodies")[status]
+      bodies[status] = bodies[status] or its_bodies[status]
     end
     first = math.min(first, thread:get("started"))
     last = math.max(last, thread:get("finished"))

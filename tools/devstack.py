@@ -39,7 +39,7 @@ def free_port():
     that range may be taken by any outgoing connection before the server binds it. Each
     process hands out its ports in turn from a point of its own, and each once, so two
     processes choosing at the same time seldom meet."""
-    ephemeral = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    ephemeral = ephemeral_ports_start()
     first = min(10_000, ephemeral // 2)  # above the ports services usually take
     span, pid = ephemeral - first, os.getpid()
     place = _PORT_TURNS.setdefault(pid, pid * 7919 % span)
@@ -56,6 +56,11 @@ def free_port():
 
 
 _PORT_TURNS: dict[int, int] = {}  # PID -> where its next port is looked for (forks differ)
+
+
+def ephemeral_ports_start():
+    """The first port the kernel hands to outgoing connections."""
+    return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
 
 
 class Stopped(Exception):

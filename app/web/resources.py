@@ -29,7 +29,7 @@ def init_app(app: Flask) -> None:
             f"{-(-largest_decode(settings.max_image_pixels) >> 20)} MB"
         )
     # A connection for each thread (a request waits for its answers on one of its own) and
-    # the metrics flusher's: redis-py's default pool of 100 refused the excess at c=128.
+    # the metrics flusher's: redis-py's default pool is smaller than a process's threads.
     client = redis_client(
         settings,
         socket_timeout=settings.request_timeout + 2,
