@@ -12,6 +12,11 @@ import requests
 from helpers import daemon_pids, predict, sample, wait_queued
 from PIL import Image
 
+from app.queue import Shed
+from app.web import create_app
+from app.web.dispatch import SLOT_WAIT_S, in_flight_slot
+from app.web.resources import beagle
+
 
 def error_of(response, status):
     assert response.status_code == status, response.text
@@ -170,6 +175,25 @@ def test_every_in_flight_slot_of_a_web_process_gets_a_redis_connection(start_sta
             thread.join()
     failed = [f"{r.status_code} {r.text}" for r in answers if r.status_code != 200]
     assert len(answers) == waiting and failed == [], failed[:3]
+
+
+def test_a_request_waits_briefly_for_an_in_flight_slot_before_it_is_refused():
+    """mod_wsgi hands each request to whichever daemon process accepts it first, so one
+    process may fill its slots while another has room (the bench's c=128 saw a few 503
+    `busy`): a request waits a moment for a slot to free before it is refused. In one
+    process, without Apache, so that the test decides when the slot frees."""
+    app = create_app({"web_threads": 4, "redis_url": "redis://127.0.0.1:1/0"})  # 2 slots
+    with app.app_context():
+        slots = beagle().slots
+        assert slots.acquire(blocking=False) and slots.acquire(blocking=False)
+        threading.Timer(0.01, slots.release).start()
+        with in_flight_slot():  # the slot freed meanwhile
+            began = time.monotonic()
+            with pytest.raises(Shed) as refused, in_flight_slot():
+                pass  # none frees: refused after the wait
+            waited = time.monotonic() - began
+    print(f"\nevery slot taken: refused after {waited * 1000:.0f} ms")
+    assert refused.value.reason == "busy" and SLOT_WAIT_S <= waited < SLOT_WAIT_S + 0.2
 
 
 def test_deadline_504_and_full_queue_503(start_stack, client):

@@ -32,6 +32,7 @@ PROBABILITIES = "probabilities"
 REDIS_DROPPED = (redis.ConnectionError, redis.TimeoutError)
 FAILOVER_BACKOFF_S = 0.5  # longest pause between attempts while the Sentinels fail over
 WATCH_S = 1.0  # how often a wait looks whether its process has since heard of a new master
+SLOT_WAIT_S = 0.1  # longest wait for an in-flight slot to free before a request is refused
 
 
 class MasterMoved(Exception):
@@ -222,9 +223,11 @@ def failed_over(step: Callable[[], None]) -> None:
 def in_flight_slot() -> Iterator[None]:
     """Hold one of this process's in-flight slots. They are fewer than its threads, so a
     thread is always free to refuse the next request quickly instead of leaving it
-    queued inside Apache."""
+    queued inside Apache. A request waits up to SLOT_WAIT_S for one: Apache's requests
+    spread unevenly over the daemon processes, and one may be full while another has
+    room; in one that serves, a slot frees within that."""
     slots = beagle().slots
-    if not slots.acquire(blocking=False):
+    if not slots.acquire(timeout=SLOT_WAIT_S):
         raise Shed("busy", "this web process is at its limit of requests in flight")
     try:
         yield
