@@ -191,7 +191,8 @@ class Queue:
         no limit). With ``remaining``, the wait for the first answer (`wait_results`'s
         first pop, into ``answers``) goes in the same round trip."""
         stream = self.keys.stream(model, version)
-        waits = remaining is not None and remaining() >= MIN_WAIT_S
+        left = 0.0 if remaining is None else remaining()  # read once: 0 would mean forever
+        waits = left >= MIN_WAIT_S
         admit_keys = [stream, self.keys.refused(requests[0].request_id)] if waits else [stream]
         # MULTI and EXEC by hand: a transaction of redis-py's would wrap the BLPOP too, and
         # a blocking command inside MULTI does not block.
@@ -207,8 +208,8 @@ class Queue:
         )
         pipe.execute_command("EXEC")
         results = {self.keys.result(r.request_id): r.request_id for r in requests}
-        if waits and remaining is not None:
-            pipe.blpop([*results, *admit_keys[1:]], timeout=remaining())
+        if waits:
+            pipe.blpop([*results, *admit_keys[1:]], timeout=left)
         replies = pipe.execute()
         verdict, detail = replies[len(requests) + 2][-1]  # EXEC's: the script's
         if verdict == b"full":
