@@ -14,8 +14,7 @@ before there were two did. An answer is JSON: {"ok": true, "model", "version",
 Web:       `submit` adds a request's entries, one per image, in one MULTI, all
            or none: none when the stream would hold more than max_queue entries or the
            oldest entry no worker has taken has waited max_wait; `wait_results` blocks
-           on the answers' lists. `submit` may start that wait in its own round trip:
-           a refusal then also goes to the request's refusal list, which ends the wait.
+           on the answers' lists.
 Worker:    `read_new`, `reclaim_own` (what it held before a restart), `claim_stale` (what
            dead workers held), `hold` (keeps its claim on a long batch fresh), `reply`.
 Operators: `backlog`, `oldest_waiting`, `flush`.
@@ -59,10 +58,9 @@ end
 """
 # Run in one MULTI right after the request's XADDs, so that the pixels never pass through
 # Lua: copying them into a script costs Redis far more than a plain XADD.
-# KEYS[1] stream, KEYS[2] (if given) the refusal list a wait blocks on beside the answers';
-# ARGV: max_queue, max_wait_ms (-1: no limit), group, entries just added. Refused: the
-# entries just added (the newest, as nothing runs between them and this) are deleted, and
-# the verdict is pushed to the refusal list, which ends that wait at once.
+# KEYS[1] stream; ARGV: max_queue, max_wait_ms (-1: no limit), group, entries just added.
+# Refused: the entries just added (the newest, as nothing runs between them and this) are
+# deleted.
 ADMIT_SCRIPT = (
     OLDEST_WAITING
     + """
@@ -80,16 +78,11 @@ if verdict ~= 'ok' then
   for _, entry in ipairs(redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', count)) do
     redis.call('XDEL', KEYS[1], entry[1])
   end
-  if KEYS[2] then
-    redis.call('LPUSH', KEYS[2], verdict)
-    redis.call('EXPIRE', KEYS[2], 60)
-  end
 end
 return {verdict, detail}
 """
 )
 WAITED_SCRIPT = OLDEST_WAITING + "return oldest_waiting(KEYS[1], ARGV[1], 0)"
-MIN_WAIT_S = 0.001  # a shorter BLPOP timeout Redis rounds down to 0, which means "forever"
 
 
 class Shed(Exception):
@@ -183,44 +176,25 @@ class Queue:
         requests: list[Request],
         max_queue: int,
         max_wait_s: float | None,
-        remaining: Callable[[], float] | None = None,
-        answers: dict[str, Any] | None = None,
     ) -> None:
         """Queue ``requests``, all or none; refused, none is queued and `Shed` says why:
         "full" (max_queue entries) or "slow" (the oldest waiting waited max_wait_s; None:
-        no limit). With ``remaining``, the wait for the first answer (`wait_results`'s
-        first pop, into ``answers``) goes in the same round trip."""
+        no limit)."""
         stream = self.keys.stream(model, version)
-        left = 0.0 if remaining is None else remaining()  # read once: 0 would mean forever
-        waits = left >= MIN_WAIT_S
-        admit_keys = [stream, self.keys.refused(requests[0].request_id)] if waits else [stream]
-        # MULTI and EXEC by hand: a transaction of redis-py's would wrap the BLPOP too, and
-        # a blocking command inside MULTI does not block.
         # EVAL, not EVALSHA: a script missing after a Redis restart would fail inside EXEC,
         # after the XADDs; Redis finds the compiled script by the body's hash anyway.
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.execute_command("MULTI")
+        pipe = self.redis.pipeline(transaction=True)
         for request in requests:
             pipe.xadd(stream, request.fields())
         max_wait_ms = -1 if max_wait_s is None else int(max_wait_s * 1000)
-        pipe.eval(
-            ADMIT_SCRIPT, len(admit_keys), *admit_keys, max_queue, max_wait_ms, GROUP, len(requests)
-        )
-        pipe.execute_command("EXEC")
-        results = {self.keys.result(r.request_id): r.request_id for r in requests}
-        if waits:
-            pipe.blpop([*results, *admit_keys[1:]], timeout=left)
-        replies = pipe.execute()
-        verdict, detail = replies[len(requests) + 2][-1]  # EXEC's: the script's
+        pipe.eval(ADMIT_SCRIPT, 1, stream, max_queue, max_wait_ms, GROUP, len(requests))
+        verdict, detail = pipe.execute()[-1]
         if verdict == b"full":
             raise Shed("full", f"model {model!r} has {detail} requests waiting")
         if verdict == b"slow":
             raise Shed(
                 "slow", f"model {model!r}'s oldest waiting request has waited {detail / 1000:.1f}s"
             )
-        if waits and replies[-1] is not None and answers is not None:
-            key, answer = replies[-1]
-            answers[results[key.decode()]] = json.loads(answer)
 
     def wait_results(
         self,
@@ -233,7 +207,8 @@ class Queue:
         holds those that came already, and gets those that come, even if the wait breaks."""
         keys = {self.keys.result(request_id): request_id for request_id in request_ids}
         answers = {} if answers is None else answers
-        while len(answers) < len(keys) and (left := remaining()) >= MIN_WAIT_S:
+        # Below 1 ms, Redis would round the timeout down to 0, which means "forever".
+        while len(answers) < len(keys) and (left := remaining()) >= 0.001:
             waiting = [key for key, request_id in keys.items() if request_id not in answers]
             popped: Any = self.redis.blpop(waiting, timeout=left)
             if popped is None:

@@ -1,6 +1,5 @@
 """The Redis queue protocol, against a real redis-server."""
 
-import threading
 import time
 import uuid
 
@@ -53,38 +52,6 @@ def test_a_request_of_several_images_is_queued_whole_or_not_at_all(queue):
     assert queue.backlog("m") == 2  # not 3: nothing half-queued
     put(queue, request(), max_queue=3)
     assert queue.backlog("m") == 3
-
-
-def test_a_refused_submit_that_waits_for_its_answer_is_refused_at_once(queue):
-    put(queue, max_queue=1)
-    sent = request()
-    started = time.monotonic()
-    with pytest.raises(Shed, match="has 1 requests waiting"):
-        queue.submit("m", None, [sent], 1, 60, remaining=lambda: 5.0, answers={})
-    assert time.monotonic() - started < 1.0  # not the wait's 5 s
-    assert queue.backlog("m") == 1
-    assert not queue.redis.exists(queue.keys.refused(sent.request_id))  # the wait popped it
-
-
-def test_a_submit_that_waits_brings_back_the_first_answer(queue):
-    """The wait's first pop rides with the submit; the rest come from wait_results."""
-    sent = [request(), request()]
-    answers = {}
-    taken = []
-
-    def answer_in_a_while():
-        (entry, *rest) = take(queue, count=2, block_ms=2000)
-        taken.extend([entry, *rest])
-        reply(queue, [(entry, {"ok": True, "n": 0})], [])
-
-    worker = threading.Thread(target=answer_in_a_while)
-    worker.start()
-    queue.submit("m", None, sent, 10, 60, remaining=lambda: 5.0, answers=answers)
-    worker.join()
-    assert answers == {sent[0].request_id: {"ok": True, "n": 0}}
-    reply(queue, [(taken[1], {"ok": True, "n": 1})], [])
-    waited = queue.wait_results([r.request_id for r in sent], lambda: 1.0, answers)
-    assert waited == [{"ok": True, "n": 0}, {"ok": True, "n": 1}]
 
 
 def test_submit_refuses_when_the_oldest_undelivered_request_waited_too_long(queue):
