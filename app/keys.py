@@ -6,6 +6,8 @@
                           Entries are deleted once answered: a stream's length is its
                           backlog
 <p>:result:<id>           list holding the one answer for a request; expires (result_ttl)
+<p>:refused:<id>          list holding a refused request's verdict, which ends its wait;
+                          popped at once (expires after a minute if not)
 <p>:models                set of the models workers have announced
 <p>:model:<model>         hash: each worker's announcement (versions, input shapes)
 <p>:live:<model>          sorted set of worker ids serving the model, scored by last heartbeat
@@ -33,6 +35,9 @@ class Keys:
 
     def result(self, request_id: str) -> str:
         return f"{self.prefix}:result:{request_id}"
+
+    def refused(self, request_id: str) -> str:
+        return f"{self.prefix}:refused:{request_id}"
 
     def models(self) -> str:
         return f"{self.prefix}:models"

@@ -14,7 +14,8 @@ before there were two did. An answer is JSON: {"ok": true, "model", "version",
 Web:       `submit` adds a request's entries, one per image, in one MULTI, all
            or none: none when the stream would hold more than max_queue entries or the
            oldest entry no worker has taken has waited max_wait; `wait_results` blocks
-           on the answers' lists.
+           on the answers' lists. `submit` may start that wait in its own round trip:
+           a refusal then also goes to the request's refusal list, which ends the wait.
 Worker:    `read_new`, `reclaim_own` (what it held before a restart), `claim_stale` (what
            dead workers held), `hold` (keeps its claim on a long batch fresh), `reply`.
 Operators: `backlog`, `oldest_waiting`, `flush`.
@@ -23,6 +24,7 @@ Operators: `backlog`, `oldest_waiting`, `flush`.
 import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from itertools import chain
 from typing import Any, NamedTuple
 
 import redis
@@ -31,58 +33,10 @@ from redis.typing import EncodableT, FieldT
 
 from app.imaging import Jpeg
 from app.keys import GROUP, Keys
+from app.queue_scripts import ADMIT_SCRIPT, WAITED_SCRIPT
+from app.redis_connection import exec_then_pop
 
-# Milliseconds the oldest entry no consumer of the group has taken has waited (0 if none),
-# on Redis's clock and from entry ids, not counting the newest ``mine`` (the entries being
-# admitted). The group's lag (Redis 7) says when none waits without reading one, so the
-# oldest entry (whose pixels XRANGE would copy into Lua) is read only when one does.
-OLDEST_WAITING = """
-local function oldest_waiting(stream, group, mine)
-  local after = '-'
-  local ok, groups = pcall(redis.call, 'XINFO', 'GROUPS', stream)
-  if ok then
-    for _, info in ipairs(groups) do
-      local fields = {}
-      for i = 1, #info, 2 do fields[info[i]] = info[i + 1] end
-      if fields['name'] == group then
-        if fields['lag'] == mine then return 0 end
-        after = '(' .. fields['last-delivered-id']
-      end
-    end
-  end
-  local head = redis.call('XRANGE', stream, after, '+', 'COUNT', 1)
-  if #head == 0 then return 0 end
-  local now = redis.call('TIME')
-  return now[1] * 1000 + math.floor(now[2] / 1000) - tonumber(string.match(head[1][1], '^(%d+)'))
-end
-"""
-# Run in one MULTI right after the request's XADDs, so that the pixels never pass through
-# Lua: copying them into a script costs Redis far more than a plain XADD.
-# KEYS[1] stream; ARGV: max_queue, max_wait_ms (-1: no limit), group, entries just added.
-# Refused: the entries just added (the newest, as nothing runs between them and this) are
-# deleted.
-ADMIT_SCRIPT = (
-    OLDEST_WAITING
-    + """
-local count = tonumber(ARGV[4])
-local length = redis.call('XLEN', KEYS[1]) - count
-local max_wait = tonumber(ARGV[2])
-local verdict, detail = 'ok', count
-if length + count > tonumber(ARGV[1]) then
-  verdict, detail = 'full', length
-elseif length > 0 and max_wait >= 0 then
-  local waited = oldest_waiting(KEYS[1], ARGV[3], count)
-  if waited >= max_wait then verdict, detail = 'slow', waited end
-end
-if verdict ~= 'ok' then
-  for _, entry in ipairs(redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', count)) do
-    redis.call('XDEL', KEYS[1], entry[1])
-  end
-end
-return {verdict, detail}
-"""
-)
-WAITED_SCRIPT = OLDEST_WAITING + "return oldest_waiting(KEYS[1], ARGV[1], 0)"
+MIN_WAIT_S = 0.001  # a shorter BLPOP timeout Redis rounds down to 0, which means "forever"
 
 
 class Shed(Exception):
@@ -176,25 +130,38 @@ class Queue:
         requests: list[Request],
         max_queue: int,
         max_wait_s: float | None,
-    ) -> None:
+        wait_s: float = 0.0,
+    ) -> dict[str, Any]:
         """Queue ``requests``, all or none; refused, none is queued and `Shed` says why:
         "full" (max_queue entries) or "slow" (the oldest waiting waited max_wait_s; None:
-        no limit)."""
+        no limit). With ``wait_s``, the wait for the first answer (`wait_results`'s first
+        pop, up to that long) goes in the same round trip; returns what came, {id: answer}."""
         stream = self.keys.stream(model, version)
+        refusal = self.keys.refused(requests[0].request_id)
+        waits = wait_s >= MIN_WAIT_S
+        admit_keys = [stream, refusal] if waits else [stream]
+        max_wait_ms = -1 if max_wait_s is None else int(max_wait_s * 1000)
         # EVAL, not EVALSHA: a script missing after a Redis restart would fail inside EXEC,
         # after the XADDs; Redis finds the compiled script by the body's hash anyway.
-        pipe = self.redis.pipeline(transaction=True)
-        for request in requests:
-            pipe.xadd(stream, request.fields())
-        max_wait_ms = -1 if max_wait_s is None else int(max_wait_s * 1000)
-        pipe.eval(ADMIT_SCRIPT, 1, stream, max_queue, max_wait_ms, GROUP, len(requests))
-        verdict, detail = pipe.execute()[-1]
+        script = (ADMIT_SCRIPT, len(admit_keys), *admit_keys, max_queue, max_wait_ms, GROUP)
+        admit = [
+            *(("XADD", stream, "*", *chain(*r.fields().items())) for r in requests),
+            ("EVAL", *script, len(requests)),
+        ]
+        results = {self.keys.result(r.request_id): r.request_id for r in requests}
+        executed, popped = exec_then_pop(
+            self.redis, admit, [*results, refusal] if waits else [], wait_s
+        )
+        verdict, detail = executed[-1]  # the script's
         if verdict == b"full":
             raise Shed("full", f"model {model!r} has {detail} requests waiting")
         if verdict == b"slow":
             raise Shed(
                 "slow", f"model {model!r}'s oldest waiting request has waited {detail / 1000:.1f}s"
             )
+        if popped is None or popped[0].decode() not in results:  # a stray refusal: ignored
+            return {}
+        return {results[popped[0].decode()]: json.loads(popped[1])}
 
     def wait_results(
         self,
@@ -207,8 +174,7 @@ class Queue:
         holds those that came already, and gets those that come, even if the wait breaks."""
         keys = {self.keys.result(request_id): request_id for request_id in request_ids}
         answers = {} if answers is None else answers
-        # Below 1 ms, Redis would round the timeout down to 0, which means "forever".
-        while len(answers) < len(keys) and (left := remaining()) >= 0.001:
+        while len(answers) < len(keys) and (left := remaining()) >= MIN_WAIT_S:
             waiting = [key for key, request_id in keys.items() if request_id not in answers]
             popped: Any = self.redis.blpop(waiting, timeout=left)
             if popped is None:

@@ -195,3 +195,52 @@ def server_version(client: redis.Redis) -> str:
     """The version of the Redis ``client`` reaches (over RESP2, Beagle's clients' protocol,
     which every Redis speaks: redis-py's RESP3 handshake fails before Redis 6)."""
     return client.info("server")["redis_version"]
+
+
+def exec_then_pop(
+    client: redis.Redis, transaction: list[tuple], keys: list[str], timeout: float
+) -> tuple[list[Any], Any]:
+    """Send MULTI, ``transaction``, EXEC and (with ``keys``) a BLPOP of them for up to
+    ``timeout`` seconds, in one write; return EXEC's replies and the pop's (None: nothing
+    came, or Redis refused the pop, which the caller's next wait will meet). An error in
+    the transaction raises at once. Nothing is sent twice: after EXEC ran, a retry would
+    apply it again. By hand, as redis-py's transaction would take the BLPOP inside MULTI,
+    where it does not block. A connection that fails midway is dropped, which also ends
+    its BLPOP on the server."""
+    pool = client.connection_pool
+    connection = pool.get_connection()
+    try:
+        pop = [("BLPOP", *keys, timeout)] if keys else []
+        connection.send_packed_command(
+            connection.pack_commands([("MULTI",), *transaction, ("EXEC",), *pop])
+        )
+        executed = _exec_replies(connection, len(transaction))
+        try:
+            return executed, connection.read_response() if pop else None
+        except redis.ResponseError:  # a whole reply: the connection is sound
+            return executed, None
+    except BaseException:
+        connection.disconnect()
+        raise
+    finally:
+        pool.release(connection)
+
+
+def _exec_replies(connection: Any, queued: int) -> list[Any]:
+    """EXEC's replies, read after MULTI's and the ``queued`` commands' acknowledgements.
+    Raises the first error: a command refused as it was queued (out of memory, denied),
+    which aborts the EXEC, or one that failed inside it."""
+    refused = []
+    for _ in range(queued + 1):
+        try:
+            connection.read_response()
+        except redis.ResponseError as exc:
+            refused.append(exc)
+    try:
+        executed = connection.read_response()
+    except redis.ResponseError as aborted:  # EXECABORT
+        raise (refused[0] if refused else aborted) from None
+    failed = [reply for reply in executed if isinstance(reply, Exception)]
+    if failed:
+        raise failed[0]
+    return executed

@@ -2,9 +2,10 @@
 role uses. The default user is off.
 
     web       the web tier: queues requests (XADD; the admission script may take them back
-              with XDEL), reads the registry, waits for its answers (BLPOP pops them),
-              adds its metrics. It cannot list or delete keys, write an answer, read or
-              write another application's keys, or flush scripts or functions.
+              with XDEL and push the refusal to the request's refusal list), reads the
+              registry, waits for its answers (BLPOP pops them), adds its metrics. It
+              cannot list or delete keys, write an answer, read or write another
+              application's keys, or flush scripts or functions.
     worker    the workers: read, claim, acknowledge and delete requests, push answers,
               announce themselves in the registry, add their metrics. It cannot queue a
               request (no XADD).
@@ -40,6 +41,7 @@ def _patterns(access: str, *keys: str) -> str:
 def rules(role: str, keys: Keys) -> list[tuple[str, str]]:
     """[(commands, key patterns)] of ``role``: the root set first, then its selectors."""
     streams, results, metrics = keys.stream("*"), keys.result("*"), keys.metrics("*")
+    refused = keys.refused("*")
     registry = (keys.models(), keys.model("*"), keys.live("*"), keys.workers())
     status = keys.worker("*")
     scripts = "+eval +evalsha +script|load"
@@ -47,11 +49,12 @@ def rules(role: str, keys: Keys) -> list[tuple[str, str]]:
         return [
             (CONNECTION, ""),
             (
-                "+multi +exec +discard +xadd +xdel +xlen +xrange +xrevrange +xinfo|groups "
-                f"+time {scripts}",
+                "+multi +exec +discard +xadd +xdel +xlen +xrange +xrevrange +xinfo|groups +time",
                 _patterns("", streams),
             ),
-            ("+blpop", _patterns("", results)),
+            (scripts, _patterns("", streams, refused)),
+            ("+lpush +expire", _patterns("", refused)),
+            ("+blpop", _patterns("", results, refused)),
             (
                 "+smembers +hgetall +zrange +zrangebyscore +mget",
                 _patterns("%R", *registry, status),

@@ -1,13 +1,16 @@
 """The Redis queue protocol, against a real redis-server."""
 
+import threading
 import time
 import uuid
 
 import pytest
-from helpers import wait_result
+import redis
+from helpers import public_tempdir, wait_result
 
 from app.keys import GROUP, Keys
 from app.queue import Outgoing, Queue, Request, Shed
+from tools.devstack import RedisServer
 
 
 @pytest.fixture
@@ -52,6 +55,104 @@ def test_a_request_of_several_images_is_queued_whole_or_not_at_all(queue):
     assert queue.backlog("m") == 2  # not 3: nothing half-queued
     put(queue, request(), max_queue=3)
     assert queue.backlog("m") == 3
+
+
+def test_a_refused_submit_that_waits_for_its_answer_is_refused_at_once(queue):
+    put(queue, max_queue=1)
+    sent = request()
+    started = time.monotonic()
+    with pytest.raises(Shed, match="has 1 requests waiting"):
+        queue.submit("m", None, [sent], 1, 60, wait_s=5.0)
+    assert time.monotonic() - started < 1.0  # not the wait's 5 s
+    assert queue.backlog("m") == 1
+    assert not queue.redis.exists(queue.keys.refused(sent.request_id))  # the wait popped it
+
+
+def test_a_submit_that_waits_brings_back_the_first_answer(queue):
+    """The wait's first pop rides with the submit; the rest come from wait_results."""
+    sent = [request(), request()]
+    taken = []
+
+    def answer_in_a_while():
+        (entry, *rest) = take(queue, count=2, block_ms=2000)
+        taken.extend([entry, *rest])
+        reply(queue, [(entry, {"ok": True, "n": 0})], [])
+
+    worker = threading.Thread(target=answer_in_a_while)
+    worker.start()
+    answers = queue.submit("m", None, sent, 10, 60, wait_s=5.0)
+    worker.join()
+    assert answers == {sent[0].request_id: {"ok": True, "n": 0}}
+    reply(queue, [(taken[1], {"ok": True, "n": 1})], [])
+    waited = queue.wait_results([r.request_id for r in sent], lambda: 1.0, answers)
+    assert waited == [{"ok": True, "n": 0}, {"ok": True, "n": 1}]
+
+
+def test_a_waiting_submit_redis_fails_inside_exec_raises_at_once(queue):
+    """An error inside the transaction (here the stream is a string) ends the submit at
+    once, with Redis's error: the wait after it would otherwise run to its timeout."""
+    queue.redis.set(queue.keys.stream("w"), "not a stream")
+    started = time.monotonic()
+    with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
+        queue.submit("w", None, [request()], 10, 60, wait_s=5.0)
+    assert time.monotonic() - started < 1.0  # not the wait's 5 s
+    queue.redis.delete(queue.keys.stream("w"))
+
+
+def test_a_waiting_submit_redis_refuses_to_queue_raises_at_once():
+    """Out of memory, Redis refuses the XADDs as they are queued and aborts the
+    transaction: the submit raises its error at once, where the wait would run on."""
+    server = RedisServer(public_tempdir("beagle-redis-"), maxmemory="4mb").start()
+    try:
+        client = redis.Redis.from_url(server.url_for("web"), socket_timeout=30)
+        queue = Queue(client, Keys("beagle"))
+        with pytest.raises(redis.ResponseError, match="maxmemory"):
+            for _ in range(100):
+                client.xadd(queue.keys.stream("m"), {"pixels": b"x" * 100_000})
+        started = time.monotonic()
+        with pytest.raises(redis.ResponseError, match="maxmemory"):
+            queue.submit("m", None, [request()], 1000, 60, wait_s=5.0)
+        assert time.monotonic() - started < 1.0
+    finally:
+        server.stop()
+
+
+def test_a_waiting_submit_whose_pop_alone_fails_leaves_the_request_queued(queue):
+    """Queued is queued: an error in the pop (or a stray refusal) is not the admission's;
+    the submit returns no answer at once, and the wait after it meets the error."""
+    stray, wrong = request(), request()
+    queue.redis.lpush(queue.keys.refused(stray.request_id), "full")
+    queue.redis.set(queue.keys.result(wrong.request_id), "not a list")
+    started = time.monotonic()
+    assert queue.submit("m", None, [stray], 10, 60, wait_s=5.0) == {}
+    assert queue.submit("m", None, [wrong], 10, 60, wait_s=5.0) == {}
+    assert time.monotonic() - started < 1.0 and queue.backlog("m") == 2
+    with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
+        queue.wait_results([wrong.request_id], lambda: 1.0)
+    queue.redis.delete(queue.keys.result(wrong.request_id))
+
+
+def test_a_waiting_submit_whose_connection_drops_is_not_sent_again(queue):
+    """Once sent, the requests may be queued: a dropped connection is an error, never a
+    second send (redis-py's retry would queue them twice and wait again)."""
+    outcome = []
+
+    def submit():
+        try:
+            queue.submit("m", None, [request()], 10, 60, wait_s=5.0)
+        except redis.ConnectionError as exc:
+            outcome.append(exc)
+
+    waiter = threading.Thread(target=submit)
+    started = time.monotonic()
+    waiter.start()
+    blocked = []
+    while not blocked and time.monotonic() - started < 3:
+        blocked = [c for c in queue.redis.client_list() if c["cmd"] == "blpop"]
+    queue.redis.client_kill_filter(_id=blocked[0]["id"])
+    waiter.join(timeout=10)
+    assert len(outcome) == 1 and time.monotonic() - started < 2.0
+    assert queue.backlog("m") == 1  # queued once
 
 
 def test_submit_refuses_when_the_oldest_undelivered_request_waited_too_long(queue):

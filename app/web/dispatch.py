@@ -141,12 +141,18 @@ def submit_and_wait(target: Target, images: list[bytes], top_k: int) -> list[dic
     def remaining() -> float:
         return deadline - time.time()
 
-    def submit() -> None:
-        """Queue the requests still unanswered, with the time left."""
+    def submit(wait: bool = False) -> None:
+        """Queue the requests still unanswered, with the time left; with ``wait``, start
+        waiting for their answers in the same round trip."""
         left_ms = int(remaining() * 1000)
         pending = [replace(r, timeout_ms=left_ms) for r in requests if r.request_id not in answers]
         if pending and left_ms > 0:
-            queue.submit(target.model, target.version, pending, settings.max_queue, max_wait)
+            wait_s = remaining() if wait else 0.0
+            answers.update(
+                queue.submit(
+                    target.model, target.version, pending, settings.max_queue, max_wait, wait_s
+                )
+            )
 
     def wait() -> None:
         queue.wait_results([r.request_id for r in requests], remaining, answers)
@@ -168,8 +174,8 @@ def submit_and_wait(target: Target, images: list[bytes], top_k: int) -> list[dic
             master = now  # None before this process's first connection
 
     if not settings.redis_sentinels:
-        submit()  # one Redis: down is a 503 now (redis_error)
-        wait()
+        submit(wait=True)  # one Redis: down is a 503 now (redis_error)
+        wait()  # the answers the first pop did not bring
     else:
         master = master_address(queue.redis)
         failed_over(submit)
