@@ -10,12 +10,14 @@ the master is (provisioning/redis_users.py).
 
 Clients fail fast: a second to connect, so a request gets a 503 at once rather than waiting
 out an outage; with one Redis, one immediate retry (a pooled connection may be stale after
-Redis restarted). With Sentinel, every new connection asks the Sentinels where the master
-is (all of them: the newest configuration wins, as one that has not yet heard of a
-switchover still names the demoted master), and a connection to a master since demoted (it
-answers READONLY) is dropped; no command is retried behind the caller's back, so the web
-tier knows when a wait broke and queues its request again on the new master
-(app/web/dispatch.py).
+Redis restarted), except for a submit (`exec_then_pop`), which is never sent twice: the pool
+itself replaces a connection Redis closed, so only one whose peer vanished without closing it
+(a host gone) costs that request a 503. With Sentinel, every new connection asks the
+Sentinels where the master is (all of them: the newest configuration wins, as one that has
+not yet heard of a switchover still names the demoted master), and a connection to a
+master since demoted (it answers READONLY) is dropped; no command is retried behind the
+caller's back, so the web tier knows when a wait broke and queues its request again on the
+new master (app/web/dispatch.py).
 """
 
 import time
@@ -202,7 +204,7 @@ def exec_then_pop(
 ) -> tuple[list[Any], Any]:
     """Send MULTI, ``transaction``, EXEC and (with ``keys``) a BLPOP of them for up to
     ``timeout`` seconds, in one write; return EXEC's replies and the pop's (None: nothing
-    came, or Redis refused the pop, which the caller's next wait will meet). An error in
+    came, or Redis refused the pop, which the caller's next wait may meet). An error in
     the transaction raises at once. Nothing is sent twice: after EXEC ran, a retry would
     apply it again. By hand, as redis-py's transaction would take the BLPOP inside MULTI,
     where it does not block. A connection that fails midway is dropped, which also ends
@@ -219,6 +221,10 @@ def exec_then_pop(
             return executed, connection.read_response() if pop else None
         except redis.ResponseError:  # a whole reply: the connection is sound
             return executed, None
+    except redis.ResponseError:
+        if pop:
+            connection.disconnect()  # which ends the BLPOP sent after the failed transaction
+        raise
     except BaseException:
         connection.disconnect()
         raise
