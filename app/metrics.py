@@ -223,12 +223,13 @@ def model_figures(client: redis.Redis, keys: Keys, model: str) -> dict[str, Any]
         name, labels = _parse(field.decode())  # type: ignore[union-attr]
         if name == "requests" and labels.get("model") == model:
             figures["requests"][labels.get("code", "")] += int(value)
-    figures["last_inference"] = last_inferences(client, keys).get(model, 0.0)
     for field, value in client.hgetall(keys.metrics("histograms")).items():
         series, _, part = field.decode().rpartition("|")  # type: ignore[union-attr]
         name, labels = _parse(series)
         if name in HISTOGRAMS and labels.get("model") == model and part in ("count", "sum"):
             figures[name][part] = float(value) if part == "sum" else int(value)
+    # After the batches: a flush writes the time before them, and a worker notes it first.
+    figures["last_inference"] = last_inferences(client, keys).get(model, 0.0)
     return figures
 
 

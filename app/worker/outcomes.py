@@ -107,9 +107,11 @@ class Outcomes:
     def _observe(self, spec: Any, entries: list[Entry], took: float, redis_now: float) -> None:
         self.stats["batches"] += 1
         self.stats["requests"] += len(entries)
+        # The time first: the metrics thread may flush between these, and a reader that
+        # sees the batch counted (app/metrics.py `model_figures`) must see when it ran.
+        self.tally.note("last_inference", time.time(), model=spec.name)
         self.tally.observe("batch_size", len(entries), model=spec.name)
         self.tally.observe("inference_seconds", took, model=spec.name)
-        self.tally.note("last_inference", time.time(), model=spec.name)
         for entry in entries:
             waited = max(0.0, redis_now - took - entry.queued_ms / 1000)
             self.tally.observe("queue_wait_seconds", waited, model=spec.name)
