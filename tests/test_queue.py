@@ -132,14 +132,16 @@ def test_a_waiting_submit_whose_pop_alone_fails_leaves_the_request_queued(queue)
     queue.redis.delete(queue.keys.result(wrong.request_id))
 
 
-def test_a_waiting_submit_whose_connection_drops_is_not_sent_again(queue):
+def test_a_waiting_submit_whose_connection_drops_is_not_sent_again(queue, redis_server):
     """Once sent, the requests may be queued: a dropped connection is an error, never a
     second send (redis-py's retry would queue them twice and wait again)."""
+    name = f"drops-{uuid.uuid4().hex[:8]}"  # this test's connection among the server's
+    named = Queue(redis.Redis.from_url(redis_server.url, client_name=name), queue.keys)
     outcome = []
 
     def submit():
         try:
-            queue.submit("m", None, [request()], 10, 60, wait_s=5.0)
+            named.submit("m", None, [request()], 10, 60, wait_s=5.0)
         except redis.ConnectionError as exc:
             outcome.append(exc)
 
@@ -148,7 +150,8 @@ def test_a_waiting_submit_whose_connection_drops_is_not_sent_again(queue):
     waiter.start()
     blocked = []
     while not blocked and time.monotonic() - started < 3:
-        blocked = [c for c in queue.redis.client_list() if c["cmd"] == "blpop"]
+        clients = queue.redis.client_list()
+        blocked = [c for c in clients if c["name"] == name and c["cmd"] == "blpop"]
     queue.redis.client_kill_filter(_id=blocked[0]["id"])
     waiter.join(timeout=10)
     assert len(outcome) == 1 and time.monotonic() - started < 2.0
