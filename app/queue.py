@@ -39,6 +39,13 @@ from app.redis_connection import exec_then_pop
 MIN_WAIT_S = 0.001  # a shorter BLPOP timeout Redis rounds down to 0, which means "forever"
 
 
+def _answer(popped: Any, results: dict[str, str]) -> dict[str, Any]:
+    """{request id: answer} from a BLPOP's reply on answer lists (``results``: {list:
+    request id}); {} if nothing came or the list popped is not one of them."""
+    key = popped[0].decode() if popped else None
+    return {results[key]: json.loads(popped[1])} if key in results else {}
+
+
 class Shed(Exception):
     """A request refused before it was queued: the web answers 503 with Retry-After and
     counts ``reason`` (full, slow, busy, decoding, no_worker: beagle_shed_total's label);
@@ -138,8 +145,9 @@ class Queue:
         pop, up to that long) goes in the same round trip; returns what came, {id: answer}."""
         stream = self.keys.stream(model, version)
         refusal = self.keys.refused(requests[0].request_id)
-        waits = wait_s >= MIN_WAIT_S
-        admit_keys = [stream, refusal] if waits else [stream]
+        results = {self.keys.result(r.request_id): r.request_id for r in requests}
+        pop_keys = [*results, refusal] if wait_s >= MIN_WAIT_S else []
+        admit_keys = [stream, refusal] if pop_keys else [stream]
         max_wait_ms = -1 if max_wait_s is None else int(max_wait_s * 1000)
         # EVAL, not EVALSHA: a script missing after a Redis restart would fail inside EXEC,
         # after the XADDs; Redis finds the compiled script by the body's hash anyway.
@@ -148,10 +156,7 @@ class Queue:
             *(("XADD", stream, "*", *chain(*r.fields().items())) for r in requests),
             ("EVAL", *script, len(requests)),
         ]
-        results = {self.keys.result(r.request_id): r.request_id for r in requests}
-        executed, popped = exec_then_pop(
-            self.redis, admit, [*results, refusal] if waits else [], wait_s
-        )
+        executed, popped = exec_then_pop(self.redis, admit, pop_keys, wait_s)
         verdict, detail = executed[-1]  # the script's
         if verdict == b"full":
             raise Shed("full", f"model {model!r} has {detail} requests waiting")
@@ -159,9 +164,7 @@ class Queue:
             raise Shed(
                 "slow", f"model {model!r}'s oldest waiting request has waited {detail / 1000:.1f}s"
             )
-        if popped is None or popped[0].decode() not in results:  # a stray refusal: ignored
-            return {}
-        return {results[popped[0].decode()]: json.loads(popped[1])}
+        return _answer(popped, results)  # a stray refusal is not an answer: ignored
 
     def wait_results(
         self,
@@ -176,10 +179,10 @@ class Queue:
         answers = {} if answers is None else answers
         while len(answers) < len(keys) and (left := remaining()) >= MIN_WAIT_S:
             waiting = [key for key, request_id in keys.items() if request_id not in answers]
-            popped: Any = self.redis.blpop(waiting, timeout=left)
-            if popped is None:
+            came = _answer(self.redis.blpop(waiting, timeout=left), keys)
+            if not came:
                 break
-            answers[keys[popped[0].decode()]] = json.loads(popped[1])
+            answers.update(came)
         return [answers[request_id] for request_id in request_ids if request_id in answers]
 
     # -- operators and metrics --------------------------------------------------------

@@ -221,12 +221,11 @@ def exec_then_pop(
             return executed, connection.read_response() if pop else None
         except redis.ResponseError:  # a whole reply: the connection is sound
             return executed, None
-    except redis.ResponseError:
-        if pop:
-            connection.disconnect()  # which ends the BLPOP sent after the failed transaction
-        raise
-    except BaseException:
-        connection.disconnect()
+    except BaseException as exc:
+        # A Redis error is a whole reply, so the connection is sound, unless a BLPOP
+        # follows the failed transaction: dropping the connection ends it.
+        if pop or not isinstance(exc, redis.ResponseError):
+            connection.disconnect()
         raise
     finally:
         pool.release(connection)

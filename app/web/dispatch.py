@@ -144,10 +144,11 @@ def submit_and_wait(target: Target, images: list[bytes], top_k: int) -> list[dic
     def submit(wait: bool = False) -> None:
         """Queue the requests still unanswered, with the time left; with ``wait``, start
         waiting for their answers in the same round trip."""
-        left_ms = int(remaining() * 1000)
+        left = remaining()
+        left_ms = int(left * 1000)
         pending = [replace(r, timeout_ms=left_ms) for r in requests if r.request_id not in answers]
         if pending and left_ms > 0:
-            wait_s = remaining() if wait else 0.0
+            wait_s = left if wait else 0.0
             answers.update(
                 queue.submit(
                     target.model, target.version, pending, settings.max_queue, max_wait, wait_s
