@@ -339,7 +339,8 @@ def test_web_restarts_under_load_fail_nothing(start_stack):
         f"{gracefuls.retries}"
     )
     for results in (daemon_restarts, gracefuls):
-        assert statuses(results) == {200: len(results.samples)} and len(results.samples) > 500
+        assert statuses(results) == {200: len(results.samples)}, dict(results.errors)
+        assert len(results.samples) > 500
     assert daemon_restarts.retries == 0
 
 

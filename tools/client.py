@@ -3,12 +3,13 @@
 urllib3 rather than requests: a load generator shares the cores with what it measures,
 and requests adds work to every call.
 
-/predict changes nothing, so sending it again is always safe. Beagle's tools do so once
-when the app never answered: the connection was dropped without a response (Apache
-closes idle keep-alive connections in a graceful restart), or Apache answered 500, 502
-or 503 itself, which it marks by the absence of the app's X-Request-ID (mod_wsgi does so
-while a graceful restart replaces its daemon process and recreates its socket). A
-timeout, or any answer from the app, error or not, is never retried.
+/predict changes nothing, so sending it again is always safe. Beagle's tools do so
+when the app never answered, once for each of two causes: the connection was dropped
+without a response (Apache closes idle keep-alive connections in a graceful restart), and
+Apache answered 500, 502 or 503 itself, which it marks by the absence of the app's
+X-Request-ID (mod_wsgi does so while a graceful restart replaces its daemon process and
+recreates its socket). A timeout, or any answer from the app, error or not, is never
+retried.
 """
 
 import http.client
@@ -46,35 +47,41 @@ def auth_headers(api_key):
 def post_image(pool, url, image, timeout, params=None, body="multipart", api_key=None):
     """POST ``image`` as multipart field ``image``, or with ``body="raw"`` as the request
     body itself (cheaper for both ends), with ``api_key`` as a Bearer token if given;
-    (response, retried) where retried says whether the request had to be sent again."""
+    (response, retried) where retried says whether the request had to be sent again.
+    A dropped connection and Apache's own error are each sent again once: a graceful
+    restart can do both to one request (at most three sends)."""
     params = {k: str(v) for k, v in (params or {}).items()}
     headers = auth_headers(api_key)
-    for attempt in (1, 2):
+    resend_dropped = resend_refused = True
+    retried = False
+    while True:
         try:
-            if body == "raw":
-                response = pool.request(
-                    "POST",
-                    url + ("?" + urlencode(params) if params else ""),
-                    body=image,
-                    headers={**headers, "Content-Type": "application/octet-stream"},
-                    timeout=timeout,
-                )
-            else:
-                response = pool.request(
-                    "POST",
-                    url,
-                    fields={**params, "image": ("image", image)},
-                    headers=headers,
-                    timeout=timeout,
-                )
+            response = _send(pool, url, image, timeout, params, body, headers)
         except urllib3.exceptions.ProtocolError as exc:
-            if attempt == 2 or not any(isinstance(arg, DROPPED) for arg in exc.args):
+            if not (resend_dropped and any(isinstance(arg, DROPPED) for arg in exc.args)):
                 raise
-            continue
-        if attempt == 2 or not _answered_by_apache(response):
-            return response, attempt == 2
-        # A client's one back-off before its one retry, as Retry-After asks; not polling.
-        time.sleep(min(MAX_RETRY_AFTER_S, float(response.headers.get("Retry-After", 0))))
+            resend_dropped = False
+        else:
+            if not (resend_refused and _answered_by_apache(response)):
+                return response, retried
+            resend_refused = False
+            # A client's one back-off before its one retry, as Retry-After asks; not polling.
+            time.sleep(min(MAX_RETRY_AFTER_S, float(response.headers.get("Retry-After", 0))))
+        retried = True
+
+
+def _send(pool, url, image, timeout, params, body, headers):
+    if body == "raw":
+        return pool.request(
+            "POST",
+            url + ("?" + urlencode(params) if params else ""),
+            body=image,
+            headers={**headers, "Content-Type": "application/octet-stream"},
+            timeout=timeout,
+        )
+    return pool.request(
+        "POST", url, fields={**params, "image": ("image", image)}, headers=headers, timeout=timeout
+    )
 
 
 def json_body(response):
