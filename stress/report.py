@@ -27,7 +27,7 @@ def _markdown(summary, title):
         f"{summary['requests']} requests in {summary['seconds']:.1f} s: "
         f"**{summary['throughput']:.1f} req/s**, {summary['failed']} failed"
         + (
-            f", {summary['retried']} sent again after the server dropped a connection"
+            f", {summary['retried']} sent again (a connection dropped, or Apache's own 5xx)"
             if summary.get("retried")
             else ""
         )

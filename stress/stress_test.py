@@ -40,7 +40,7 @@ class Results:
         self.samples = []
         self.labels = Counter()
         self.errors = Counter()
-        self.retries = 0  # requests sent again after a keep-alive connection was dropped
+        self.retries = 0  # requests sent again: a connection dropped, or Apache's own 5xx
         self.lock = threading.Lock()
         self.t0 = time.perf_counter()
 
@@ -166,8 +166,7 @@ def print_summary(summary):
         print(f"  failed x{count}: {error}")
     if summary["retried"]:
         print(
-            f"sent again after the server dropped an idle keep-alive connection: "
-            f"{summary['retried']}"
+            f"sent again (a connection dropped, or Apache's own 500/502/503): {summary['retried']}"
         )
 
 

@@ -65,9 +65,19 @@ def post_image(pool, url, image, timeout, params=None, body="multipart", api_key
             if not (resend_refused and _answered_by_apache(response)):
                 return response, retried
             resend_refused = False
-            # A client's one back-off before its one retry, as Retry-After asks; not polling.
-            time.sleep(min(MAX_RETRY_AFTER_S, float(response.headers.get("Retry-After", 0))))
+            # One back-off before resending Apache's own error, as Retry-After asks.
+            time.sleep(_retry_after_s(response))
         retried = True
+
+
+def _retry_after_s(response):
+    """Retry-After in seconds, within 0..MAX_RETRY_AFTER_S; 0 when absent or not a
+    number of seconds (an HTTP date: Apache's own say "1")."""
+    try:
+        seconds = float(response.headers.get("Retry-After", 0))
+    except ValueError:
+        return 0.0
+    return max(0.0, min(MAX_RETRY_AFTER_S, seconds))
 
 
 def _send(pool, url, image, timeout, params, body, headers):
