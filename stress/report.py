@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
+from tools import client
+
 
 def write(directory, summary, samples, title):
     """Write report.md, summary.json, latency_over_time.png, latency_histogram.png."""
@@ -26,11 +28,7 @@ def _markdown(summary, title):
         "",
         f"{summary['requests']} requests in {summary['seconds']:.1f} s: "
         f"**{summary['throughput']:.1f} req/s**, {summary['failed']} failed"
-        + (
-            f", {summary['retried']} sent again (a connection dropped, or Apache's own 5xx)"
-            if summary.get("retried")
-            else ""
-        )
+        + (f", {summary['retried']} {client.RESENT}" if summary.get("retried") else "")
         + ".",
         "",
         "| p50 ms | p90 ms | p99 ms | max ms |",

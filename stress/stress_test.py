@@ -40,7 +40,7 @@ class Results:
         self.samples = []
         self.labels = Counter()
         self.errors = Counter()
-        self.retries = 0  # requests sent again: a connection dropped, or Apache's own 5xx
+        self.retries = 0  # requests sent again, as client.RESENT says
         self.lock = threading.Lock()
         self.t0 = time.perf_counter()
 
@@ -165,9 +165,7 @@ def print_summary(summary):
     for error, count in summary["errors"].items():
         print(f"  failed x{count}: {error}")
     if summary["retried"]:
-        print(
-            f"sent again (a connection dropped, or Apache's own 500/502/503): {summary['retried']}"
-        )
+        print(f"{client.RESENT}: {summary['retried']}")
 
 
 def run(

@@ -21,6 +21,7 @@ import urllib3
 
 DROPPED = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError)
 MAX_RETRY_AFTER_S = 2.0
+RESENT = "sent again (a connection dropped, or Apache's own 500/502/503)"  # what post_image counts
 Error = urllib3.exceptions.HTTPError  # what a failed request raises
 
 
@@ -53,7 +54,6 @@ def post_image(pool, url, image, timeout, params=None, body="multipart", api_key
     params = {k: str(v) for k, v in (params or {}).items()}
     headers = auth_headers(api_key)
     resend_dropped = resend_refused = True
-    retried = False
     while True:
         try:
             response = _send(pool, url, image, timeout, params, body, headers)
@@ -63,11 +63,10 @@ def post_image(pool, url, image, timeout, params=None, body="multipart", api_key
             resend_dropped = False
         else:
             if not (resend_refused and _answered_by_apache(response)):
-                return response, retried
+                return response, not (resend_dropped and resend_refused)
             resend_refused = False
             # One back-off before resending Apache's own error, as Retry-After asks.
             time.sleep(_retry_after_s(response))
-        retried = True
 
 
 def _retry_after_s(response):
