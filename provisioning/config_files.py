@@ -150,6 +150,12 @@ def apache_environment(etc: str) -> str:
     return render("systemd/apache2-beagle.conf.j2", etc=etc, environment=WEB_ENVIRONMENT)
 
 
+def logrotate_timer(turn: int) -> str:
+    """The drop-in that moves Debian's daily logrotate on the ``turn``-th web host (from 0)
+    to an hour of its own: ``turn`` o'clock, wrapping after 23."""
+    return render("systemd/logrotate-beagle.conf.j2", hour=turn % 24)
+
+
 # A master is down for a Sentinel once it has not answered for this long: twice the
 # workers' heartbeat, so a lost packet is not a failover, short enough that serving resumes
 # within seconds. A failover that stalls is given up and tried again after this.

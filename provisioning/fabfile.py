@@ -359,7 +359,9 @@ def _workers(conn: Connection, plan: Plan, gpus: int, restart: bool) -> None:
 
 def _apache(conn: Connection, deployment: Cluster, reload_code: bool) -> None:
     plan, edge = deployment.plan, deployment.edge
-    say(conn, "apache", web_host.apache(conn, plan, deployment.settings, edge, reload_code))
+    turn = [other for other, roles in deployment.hosts if "web" in roles].index(conn)
+    changes = web_host.apache(conn, plan, deployment.settings, edge, reload_code)
+    say(conn, "apache", changes + web_host.logrotate(conn, plan, turn))
 
 
 def _cuda(conn: Connection, plan: Plan, gpus: int) -> None:

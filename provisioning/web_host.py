@@ -3,6 +3,7 @@
 code reloaded alone for a new release; and the smoke request through Apache."""
 
 import json
+import time
 
 from fabric import Connection
 from invoke.exceptions import Exit
@@ -15,6 +16,8 @@ from provisioning.edge import Edge
 from provisioning.plan import Plan
 from provisioning.remote import exists, put_if_changed, run
 from provisioning.services import unit_is
+
+READY_WAITS = 120  # of 0.5 s: Apache started or restarted, its daemons loading the app
 
 APACHE_MODULES = ("wsgi", "headers", "alias", "mime", "reqtimeout", "status")
 TLS_MODULES = ("ssl", "rewrite")
@@ -73,13 +76,26 @@ def apache(
         )
         changes.append("Apache restarted")
     elif config:
+        before = _generation(c, plan, edge)
         run(c, f"{plan.systemctl} reload apache2")  # graceful
-        changes.append("Apache reloaded gracefully")
+        # mod_wsgi stops the daemons before it starts new ones, which load the app before
+        # they answer: the next host is reloaded only once this one serves again.
+        changes.append(f"Apache reloaded gracefully, {_until_ready(c, plan, edge, before)}")
     elif release_changed:
         changes.append(reload_web_code(c, plan))
     if edge.mode == "acme":
         changes += acme.activate(c, plan, edge)
     return changes
+
+
+def logrotate(c: Connection, plan: Plan, turn: int) -> list[str]:
+    """Debian's daily logrotate, which reloads Apache, at this web host's own hour."""
+    drop_in = "/etc/systemd/system/logrotate.timer.d/beagle.conf"
+    run(c, "install -d -m 755 /etc/systemd/system/logrotate.timer.d")
+    if not put_if_changed(c, drop_in, config_files.logrotate_timer(turn)):
+        return []
+    run(c, f"{plan.systemctl} daemon-reload")
+    return [f"logrotate at {turn % 24:02d}:00"]
 
 
 def _tls(c: Connection, plan: Plan, edge: Edge) -> tuple[config_files.VhostTLS | None, bool]:
@@ -157,11 +173,10 @@ def drain(c: Connection, plan: Plan, edge: Edge, settings: Settings) -> list[str
     (Apache's own count, by their deadline at the latest), then Apache stops."""
     run(c, f"touch {plan.drain_file}")
     run(c, f"sleep {int(plan.drain_seconds)}")
-    status = f"curl -sk {local_url(plan, edge)}/server-status?auto"
     busy = "1"  # the status request itself
     waits = int(settings.request_timeout + REQUEST_GRACE_S) * 2  # of 0.5 s: a request's life
     for _ in range(waits):
-        busy = run(c, f"{status} | sed -n 's/^BusyWorkers: //p'", warn=True).stdout.strip()
+        busy = _status(c, plan, edge, "BusyWorkers")
         if busy in ("", "1"):
             break
         run(c, "sleep 0.5")
@@ -180,9 +195,29 @@ def drain(c: Connection, plan: Plan, edge: Edge, settings: Settings) -> list[str
 def resume(c: Connection, plan: Plan, edge: Edge) -> list[str]:
     """Back in service: Apache started, /readyz answering 200 again."""
     run(c, f"rm -f {plan.drain_file} && {plan.systemctl} start apache2")
+    return [f"back in service: {_until_ready(c, plan, edge)}"]
+
+
+def _status(c: Connection, plan: Plan, edge: Edge, field: str) -> str:
+    """``field`` of Apache's own status page (server-status, from the host only); "" while
+    Apache does not answer."""
+    page = f"curl -sk {local_url(plan, edge)}/server-status?auto"
+    return run(c, f"{page} | sed -n 's/^{field}: //p'", warn=True).stdout.strip()
+
+
+def _generation(c: Connection, plan: Plan, edge: Edge) -> str:
+    """Apache's configuration generation, one more after each graceful restart."""
+    return _status(c, plan, edge, "ParentServerConfigGeneration")
+
+
+def _until_ready(c: Connection, plan: Plan, edge: Edge, generation: str | None = None) -> str:
+    """Wait until /readyz answers 200, from a configuration generation past ``generation``
+    when one is given (a graceful restart's new daemons, not the old ones); how long it took."""
     ready = f"curl -sk -o /dev/null -w '%{{http_code}}' {local_url(plan, edge)}/readyz"
-    for _ in range(60):
-        if run(c, ready, warn=True).stdout == "200":
-            return ["back in service: /readyz answers 200"]
+    began = time.monotonic()
+    for _ in range(READY_WAITS):
+        moved_on = generation is None or _generation(c, plan, edge) not in ("", generation)
+        if moved_on and run(c, ready, warn=True).stdout == "200":
+            return f"/readyz answers 200 ({time.monotonic() - began:.1f} s)"
         run(c, "sleep 0.5")
-    raise Exit(f"{c.host}: /readyz did not answer 200 within 30 s of Apache's start")
+    raise Exit(f"{c.host}: /readyz did not answer 200 within {READY_WAITS // 2} s")

@@ -290,6 +290,27 @@ def exposure(*args):
     return float(found.group(1)), found.group(2)
 
 
+def test_each_web_host_rotates_its_logs_at_an_hour_of_its_own(tmp_path):
+    """logrotate reloads Apache: the drop-in moves Debian's daily timer (as Debian ships
+    it, written here) to the web host's own hour, a valid timer for systemd."""
+    (tmp_path / "logrotate.service").write_text("[Service]\nType=oneshot\nExecStart=/bin/true\n")
+    debians = "[Unit]\nDescription=Daily rotation of log files\n\n[Timer]\nOnCalendar=daily\n"
+    debians += "AccuracySec=1h\nPersistent=true\n"
+    hours = []
+    for turn in (0, 1, 25):
+        drop_in = config_files.logrotate_timer(turn)
+        hours += re.findall(r"^OnCalendar=\*-\*-\* (\d\d):00:00$", drop_in, re.M)
+        assert "\nOnCalendar=\n" in drop_in and "AccuracySec=1min" in drop_in
+        (tmp_path / "logrotate.timer").write_text(debians + drop_in)
+        verify = subprocess.run(
+            ["systemd-analyze", "verify", str(tmp_path / "logrotate.timer")],
+            capture_output=True,
+            text=True,
+        )
+        assert verify.returncode == 0 and verify.stderr == "", verify.stderr
+    assert hours == ["00", "01", "01"]
+
+
 def test_every_rendered_unit_is_sandboxed_to_an_exposure_of_4_at_most(tmp_path):
     render = config_files.render
     units = {

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+import requests
 from deploying import SYSTEMCTL, WHEELHOUSE, checkout, fab, step_lines
 from helpers import sample, wait_for
 from overlay_hosts import Network
@@ -183,8 +184,11 @@ def kill(host, command_line):
 
 def test_deployed_with_a_master_two_replicas_and_three_sentinels(cluster):
     deployed = cluster["deployed"]
-    for host in cluster["web"]:
+    for turn, host in enumerate(cluster["web"]):
         assert f"{host.address}: smoke: a digit 7 came back as '7'" in deployed
+        assert re.search(rf"^{host.address}: apache: .*logrotate at {turn:02d}:00", deployed, re.M)
+        drop_in = host.path("etc/systemd/system/logrotate.timer.d/beagle.conf").read_text()
+        assert f"\nOnCalendar=*-*-* {turn:02d}:00:00\n" in drop_in  # never together
     status = fab(cluster["source"], cluster["config"], "status")
     print(status[-1500:])
     assert len(re.findall(r"^replica [\d.]+:\d+: online", status, re.M)) == 2, status
@@ -249,25 +253,79 @@ def test_a_new_release_deployed_fails_not_one_request(cluster):
     assert_all_200(cluster, summary)
 
 
+def reload_gracefully(host):
+    """`systemctl reload apache2` on ``host``; the seconds until its new mod_wsgi daemons
+    answer /readyz (mod_wsgi 4.9 stops the old ones before it starts the new)."""
+    daemon = "(wsgi:"  # mod_wsgi names its daemons by their group (display-name)
+    old = set(host.pids_of(daemon))
+    began = time.monotonic()
+    host.run(f"{SYSTEMCTL} reload apache2")
+
+    def new_daemons_ready():
+        new = set(host.pids_of(daemon))
+        if not new or new & old:
+            return False
+        try:
+            return requests.get(f"http://{host.address}/readyz", timeout=5).status_code == 200
+        except requests.RequestException:
+            return False
+
+    wait_for(new_daemons_ready, 60, f"{host.name}'s new daemons answering /readyz")
+    return round(time.monotonic() - began, 1)
+
+
 def test_apache_graceful_restarts_fail_not_one_request_behind_the_load_balancer(cluster):
-    """Three graceful restarts on each web host in turn, as logrotate's daily reload. Also
-    measured with a second load straight at web1, past the load balancer: mod_wsgi 4.9's
-    own residue (docs/availability.md)."""
+    """Three graceful restarts on each web host, one host at a time as logrotate's daily
+    reload and `fab deploy` do: the next host is reloaded once the last one's new daemons
+    answer and haproxy has seen it up. Also measured with a second load straight at web1,
+    past the load balancer: mod_wsgi 4.9's own residue (docs/availability.md)."""
     web1 = cluster["web"][0]
     direct = load_on(f"http://{web1.address}:80", concurrency=8)
+    back_after = []
 
     def gracefuls():
         for _ in range(3):
             for host in cluster["web"]:
-                host.run(f"{SYSTEMCTL} reload apache2")
-                time.sleep(2.0)
+                back_after.append(reload_gracefully(host))
+                time.sleep(2.0)  # haproxy's rise: two checks 0.5 s apart, and some slack
 
     try:
         load, summary = under_load(cluster, gracefuls, after_s=3.0)
     finally:
         direct.stop()
     straight = direct.summary(load.began)
-    print(f"\n6 graceful restarts, behind haproxy: {summary}; straight at web1: {straight}")
+    print(
+        f"\n6 graceful restarts, behind haproxy: {summary}; straight at web1: {straight}; "
+        f"each host's new daemons answered after {back_after} s"
+    )
+    assert_all_200(cluster, summary)
+
+
+def test_a_changed_vhost_deployed_reloads_one_web_host_at_a_time_failing_nothing(cluster):
+    """`fab deploy` of a setting the virtual host holds: each web host is reloaded
+    gracefully and serves again before the next one is (provisioning/web_host.py)."""
+    config = cluster["config"]
+    before = config.read_text()
+    setting = f"request_timeout: {DEADLINE_S}}}"
+    config.write_text(before.replace(setting, f"request_timeout: {DEADLINE_S}, web_threads: 64}}"))
+    deployed = []
+    try:
+        load, summary = under_load(
+            cluster,
+            lambda: deployed.append(fab(cluster["source"], config, "deploy")),
+            after_s=3.0,
+        )
+    finally:
+        config.write_text(before)
+    apache = re.findall(r"^(\S+): apache: (.*)$", deployed[0], re.M)
+    print(f"\nfab deploy of web_threads 64: {apache}; {summary}")
+    assert [host for host, _ in apache] == [h.address for h in cluster["web"]]
+    for _, said in apache:
+        assert re.fullmatch(
+            r"Apache configuration changed; Apache reloaded gracefully, "
+            r"/readyz answers 200 \(\d+\.\d s\)",
+            said,
+        ), said
     assert_all_200(cluster, summary)
 
 
