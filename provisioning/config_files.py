@@ -152,7 +152,7 @@ def apache_environment(etc: str) -> str:
 
 def logrotate_timer(turn: int) -> str:
     """The drop-in that moves Debian's daily logrotate on the ``turn``-th web host (from 0)
-    to an hour of its own: ``turn`` o'clock, wrapping after 23."""
+    to an hour of its own: ``turn`` o'clock UTC, wrapping after 23."""
     return render("systemd/logrotate-beagle.conf.j2", hour=turn % 24)
 
 

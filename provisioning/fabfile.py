@@ -361,7 +361,7 @@ def _apache(conn: Connection, deployment: Cluster, reload_code: bool) -> None:
     plan, edge = deployment.plan, deployment.edge
     turn = [other for other, roles in deployment.hosts if "web" in roles].index(conn)
     changes = web_host.apache(conn, plan, deployment.settings, edge, reload_code)
-    say(conn, "apache", changes + web_host.logrotate(conn, plan, turn))
+    say(conn, "apache", changes + web_host.logrotate(conn, plan, edge, turn))
 
 
 def _cuda(conn: Connection, plan: Plan, gpus: int) -> None:

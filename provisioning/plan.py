@@ -33,7 +33,7 @@ class Plan:
     keep_releases: int = 5
     stop_timeout: int = 90  # seconds a worker may take to finish its batch
     wheels: str = ""  # a folder here: air-gapped hosts' packages
-    drain_seconds: int = 5  # how long a load balancer takes to notice /readyz's 503
+    drain_seconds: int = 5  # how long a load balancer takes to notice /readyz change
     known_hosts: str = "~/.ssh/known_hosts"  # here: the hosts' SSH keys, checked
     host_keys: str = "strict"  # or accept-new: record an unknown host's key on first contact
     pki: str = "~/.beagle/pki"  # here: the CA of Redis's TLS between hosts

@@ -3,6 +3,7 @@
 code reloaded alone for a new release; and the smoke request through Apache."""
 
 import json
+import re
 import time
 
 from fabric import Connection
@@ -17,7 +18,7 @@ from provisioning.plan import Plan
 from provisioning.remote import exists, put_if_changed, run
 from provisioning.services import unit_is
 
-READY_WAITS = 120  # of 0.5 s: Apache started or restarted, its daemons loading the app
+READY_S = 60  # Apache started or restarted, its daemons loading the app
 
 APACHE_MODULES = ("wsgi", "headers", "alias", "mime", "reqtimeout", "status")
 TLS_MODULES = ("ssl", "rewrite")
@@ -78,9 +79,7 @@ def apache(
     elif config:
         before = _generation(c, plan, edge)
         run(c, f"{plan.systemctl} reload apache2")  # graceful
-        # mod_wsgi stops the daemons before it starts new ones, which load the app before
-        # they answer: the next host is reloaded only once this one serves again.
-        changes.append(f"Apache reloaded gracefully, {_until_ready(c, plan, edge, before)}")
+        changes.append(f"Apache reloaded gracefully, {_back_in_service(c, plan, edge, before)}")
     elif release_changed:
         changes.append(reload_web_code(c, plan))
     if edge.mode == "acme":
@@ -88,14 +87,26 @@ def apache(
     return changes
 
 
-def logrotate(c: Connection, plan: Plan, turn: int) -> list[str]:
+def logrotate(c: Connection, plan: Plan, edge: Edge, turn: int) -> list[str]:
     """Debian's daily logrotate, which reloads Apache, at this web host's own hour."""
     drop_in = "/etc/systemd/system/logrotate.timer.d/beagle.conf"
     run(c, "install -d -m 755 /etc/systemd/system/logrotate.timer.d")
-    if not put_if_changed(c, drop_in, config_files.logrotate_timer(turn)):
+    content = config_files.logrotate_timer(turn)
+    if not put_if_changed(c, drop_in, content):
         return []
+    before = _generation(c, plan, edge)
     run(c, f"{plan.systemctl} daemon-reload")
-    return [f"logrotate at {turn % 24:02d}:00"]
+    # systemd runs a timer whose new time has already passed since its last run at once:
+    # logrotate may be reloading Apache now, and the next host waits until it serves again.
+    active = f"{plan.systemctl} is-active logrotate.service"
+    for _ in range(READY_S * 2):
+        if run(c, active, warn=True).stdout.strip() != "activating":
+            break
+        run(c, "sleep 0.5")
+    changes = [f"logrotate at {re.findall(r'^OnCalendar=(.+)$', content, re.M)[-1]}"]
+    if before and _generation(c, plan, edge) != before:
+        changes.append(f"Apache reloaded by it, {_back_in_service(c, plan, edge, before)}")
+    return changes
 
 
 def _tls(c: Connection, plan: Plan, edge: Edge) -> tuple[config_files.VhostTLS | None, bool]:
@@ -201,7 +212,7 @@ def resume(c: Connection, plan: Plan, edge: Edge) -> list[str]:
 def _status(c: Connection, plan: Plan, edge: Edge, field: str) -> str:
     """``field`` of Apache's own status page (server-status, from the host only); "" while
     Apache does not answer."""
-    page = f"curl -sk {local_url(plan, edge)}/server-status?auto"
+    page = f"curl -sk --max-time 2 {local_url(plan, edge)}/server-status?auto"
     return run(c, f"{page} | sed -n 's/^{field}: //p'", warn=True).stdout.strip()
 
 
@@ -213,11 +224,22 @@ def _generation(c: Connection, plan: Plan, edge: Edge) -> str:
 def _until_ready(c: Connection, plan: Plan, edge: Edge, generation: str | None = None) -> str:
     """Wait until /readyz answers 200, from a configuration generation past ``generation``
     when one is given (a graceful restart's new daemons, not the old ones); how long it took."""
-    ready = f"curl -sk -o /dev/null -w '%{{http_code}}' {local_url(plan, edge)}/readyz"
+    ready = f"curl -sk --max-time 2 -o /dev/null -w '%{{http_code}}' {local_url(plan, edge)}/readyz"
     began = time.monotonic()
-    for _ in range(READY_WAITS):
+    while time.monotonic() - began < READY_S:
         moved_on = generation is None or _generation(c, plan, edge) not in ("", generation)
         if moved_on and run(c, ready, warn=True).stdout == "200":
             return f"/readyz answers 200 ({time.monotonic() - began:.1f} s)"
         run(c, "sleep 0.5")
-    raise Exit(f"{c.host}: /readyz did not answer 200 within {READY_WAITS // 2} s")
+    raise Exit(f"{c.host}: /readyz did not answer 200 from Apache's new start within {READY_S} s")
+
+
+def _back_in_service(c: Connection, plan: Plan, edge: Edge, generation: str) -> str:
+    """After a graceful restart: mod_wsgi stops the daemons before it starts new ones, which
+    load the app before they answer, so wait until they do, then as long as a load balancer
+    takes to see the host up again, before the next host is touched."""
+    if not generation:
+        raise Exit(f"{c.host}: Apache's server-status did not answer before the reload")
+    said = _until_ready(c, plan, edge, generation)
+    run(c, f"sleep {int(plan.drain_seconds)}")
+    return said

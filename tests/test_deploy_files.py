@@ -299,7 +299,7 @@ def test_each_web_host_rotates_its_logs_at_an_hour_of_its_own(tmp_path):
     hours = []
     for turn in (0, 1, 25):
         drop_in = config_files.logrotate_timer(turn)
-        hours += re.findall(r"^OnCalendar=\*-\*-\* (\d\d):00:00$", drop_in, re.M)
+        hours += re.findall(r"^OnCalendar=\*-\*-\* (\d\d):00:00 UTC$", drop_in, re.M)
         assert "\nOnCalendar=\n" in drop_in and "AccuracySec=1min" in drop_in
         (tmp_path / "logrotate.timer").write_text(debians + drop_in)
         verify = subprocess.run(

@@ -186,9 +186,10 @@ def test_deployed_with_a_master_two_replicas_and_three_sentinels(cluster):
     deployed = cluster["deployed"]
     for turn, host in enumerate(cluster["web"]):
         assert f"{host.address}: smoke: a digit 7 came back as '7'" in deployed
-        assert re.search(rf"^{host.address}: apache: .*logrotate at {turn:02d}:00", deployed, re.M)
+        hour = re.escape(f"logrotate at *-*-* {turn:02d}:00:00 UTC")  # never together
+        assert re.search(rf"^{re.escape(host.address)}: apache: .*{hour}", deployed, re.M)
         drop_in = host.path("etc/systemd/system/logrotate.timer.d/beagle.conf").read_text()
-        assert f"\nOnCalendar=*-*-* {turn:02d}:00:00\n" in drop_in  # never together
+        assert f"\nOnCalendar=*-*-* {turn:02d}:00:00 UTC\n" in drop_in
     status = fab(cluster["source"], cluster["config"], "status")
     print(status[-1500:])
     assert len(re.findall(r"^replica [\d.]+:\d+: online", status, re.M)) == 2, status
