@@ -150,10 +150,16 @@ def apache_environment(etc: str) -> str:
     return render("systemd/apache2-beagle.conf.j2", etc=etc, environment=WEB_ENVIRONMENT)
 
 
+def logrotate_calendar(turn: int) -> str:
+    """When the ``turn``-th web host (from 0) rotates its logs: ``turn`` o'clock UTC,
+    wrapping after 23."""
+    return f"*-*-* {turn % 24:02d}:00:00 UTC"
+
+
 def logrotate_timer(turn: int) -> str:
-    """The drop-in that moves Debian's daily logrotate on the ``turn``-th web host (from 0)
-    to an hour of its own: ``turn`` o'clock UTC, wrapping after 23."""
-    return render("systemd/logrotate-beagle.conf.j2", hour=turn % 24)
+    """The drop-in that moves Debian's daily logrotate on the ``turn``-th web host to an
+    hour of its own."""
+    return render("systemd/logrotate-beagle.conf.j2", calendar=logrotate_calendar(turn))
 
 
 # A master is down for a Sentinel once it has not answered for this long: twice the

@@ -3,7 +3,6 @@
 code reloaded alone for a new release; and the smoke request through Apache."""
 
 import json
-import re
 import time
 
 from fabric import Connection
@@ -91,19 +90,20 @@ def logrotate(c: Connection, plan: Plan, edge: Edge, turn: int) -> list[str]:
     """Debian's daily logrotate, which reloads Apache, at this web host's own hour."""
     drop_in = "/etc/systemd/system/logrotate.timer.d/beagle.conf"
     run(c, "install -d -m 755 /etc/systemd/system/logrotate.timer.d")
-    content = config_files.logrotate_timer(turn)
-    if not put_if_changed(c, drop_in, content):
+    if not put_if_changed(c, drop_in, config_files.logrotate_timer(turn)):
         return []
     before = _generation(c, plan, edge)
     run(c, f"{plan.systemctl} daemon-reload")
     # systemd runs a timer whose new time has already passed since its last run at once:
     # logrotate may be reloading Apache now, and the next host waits until it serves again.
     active = f"{plan.systemctl} is-active logrotate.service"
-    for _ in range(READY_S * 2):
-        if run(c, active, warn=True).stdout.strip() != "activating":
-            break
-        run(c, "sleep 0.5")
-    changes = [f"logrotate at {re.findall(r'^OnCalendar=(.+)$', content, re.M)[-1]}"]
+    run(
+        c,
+        f'for _ in $(seq {READY_S * 2}); do [ "$({active})" = activating ] || break; '
+        "sleep 0.5; done",
+        warn=True,
+    )
+    changes = [f"logrotate at {config_files.logrotate_calendar(turn)}"]
     if before and _generation(c, plan, edge) != before:
         changes.append(f"Apache reloaded by it, {_back_in_service(c, plan, edge, before)}")
     return changes
@@ -227,8 +227,9 @@ def _until_ready(c: Connection, plan: Plan, edge: Edge, generation: str | None =
     ready = f"curl -sk --max-time 2 -o /dev/null -w '%{{http_code}}' {local_url(plan, edge)}/readyz"
     began = time.monotonic()
     while time.monotonic() - began < READY_S:
-        moved_on = generation is None or _generation(c, plan, edge) not in ("", generation)
-        if moved_on and run(c, ready, warn=True).stdout == "200":
+        if generation and _generation(c, plan, edge) not in ("", generation):
+            generation = None  # the new daemons' answer from now on: no need to ask again
+        if not generation and run(c, ready, warn=True).stdout == "200":
             return f"/readyz answers 200 ({time.monotonic() - began:.1f} s)"
         run(c, "sleep 0.5")
     raise Exit(f"{c.host}: /readyz did not answer 200 from Apache's new start within {READY_S} s")
