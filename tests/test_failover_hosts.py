@@ -186,8 +186,8 @@ def test_deployed_with_a_master_two_replicas_and_three_sentinels(cluster):
     deployed = cluster["deployed"]
     for turn, host in enumerate(cluster["web"]):
         assert f"{host.address}: smoke: a digit 7 came back as '7'" in deployed
-        hour = re.escape(f"logrotate at *-*-* {turn:02d}:00:00 UTC")  # never together
-        assert re.search(rf"^{re.escape(host.address)}: apache: .*{hour}", deployed, re.M)
+        # each its own hour, never together (the file, not the deploy's word: a host here
+        # starts as a copy of this machine, where a test deploying to it left one)
         drop_in = host.path("etc/systemd/system/logrotate.timer.d/beagle.conf").read_text()
         assert f"\nOnCalendar=*-*-* {turn:02d}:00:00 UTC\n" in drop_in
     status = fab(cluster["source"], cluster["config"], "status")
