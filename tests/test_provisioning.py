@@ -68,6 +68,7 @@ def services(deployment):
         "/etc/systemd/system/beagle-redis.service",
         "/etc/systemd/system/beagle-firewall.service",
         "/etc/systemd/system/apache2.service.d/beagle.conf",
+        "/etc/systemd/system/logrotate.timer.d/beagle.conf",
     ]:
         Path(path).unlink(missing_ok=True)
     added = {
