@@ -10,6 +10,7 @@ Debian's daily logrotate, which restarts Apache gracefully, puts the renewed one
 """
 
 import shlex
+from collections.abc import Callable
 
 from fabric import Connection
 from invoke.exceptions import Exit
@@ -34,18 +35,17 @@ def served_issuer(c: Connection, plan: Plan, domain: str) -> tuple[str, str]:
     return lines.get("subject", "").strip(), lines.get("issuer", "").strip()
 
 
-def activate(c: Connection, plan: Plan, edge: Edge) -> list[str]:
-    """Wait until the CA's certificate for the first domain is served, restarting Apache
-    gracefully once mod_md has it; what changed."""
+def activate(c: Connection, plan: Plan, edge: Edge, reload: Callable[[], str]) -> list[str]:
+    """Wait until the CA's certificate for the first domain is served, calling ``reload``
+    (a graceful restart, which says how it went) once mod_md has it; what changed."""
     domain = edge.domains[0]
-    restarted = False
+    reloaded = ""
     for _ in range(WAIT_S):
         subject, issuer = served_issuer(c, plan, domain)
         if issuer and subject != issuer:  # not mod_md's self-signed stand-in
-            return [f"HTTPS certificate for {domain} from {issuer}"] if restarted else []
-        if not restarted and exists(c, f"{STORE}/staging/{domain}/pubcert.pem"):
-            run(c, f"{plan.systemctl} reload apache2")  # graceful: the new certificate
-            restarted = True
+            return [reloaded, f"HTTPS certificate for {domain} from {issuer}"] if reloaded else []
+        if not reloaded and exists(c, f"{STORE}/staging/{domain}/pubcert.pem"):
+            reloaded = reload()
         run(c, "sleep 1")
     raise Exit(
         f"{c.host}: mod_md got no certificate for {domain} from {edge.ca} within {WAIT_S}s: "

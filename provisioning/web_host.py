@@ -74,15 +74,16 @@ def apache(
             f"{plan.systemctl} daemon-reload; {plan.systemctl} enable apache2 -q; "
             f"{plan.systemctl} restart apache2",
         )
-        changes.append("Apache restarted")
+        said = _until_serving(c, plan, edge)
+        if active:  # it was in a load balancer's rotation: give it time to be seen again
+            run(c, f"sleep {int(plan.drain_seconds)}")
+        changes.append(f"Apache restarted, {said}")
     elif config:
-        before = _generation(c, plan, edge)
-        run(c, f"{plan.systemctl} reload apache2")  # graceful
-        changes.append(f"Apache reloaded gracefully, {_back_in_service(c, plan, edge, before)}")
+        changes.append(_reload_gracefully(c, plan, edge))
     elif release_changed:
         changes.append(reload_web_code(c, plan))
     if edge.mode == "acme":
-        changes += acme.activate(c, plan, edge)
+        changes += acme.activate(c, plan, edge, lambda: _reload_gracefully(c, plan, edge))
     return changes
 
 
@@ -221,18 +222,33 @@ def _generation(c: Connection, plan: Plan, edge: Edge) -> str:
     return _status(c, plan, edge, "ParentServerConfigGeneration")
 
 
-def _until_ready(c: Connection, plan: Plan, edge: Edge, generation: str | None = None) -> str:
-    """Wait until /readyz answers 200, from a configuration generation past ``generation``
+def _until_ready(
+    c: Connection, plan: Plan, edge: Edge, generation: str | None = None, path: str = "/readyz"
+) -> str:
+    """Wait until ``path`` answers 200, from a configuration generation past ``generation``
     when one is given (a graceful restart's new daemons, not the old ones); how long it took."""
-    ready = f"curl -sk --max-time 2 -o /dev/null -w '%{{http_code}}' {local_url(plan, edge)}/readyz"
+    ready = f"curl -sk --max-time 2 -o /dev/null -w '%{{http_code}}' {local_url(plan, edge)}{path}"
     began = time.monotonic()
     while time.monotonic() - began < READY_S:
         if generation and _generation(c, plan, edge) not in ("", generation):
             generation = None  # the new daemons' answer from now on: no need to ask again
         if not generation and run(c, ready, warn=True).stdout == "200":
-            return f"/readyz answers 200 ({time.monotonic() - began:.1f} s)"
+            return f"{path} answers 200 ({time.monotonic() - began:.1f} s)"
         run(c, "sleep 0.5")
-    raise Exit(f"{c.host}: /readyz did not answer 200 from Apache's new start within {READY_S} s")
+    raise Exit(f"{c.host}: {path} did not answer 200 from Apache's new start within {READY_S} s")
+
+
+def _until_serving(c: Connection, plan: Plan, edge: Edge, generation: str | None = None) -> str:
+    """Wait until the app answers from Apache's new start: /healthz, not /readyz, which
+    also needs a live worker, and the deploy may be on its way to fix the workers."""
+    return _until_ready(c, plan, edge, generation, "/healthz")
+
+
+def _reload_gracefully(c: Connection, plan: Plan, edge: Edge) -> str:
+    """Reload Apache gracefully and wait until it serves again (`_back_in_service`)."""
+    before = _generation(c, plan, edge)
+    run(c, f"{plan.systemctl} reload apache2")
+    return f"Apache reloaded gracefully, {_back_in_service(c, plan, edge, before)}"
 
 
 def _back_in_service(c: Connection, plan: Plan, edge: Edge, generation: str) -> str:
@@ -241,6 +257,6 @@ def _back_in_service(c: Connection, plan: Plan, edge: Edge, generation: str) -> 
     takes to see the host up again, before the next host is touched."""
     if not generation:
         raise Exit(f"{c.host}: Apache's server-status did not answer before the reload")
-    said = _until_ready(c, plan, edge, generation)
+    said = _until_serving(c, plan, edge, generation)
     run(c, f"sleep {int(plan.drain_seconds)}")
     return said

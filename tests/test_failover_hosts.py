@@ -324,7 +324,7 @@ def test_a_changed_vhost_deployed_reloads_one_web_host_at_a_time_failing_nothing
     for _, said in apache:
         assert re.fullmatch(
             r"Apache configuration changed; Apache reloaded gracefully, "
-            r"/readyz answers 200 \(\d+\.\d s\)",
+            r"/healthz answers 200 \(\d+\.\d s\)",
             said,
         ), said
     assert_all_200(cluster, summary)
