@@ -153,7 +153,8 @@ def reload_web_code(c: Connection, plan: Plan) -> str:
 
 def local_url(plan: Plan, edge: Edge) -> str:
     """Apache as the host itself reaches it: over HTTPS when TLS is on (the redirect is
-    all plain HTTP answers then)."""
+    all plain HTTP answers then). By address, naming no host in TLS: while mod_md has no
+    certificate yet, mod_ssl refuses requests that name the domain (503), not these."""
     if edge.on:
         return f"https://127.0.0.1:{plan.https_port}"
     return f"http://127.0.0.1:{plan.port}"
