@@ -74,9 +74,8 @@ def apache(
             f"{plan.systemctl} daemon-reload; {plan.systemctl} enable apache2 -q; "
             f"{plan.systemctl} restart apache2",
         )
-        said = _until_serving(c, plan, edge)
-        if active:  # it was in a load balancer's rotation: give it time to be seen again
-            run(c, f"sleep {int(plan.drain_seconds)}")
+        # one that was in a load balancer's rotation is given the time to be seen again
+        said = _back_in_service(c, plan, edge) if active else _until_serving(c, plan, edge)
         changes.append(f"Apache restarted, {said}")
     elif config:
         changes.append(_reload_gracefully(c, plan, edge))
@@ -249,15 +248,16 @@ def _reload_gracefully(c: Connection, plan: Plan, edge: Edge) -> str:
     """Reload Apache gracefully and wait until it serves again (`_back_in_service`)."""
     before = _generation(c, plan, edge)
     run(c, f"{plan.systemctl} reload apache2")
+    if not before:
+        raise Exit(f"{c.host}: Apache's server-status did not answer before the reload")
     return f"Apache reloaded gracefully, {_back_in_service(c, plan, edge, before)}"
 
 
-def _back_in_service(c: Connection, plan: Plan, edge: Edge, generation: str) -> str:
-    """After a graceful restart: mod_wsgi stops the daemons before it starts new ones, which
-    load the app before they answer, so wait until they do, then as long as a load balancer
-    takes to see the host up again, before the next host is touched."""
-    if not generation:
-        raise Exit(f"{c.host}: Apache's server-status did not answer before the reload")
+def _back_in_service(c: Connection, plan: Plan, edge: Edge, generation: str | None = None) -> str:
+    """After a restart (a graceful one: past ``generation``): mod_wsgi stops the daemons
+    before it starts new ones, which load the app before they answer, so wait until they
+    do, then as long as a load balancer takes to see the host up again, before the next
+    host is touched."""
     said = _until_serving(c, plan, edge, generation)
     run(c, f"sleep {int(plan.drain_seconds)}")
     return said
