@@ -18,6 +18,7 @@ from redis.client import Pipeline
 from app.keys import Keys
 
 MODEL_TTL = 24 * 3600  # what no worker has announced for a day disappears
+DIRECTORY_MAX_AGE_S = 1.0  # how stale a web process's view of the announced models may be
 ACTIVE_S = 3.0  # a worker heartbeats every second, even mid-batch, while it consumes
 
 # KEYS: the models set, the model's hash, its live set; ARGV: model, worker, what it holds,
@@ -133,7 +134,11 @@ class Directory:
     passes: its requests get 503, not "not served"."""
 
     def __init__(
-        self, client: redis.Redis, keys: Keys, heartbeat_ttl: float, max_age: float = 1.0
+        self,
+        client: redis.Redis,
+        keys: Keys,
+        heartbeat_ttl: float,
+        max_age: float = DIRECTORY_MAX_AGE_S,
     ) -> None:
         self.redis = client
         self.keys = keys

@@ -171,10 +171,11 @@ def gist(body):
 class Load:
     """A closed loop of ``concurrency`` clients posting ``image`` to ``url`` until stopped
     (or ``max_seconds``): per request, its start and end (monotonic), status (or the
-    connection error's name), Retry-After and request id."""
+    connection error's name), Retry-After and request id. Each client waits ``timeout`` s
+    for an answer."""
 
-    def __init__(self, url, image, concurrency=16, max_seconds=120, headers=None):
-        self.url, self.image, self.headers = url, image, headers or {}
+    def __init__(self, url, image, concurrency=16, max_seconds=120, headers=None, timeout=30):
+        self.url, self.image, self.headers, self.timeout = url, image, headers or {}, timeout
         self.concurrency, self.max_seconds = concurrency, max_seconds
         self.samples, self.lock, self.done = [], threading.Lock(), threading.Event()
         self.odd = {}  # (status, the body's first words) -> count, for answers not 200
@@ -196,7 +197,7 @@ class Load:
                     self.url,
                     files={"image": ("i.png", self.image)},
                     headers=self.headers,
-                    timeout=30,
+                    timeout=self.timeout,
                 )
                 status, retry = response.status_code, response.headers.get("Retry-After")
                 request_id = response.headers.get("X-Request-ID")

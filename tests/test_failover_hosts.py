@@ -130,12 +130,18 @@ def master_host(cluster):
 
 
 def load_on(url, concurrency=16):
+    """Clients that wait as long as the documented haproxy may hold a request: up to
+    ``timeout server`` for each of its tries, ``retries`` + 1 (docs/availability.md)."""
+    config = documented_haproxy_config()
+    server_s = int(re.search(r"timeout server (\d+)s", config).group(1))
+    retries = int(re.search(r"retries (\d+)", config).group(1))
     return Load(
         url + "/predict",
         sample(7),
         concurrency=concurrency,
         max_seconds=600,
         headers={"Authorization": f"Bearer {API_KEY}"},
+        timeout=server_s * (retries + 1),
     ).start()
 
 

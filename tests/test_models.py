@@ -9,6 +9,7 @@ import threading
 import time
 from collections import Counter
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pytest
@@ -38,8 +39,16 @@ def repo():
     shutil.rmtree(path, ignore_errors=True)
 
 
+class Answer(NamedTuple):
+    status: int
+    version: int | None
+    sent: float  # time.monotonic() when the request went out
+    answered: float
+
+
 class VersionLoad:
-    """A bounded closed loop recording each answer's status and model version in order."""
+    """A bounded closed loop recording each answer (status, model version, when sent and
+    answered) in the order the answers came."""
 
     def __init__(self, url, concurrency=16, count=20_000, seconds=30, **params):
         self.answers, self.lock, self.stop = [], threading.Lock(), threading.Event()
@@ -57,12 +66,14 @@ class VersionLoad:
                 with self.lock:
                     if next(self.remaining, None) is None:
                         return
+                sent = time.monotonic()
                 response = session.post(
                     url + "/predict", files={"image": sample(4)}, data=params, timeout=30
                 )
                 version = response.json().get("model", {}).get("version")
+                answer = Answer(response.status_code, version, sent, time.monotonic())
                 with self.lock:
-                    self.answers.append((response.status_code, version))
+                    self.answers.append(answer)
 
     def finish(self, now=True):
         """The answers, once every thread is done: stopped now, or when the count is sent."""
@@ -78,16 +89,21 @@ def test_versions_swap_under_load_without_a_failure(repo, start_stack):
     load = VersionLoad(stack.url)
     wait_for(lambda: len(load.answers) >= 300, 30, "300 answers")
     copy_version(repo, "digits", 2)
-    wait_for(lambda: load.answers and load.answers[-1][1] == 2, 30, "an answer from v2")
-    wait_for(lambda: sum(v == 2 for _, v in load.answers) >= 300, 30, "300 answers from v2")
+    wait_for(lambda: load.answers and load.answers[-1].version == 2, 30, "an answer from v2")
+    wait_for(lambda: sum(a.version == 2 for a in load.answers) >= 300, 30, "300 answers from v2")
     answers = load.finish()
-    swap = next(i for i, (_, v) in enumerate(answers) if v == 2)
+    swap = next(i for i, a in enumerate(answers) if a.version == 2)
+    # each web process picks the newest version from its Directory, read at most every
+    # DIRECTORY_MAX_AGE_S: a request sent that long after the first answer from v2 gets v2
+    first_v2 = min(a.answered for a in answers if a.version == 2)
+    last_v1 = max(a.sent for a in answers if a.version == 1) - first_v2
     print(
-        f"\nswap under load: {len(answers)} answers, {Counter(s for s, _ in answers)}, "
-        f"version 1 for the first {swap}, then {Counter(v for _, v in answers[swap:])}"
+        f"\nswap under load: {len(answers)} answers, {Counter(a.status for a in answers)}, "
+        f"version 1 for the first {swap}, then {Counter(a.version for a in answers[swap:])}; "
+        f"the last request v1 answered was sent {last_v1:+.3f} s from v2's first answer"
     )
-    assert len(answers) >= 500 and Counter(s for s, _ in answers) == {200: len(answers)}
-    assert all(v == 2 for _, v in answers[swap + 16 :])  # at most the requests in flight
+    assert len(answers) >= 500 and Counter(a.status for a in answers) == {200: len(answers)}
+    assert last_v1 < registry.DIRECTORY_MAX_AGE_S
     log = stack.workers[0].log_path.read_text()
     assert log.index("version 2 loaded and warmed") < log.index("retiring version 1")
 
@@ -98,7 +114,7 @@ def test_a_removed_version_stops_being_served(repo, start_stack):
     assert predict(stack.url, sample(3)).json()["model"]["version"] == 2
     shutil.rmtree(repo / "digits" / "2")
     wait_for(lambda: predict(stack.url, sample(3)).json()["model"]["version"] == 1, 30, "v1 served")
-    time.sleep(1.1)  # the web processes' registry cache
+    time.sleep(registry.DIRECTORY_MAX_AGE_S + 0.1)  # the web processes' registry cache
     gone = predict(stack.url, sample(3), version="2")
     assert gone.status_code == 404 and "no version 2" in gone.json()["error"]
 
@@ -167,7 +183,7 @@ def test_a_models_batch_cap_holds_under_load(repo, start_stack, client):
     time.sleep(1.5)  # the next heartbeat carries the counts
     status = registry.status(client, Keys(stack.settings.key_prefix), stack.workers[0].name)
     print(f"\nbatch cap 2: {status['requests']} requests in {status['batches']} batches")
-    assert len(answers) == 1500 and {s for s, _ in answers} == {200}
+    assert len(answers) == 1500 and {a.status for a in answers} == {200}
     assert status["requests"] <= 2 * status["batches"]
     assert status["requests"] > 1.2 * status["batches"]  # it did batch, up to the cap
 
