@@ -46,6 +46,7 @@ def test_the_vhost_has_the_production_settings(settings, public_tmp):
         "python-path=",
         "home=",
         "display-name=%{GROUP}",
+        "listen-backlog=1024",
         *PRODUCTION_TIMEOUTS,
     ):
         assert option in daemon, option
