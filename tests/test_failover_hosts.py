@@ -81,18 +81,22 @@ def master_host(cluster):
 
 
 def load_on(url, concurrency=16):
-    """Clients that wait as long as the documented haproxy may hold a request: up to
-    ``timeout server`` for each of its tries, ``retries`` + 1 (docs/availability.md)."""
+    """Clients that wait as long as the documented haproxy may hold a request: its
+    ``timeout connect`` and ``timeout server`` for each of its tries, ``retries`` + 1, and
+    some slack (docs/availability.md). Straight at a web host that is more than Apache's
+    own ``socket-timeout``."""
     config = documented_haproxy_config()
-    server_s = int(re.search(r"timeout server (\d+)s", config).group(1))
-    retries = int(re.search(r"retries (\d+)", config).group(1))
+    per_try = sum(
+        int(re.search(rf"timeout {kind} (\d+)s", config).group(1)) for kind in ("connect", "server")
+    )
+    tries = int(re.search(r"retries (\d+)", config).group(1)) + 1
     return Load(
         url + "/predict",
         sample(7),
         concurrency=concurrency,
         max_seconds=600,
         headers={"Authorization": f"Bearer {API_KEY}"},
-        timeout=server_s * (retries + 1),
+        timeout=per_try * tries + 10,
     ).start()
 
 

@@ -93,8 +93,9 @@ def test_versions_swap_under_load_without_a_failure(repo, start_stack):
     wait_for(lambda: sum(a.version == 2 for a in load.answers) >= 300, 30, "300 answers from v2")
     answers = load.finish()
     swap = next(i for i, a in enumerate(answers) if a.version == 2)
-    # each web process picks the newest version from its Directory, read at most every
-    # DIRECTORY_MAX_AGE_S: a request sent that long after the first answer from v2 gets v2
+    # the worker answers a request that names no version with the newest it holds, and it
+    # swaps between passes: v1 answered only requests sent before v2's first answer came
+    # (answers reach the clients out of order: counting places let one through, in CI)
     first_v2 = min(a.answered for a in answers if a.version == 2)
     last_v1 = max(a.sent for a in answers if a.version == 1) - first_v2
     print(
@@ -103,7 +104,7 @@ def test_versions_swap_under_load_without_a_failure(repo, start_stack):
         f"the last request v1 answered was sent {last_v1:+.3f} s from v2's first answer"
     )
     assert len(answers) >= 500 and Counter(a.status for a in answers) == {200: len(answers)}
-    assert last_v1 < registry.DIRECTORY_MAX_AGE_S
+    assert last_v1 < 0
     log = stack.workers[0].log_path.read_text()
     assert log.index("version 2 loaded and warmed") < log.index("retiring version 1")
 
