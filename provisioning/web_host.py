@@ -75,7 +75,9 @@ def apache(
             f"{plan.systemctl} restart apache2",
         )
         # one that was in a load balancer's rotation is given the time to be seen again
-        said = _back_in_service(c, plan, edge) if active else _until_serving(c, plan, edge)
+        said = (
+            _back_in_service(c, plan, edge) if active else _until_answers(c, plan, edge, "/healthz")
+        )
         changes.append(f"Apache restarted, {said}")
     elif config:
         changes.append(_reload_gracefully(c, plan, edge))
@@ -207,7 +209,7 @@ def drain(c: Connection, plan: Plan, edge: Edge, settings: Settings) -> list[str
 def resume(c: Connection, plan: Plan, edge: Edge) -> list[str]:
     """Back in service: Apache started, /readyz answering 200 again."""
     run(c, f"rm -f {plan.drain_file} && {plan.systemctl} start apache2")
-    return [f"back in service: {_until_ready(c, plan, edge)}"]
+    return [f"back in service: {_until_answers(c, plan, edge, '/readyz')}"]
 
 
 def _status(c: Connection, plan: Plan, edge: Edge, field: str) -> str:
@@ -222,8 +224,8 @@ def _generation(c: Connection, plan: Plan, edge: Edge) -> str:
     return _status(c, plan, edge, "ParentServerConfigGeneration")
 
 
-def _until_ready(
-    c: Connection, plan: Plan, edge: Edge, generation: str | None = None, path: str = "/readyz"
+def _until_answers(
+    c: Connection, plan: Plan, edge: Edge, path: str, generation: str | None = None
 ) -> str:
     """Wait until ``path`` answers 200, from a configuration generation past ``generation``
     when one is given (a graceful restart's new daemons, not the old ones); how long it took."""
@@ -236,12 +238,6 @@ def _until_ready(
             return f"{path} answers 200 ({time.monotonic() - began:.1f} s)"
         run(c, "sleep 0.5")
     raise Exit(f"{c.host}: {path} did not answer 200 from Apache's new start within {READY_S} s")
-
-
-def _until_serving(c: Connection, plan: Plan, edge: Edge, generation: str | None = None) -> str:
-    """Wait until the app answers from Apache's new start: /healthz, not /readyz, which
-    also needs a live worker, and the deploy may be on its way to fix the workers."""
-    return _until_ready(c, plan, edge, generation, "/healthz")
 
 
 def _reload_gracefully(c: Connection, plan: Plan, edge: Edge) -> str:
@@ -257,7 +253,8 @@ def _back_in_service(c: Connection, plan: Plan, edge: Edge, generation: str | No
     """After a restart (a graceful one: past ``generation``): mod_wsgi stops the daemons
     before it starts new ones, which load the app before they answer, so wait until they
     do, then as long as a load balancer takes to see the host up again, before the next
-    host is touched."""
-    said = _until_serving(c, plan, edge, generation)
+    host is touched. The app's answer (/healthz) is what counts, not /readyz, which also
+    needs a live worker: the deploy may be on its way to fix the workers."""
+    said = _until_answers(c, plan, edge, "/healthz", generation)
     run(c, f"sleep {int(plan.drain_seconds)}")
     return said

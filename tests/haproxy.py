@@ -15,6 +15,16 @@ def documented_haproxy_config():
     return re.search(r"```haproxy\n(.*?)```", text, re.S).group(1)
 
 
+def documented_longest_hold_s():
+    """The longest the documented haproxy may hold a request: ``timeout connect`` and
+    ``timeout server`` for each of its tries, ``retries`` + 1."""
+    config = documented_haproxy_config()
+    per_try = sum(
+        int(re.search(rf"timeout {kind} (\d+)s", config).group(1)) for kind in ("connect", "server")
+    )
+    return per_try * (int(re.search(r"retries (\d+)", config).group(1)) + 1)
+
+
 class HAProxy:
     """haproxy on this machine in front of the web hosts: docs/availability.md's config
     with this test's addresses."""

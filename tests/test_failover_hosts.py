@@ -16,7 +16,7 @@ import time
 import pytest
 import requests
 from deploying import SYSTEMCTL, WHEELHOUSE, checkout, fab, step_lines
-from haproxy import HAProxy, documented_haproxy_config
+from haproxy import HAProxy, documented_longest_hold_s
 from helpers import sample, wait_for
 from overlay_hosts import Network
 from sentinels import Load
@@ -81,22 +81,15 @@ def master_host(cluster):
 
 
 def load_on(url, concurrency=16):
-    """Clients that wait as long as the documented haproxy may hold a request: its
-    ``timeout connect`` and ``timeout server`` for each of its tries, ``retries`` + 1, and
-    some slack (docs/availability.md). Straight at a web host that is more than Apache's
-    own ``socket-timeout``."""
-    config = documented_haproxy_config()
-    per_try = sum(
-        int(re.search(rf"timeout {kind} (\d+)s", config).group(1)) for kind in ("connect", "server")
-    )
-    tries = int(re.search(r"retries (\d+)", config).group(1)) + 1
+    """Clients that wait as long as the documented haproxy may hold a request, and some
+    slack; straight at a web host that is more than Apache's own ``socket-timeout``."""
     return Load(
         url + "/predict",
         sample(7),
         concurrency=concurrency,
         max_seconds=600,
         headers={"Authorization": f"Bearer {API_KEY}"},
-        timeout=per_try * tries + 10,
+        timeout=documented_longest_hold_s() + 10,
     ).start()
 
 

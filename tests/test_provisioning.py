@@ -301,11 +301,9 @@ def test_deploy_over_ssh_with_https_from_acme_stress_redeploy_rollback(
         # A changed vhost while no worker runs (the deploy may be on its way to fix them):
         # the reload waits for the app in the new daemons, not for /readyz (it needs a worker).
         subprocess.run([str(SYSTEMCTL), "stop", "beagle-worker@0"], check=True, timeout=60)
-        status, url = (
-            ("-k", "-o", "/dev/null", "-w", "%{http_code}"),
-            f"https://127.0.0.1:{https_port}/readyz",
-        )
-        wait_for(lambda: curl(*status, url).stdout == "503", 30, "no live worker", 0.5)
+        readyz = f"https://127.0.0.1:{https_port}/readyz"
+        status = lambda: curl("-k", "-o", "/dev/null", "-w", "%{http_code}", readyz).stdout  # noqa: E731
+        wait_for(lambda: status() == "503", 30, "no live worker", 0.5)
         config.write_text(config.read_text() + "  settings: {web_threads: 64}\n")
         began = time.monotonic()
         apache = step_lines(fab(source, config, *ssh, "apache"))["apache"]
