@@ -27,6 +27,7 @@ from app.imaging import DecodeBudget, to_pixels
 from app.keys import GROUP, Keys
 from app.metrics import SECONDS, model_figures
 from app.queue import Queue, Request
+from app.web.dispatch import AT_SLOT_LIMIT
 from models import marker_png, poison_model, slow_model
 from stress import stress_test
 from tools.devstack import RedisServer, Stack, WorkerProcess
@@ -325,7 +326,9 @@ def test_web_restarts_under_load_fail_nothing(start_stack, settings, clients):
     `apachectl graceful` loses nothing either: the few requests Apache refuses while
     mod_wsgi recreates the socket are sent again by the client (counted). With few
     threads a process (docs/performance.md's suggestion for a fast model behind a proxy),
-    most requests wait in the daemons' listen queue when the restart comes."""
+    most requests wait in the daemons' listen queue when the restart comes: none is lost
+    either (the app may refuse some as `busy`, as it would without a restart, when a busy
+    machine holds every slot past the slot wait)."""
     stack = start_stack(**settings)
     before = daemon_pids(stack.apache.process.pid)
     load = Load(stack.url, sample(9), count=30_000, concurrency=clients, max_seconds=8)
@@ -343,10 +346,11 @@ def test_web_restarts_under_load_fail_nothing(start_stack, settings, clients):
     print(
         f"\ndaemon restarts x3 under load: {statuses(daemon_restarts)}, sent again "
         f"{daemon_restarts.retries}; apachectl graceful x3: {statuses(gracefuls)}, sent again "
-        f"{gracefuls.retries}"
+        f"{gracefuls.retries}; not 200: {dict(daemon_restarts.errors)}, {dict(gracefuls.errors)}"
     )
     for results in (daemon_restarts, gracefuls):
-        assert statuses(results) == {200: len(results.samples)}, dict(results.errors)
+        busy = sum(n for error, n in results.errors.items() if AT_SLOT_LIMIT in error)
+        assert statuses(results).get(200, 0) + busy == len(results.samples), dict(results.errors)
         assert len(results.samples) > 500
     assert daemon_restarts.retries == 0
 

@@ -33,6 +33,7 @@ REDIS_DROPPED = (redis.ConnectionError, redis.TimeoutError)
 FAILOVER_BACKOFF_S = 0.5  # longest pause between attempts while the Sentinels fail over
 WATCH_S = 1.0  # how often a wait looks whether its process has since heard of a new master
 SLOT_WAIT_S = 0.1  # longest wait for an in-flight slot to free before a request is refused
+AT_SLOT_LIMIT = "this web process is at its limit of requests in flight"  # why `busy`
 
 
 class MasterMoved(Exception):
@@ -235,7 +236,7 @@ def in_flight_slot() -> Iterator[None]:
     room; in one that serves, a slot frees within that."""
     slots = beagle().slots
     if not slots.acquire(timeout=SLOT_WAIT_S):
-        raise Shed("busy", "this web process is at its limit of requests in flight")
+        raise Shed("busy", AT_SLOT_LIMIT)
     try:
         yield
     finally:
