@@ -27,7 +27,6 @@ from app.imaging import DecodeBudget, to_pixels
 from app.keys import GROUP, Keys
 from app.metrics import SECONDS, model_figures
 from app.queue import Queue, Request
-from app.web.dispatch import AT_SLOT_LIMIT
 from models import marker_png, poison_model, slow_model
 from stress import stress_test
 from tools.devstack import RedisServer, Stack, WorkerProcess
@@ -315,30 +314,21 @@ def test_a_lone_worker_restarted_under_load_fails_nothing(start_stack):
     assert statuses(results) == {200: len(results.samples)}
 
 
-@pytest.mark.parametrize(
-    ("settings", "clients"),
-    [({}, 16), ({"web_threads": 8, "web_processes": 2}, 48)],
-    ids=["default", "8-threads"],
-)
-def test_web_restarts_under_load_fail_nothing(start_stack, settings, clients):
+def test_web_restarts_under_load_fail_nothing(start_stack):
     """Reloading the web tier's code restarts only the daemon process (touch the .wsgi):
     Apache keeps its listening socket, so not one request even needs a retry. A full
     `apachectl graceful` loses nothing either: the few requests Apache refuses while
-    mod_wsgi recreates the socket are sent again by the client (counted). With few
-    threads a process (docs/performance.md's suggestion for a fast model behind a proxy),
-    most requests wait in the daemons' listen queue when the restart comes: none is lost
-    either (the app may refuse some as `busy`, as it would without a restart, when a busy
-    machine holds every slot past the slot wait)."""
-    stack = start_stack(**settings)
+    mod_wsgi recreates the socket are sent again by the client (counted)."""
+    stack = start_stack()
     before = daemon_pids(stack.apache.process.pid)
-    load = Load(stack.url, sample(9), count=30_000, concurrency=clients, max_seconds=8)
+    load = Load(stack.url, sample(9), count=30_000, concurrency=16, max_seconds=8)
     for _ in range(3):
         time.sleep(2)
         (stack.apache.run_dir / "code" / "wsgi" / "beagle.wsgi").touch()
     daemon_restarts = load.finish()
     assert daemon_pids(stack.apache.process.pid) != before  # really restarted
 
-    load = Load(stack.url, sample(9), count=30_000, concurrency=clients, max_seconds=8)
+    load = Load(stack.url, sample(9), count=30_000, concurrency=16, max_seconds=8)
     for _ in range(3):
         time.sleep(2)
         stack.apache.graceful()
@@ -346,11 +336,10 @@ def test_web_restarts_under_load_fail_nothing(start_stack, settings, clients):
     print(
         f"\ndaemon restarts x3 under load: {statuses(daemon_restarts)}, sent again "
         f"{daemon_restarts.retries}; apachectl graceful x3: {statuses(gracefuls)}, sent again "
-        f"{gracefuls.retries}; not 200: {dict(daemon_restarts.errors)}, {dict(gracefuls.errors)}"
+        f"{gracefuls.retries}"
     )
     for results in (daemon_restarts, gracefuls):
-        busy = sum(n for error, n in results.errors.items() if AT_SLOT_LIMIT in error)
-        assert statuses(results).get(200, 0) + busy == len(results.samples), dict(results.errors)
+        assert statuses(results) == {200: len(results.samples)}, dict(results.errors)
         assert len(results.samples) > 500
     assert daemon_restarts.retries == 0
 
