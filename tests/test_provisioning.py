@@ -302,7 +302,10 @@ def test_deploy_over_ssh_with_https_from_acme_stress_redeploy_rollback(
         # the reload waits for the app in the new daemons, not for /readyz (it needs a worker).
         subprocess.run([str(SYSTEMCTL), "stop", "beagle-worker@0"], check=True, timeout=60)
         readyz = f"https://127.0.0.1:{https_port}/readyz"
-        status = lambda: curl("-k", "-o", "/dev/null", "-w", "%{http_code}", readyz).stdout  # noqa: E731
+
+        def status():
+            return curl("-k", "-o", "/dev/null", "-w", "%{http_code}", readyz).stdout
+
         wait_for(lambda: status() == "503", 30, "no live worker", 0.5)
         config.write_text(config.read_text() + "  settings: {web_threads: 64}\n")
         began = time.monotonic()
