@@ -19,9 +19,15 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
 def per_core(value: int) -> int:
-    """``value``, or for 0 one per core this process may run on (web_processes,
-    worker_threads)."""
+    """``value``, or for 0 one per core this process may run on (worker_threads)."""
     return value or len(os.sched_getaffinity(0))
+
+
+def web_processes(value: int, cores: int | None = None) -> int:
+    """``value``, or for 0 one per two ``cores`` (default this host's), at least one: a
+    web process runs Python on one core at a time (app/turns.py), and about half of a
+    request's CPU is spent outside it (docs/performance.md)."""
+    return value or max(1, (cores or per_core(0)) // 2)
 
 
 def _bool(text: str) -> bool:
@@ -189,7 +195,9 @@ SETTINGS = (
         1_048_576,
         "most values a JSON body may hold, counted before parsing (413 beyond)",
     ),
-    Setting("web_processes", 0, "mod_wsgi daemon processes (0 = one per core of the web host)"),
+    Setting(
+        "web_processes", 0, "mod_wsgi daemon processes (0 = one per two cores of the web host)"
+    ),
     Setting(
         "web_threads",
         128,

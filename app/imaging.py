@@ -27,6 +27,8 @@ import numpy as np
 import simplejpeg
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from app.turns import Turn
+
 ACCEPTED_FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF")
 EXIF_ORIENTATION = 0x0112
 SIGNATURES = (
@@ -67,10 +69,13 @@ class Busy(Exception):
 
 
 class DecodeBudget:
-    """Bytes of pixels this process's decodes may hold at once."""
+    """Bytes of pixels this process's decodes may hold at once. A decode runs with the
+    process's ``turn`` handed on (app/turns.py): Pillow and simplejpeg decode outside the
+    GIL, so other requests' Python runs meanwhile, and decodes run on several cores."""
 
-    def __init__(self, limit: int, wait_s: float = 2.0) -> None:
+    def __init__(self, limit: int, wait_s: float = 2.0, turn: Turn | None = None) -> None:
         self.limit, self.wait_s, self.used = limit, wait_s, 0
+        self.turn = turn or Turn()
         self._room = threading.Condition()
 
     @contextmanager
@@ -81,19 +86,20 @@ class DecodeBudget:
                 f"decoding this image takes about {amount >> 20} MB, more "
                 f"than this process's decode budget of {self.limit >> 20} MB",
             )
-        with self._room:
-            if not self._room.wait_for(lambda: self.used + amount <= self.limit, self.wait_s):
-                raise Busy(
-                    f"this web process is decoding other large images (budget "
-                    f"{self.limit >> 20} MB); retry shortly"
-                )
-            self.used += amount
-        try:
-            yield
-        finally:
+        with self.turn.aside(lambda: self.wait_s):
             with self._room:
-                self.used -= amount
-                self._room.notify_all()
+                if not self._room.wait_for(lambda: self.used + amount <= self.limit, self.wait_s):
+                    raise Busy(
+                        f"this web process is decoding other large images (budget "
+                        f"{self.limit >> 20} MB); retry shortly"
+                    )
+                self.used += amount
+            try:
+                yield
+            finally:
+                with self._room:
+                    self.used -= amount
+                    self._room.notify_all()
 
 
 def to_queued(

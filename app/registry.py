@@ -16,6 +16,7 @@ import redis
 from redis.client import Pipeline
 
 from app.keys import Keys
+from app.turns import Turn
 
 MODEL_TTL = 24 * 3600  # what no worker has announced for a day disappears
 DIRECTORY_MAX_AGE_S = 1.0  # how stale a web process's view of the announced models may be
@@ -139,7 +140,9 @@ class Directory:
         keys: Keys,
         heartbeat_ttl: float,
         max_age: float = DIRECTORY_MAX_AGE_S,
+        turn: Turn | None = None,
     ) -> None:
+        self.turn = turn or Turn()  # a web process's turn, handed on while Redis answers
         self.redis = client
         self.keys = keys
         self.heartbeat_ttl = heartbeat_ttl
@@ -176,7 +179,9 @@ class Directory:
         with self._lock:
             if not fresh and time.monotonic() - self._fetched < self.max_age:
                 return self._models
-        models = self._fetch()  # outside the lock: a slow Redis must not queue every thread
+        # Outside the lock, and the turn handed on: a slow Redis must not queue every thread.
+        with self.turn.aside(lambda: self.max_age):
+            models = self._fetch()
         now = time.monotonic()
         with self._lock:
             self._seen = {

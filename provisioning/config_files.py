@@ -8,7 +8,7 @@ from typing import Any
 
 import jinja2
 
-from app.config import PROJECT_ROOT, Settings, body_limit, per_core
+from app.config import PROJECT_ROOT, Settings, body_limit, web_processes
 from app.keys import Keys
 from provisioning import redis_users
 
@@ -104,7 +104,7 @@ def apache_vhost(
         port=settings.port,
         server_name=server_name or settings.host,
         process_group=process_group,
-        processes=settings.web_processes or per_core(cores or 0),
+        processes=web_processes(settings.web_processes, cores),
         threads=settings.web_threads,
         user=user,
         group=group,

@@ -79,11 +79,12 @@ def test_apache_errors_are_json():
     assert statuses == set(config_files.ERROR_STATUSES)
 
 
-def test_web_processes_0_is_one_per_core_of_the_web_host(settings, public_tmp):
+def test_web_processes_0_is_one_per_two_cores_of_the_web_host(settings, public_tmp):
     per_core = config.replace(settings, web_processes=0)
-    assert "processes=6 " in config_files.apache_vhost(per_core, "/c", "/v", "/l", cores=6)
-    here = len(os.sched_getaffinity(0))
+    assert "processes=3 " in config_files.apache_vhost(per_core, "/c", "/v", "/l", cores=6)
+    assert "processes=1 " in config_files.apache_vhost(per_core, "/c", "/v", "/l", cores=1)
+    here = max(1, len(os.sched_getaffinity(0)) // 2)
     assert f"processes={here} " in config_files.apache_vhost(per_core, "/c", "/v", "/l")
-    assert "processes=3 " in config_files.apache_vhost(
-        config.replace(settings, web_processes=3), "/c", "/v", "/l", cores=6
+    assert "processes=5 " in config_files.apache_vhost(
+        config.replace(settings, web_processes=5), "/c", "/v", "/l", cores=6
     )

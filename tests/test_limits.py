@@ -17,7 +17,7 @@ from hostile import b64, big_digit
 
 from app.keys import Keys
 from app.registry import Directory
-from app.web.dispatch import AT_SLOT_LIMIT, SLOT_WAIT_S
+from app.web.dispatch import AT_SLOT_LIMIT, AT_TURN_LIMIT, SLOT_WAIT_S
 
 MB = 1024 * 1024
 
@@ -96,6 +96,31 @@ def test_a_request_is_admitted_before_its_image_is_decoded(start_stack, client):
     print(f"\nslots full: a 25 MP PNG refused in {took * 1000:.0f} ms")
     assert refused.status_code == 503 and AT_SLOT_LIMIT in refused.json()["error"]
     assert took < SLOT_WAIT_S + 0.3  # decoding it takes about a second here
+
+
+def test_a_request_that_cannot_start_in_time_is_refused_busy(start_stack):
+    """A request waits for its process's turn (app/turns.py) as long as admission lets one
+    wait in a model's queue, max_queue_wait; past it, it is refused with 503 `busy` in the
+    API's own error shape, with Retry-After. A limit of 1 ms makes that certain under load."""
+    stack = start_stack(max_queue_wait=0.001)
+    replies, lock = [], threading.Lock()
+
+    def client() -> None:
+        for _ in range(20):
+            response = predict(stack.url, sample(4))
+            with lock:
+                replies.append(response)
+
+    clients = [threading.Thread(target=client) for _ in range(16)]
+    for thread in clients:
+        thread.start()
+    for thread in clients:
+        thread.join(120)
+    refused = [r for r in replies if r.status_code == 503 and AT_TURN_LIMIT in r.json()["error"]]
+    print(f"\n{len(replies)} requests, 16 at a time: {len(refused)} refused `busy` at the turn")
+    assert len(replies) == 320 and {r.status_code for r in replies} <= {200, 503}
+    assert refused and all(r.headers["Retry-After"] == "1" for r in refused)
+    assert refused[0].json()["success"] is False
 
 
 def test_a_request_whose_deadline_passed_while_decoding_is_not_queued(start_stack, client):

@@ -6,9 +6,10 @@ have it; 503s carry Retry-After. The web
 tier imports Pillow, NumPy and redis-py, never TensorFlow.
 
 App-wide hooks, in order: `_start_request` gives the request its id, start time and span
-in the caller's trace (app/trace_context.py);
-`auth.require_api_key` guards the prediction APIs (app/web/auth.py); `_finish_request`
-sets X-Request-ID and traceparent and counts prediction requests in /metrics, under
+in the caller's trace (app/trace_context.py); `auth.require_api_key` guards the
+prediction APIs (app/web/auth.py); `_take_turn` puts a prediction request in line for its
+process's turn, and teardown hands the turn on (app/turns.py); `_finish_request` sets
+X-Request-ID and traceparent and counts prediction requests in /metrics, under
 ``g.metric_model``: the model once a view knows it is served (so that no name a client
 makes up becomes a metric label). A request refused before it was queued raises `Shed`,
 whose handler counts its reason.
@@ -26,7 +27,7 @@ from werkzeug.routing import BaseConverter
 
 from app import config, trace_context
 from app.queue import Shed
-from app.web import admin, api, auth, openapi, resources, tfserving, triton, ui, v2
+from app.web import admin, api, auth, dispatch, openapi, resources, tfserving, triton, ui, v2
 
 log = logging.getLogger("beagle.web")
 
@@ -45,6 +46,8 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.url_map.converters["model"] = ModelName
     app.before_request(_start_request)  # first: every later hook and error has the id
     app.before_request(auth.require_api_key)
+    app.before_request(_take_turn)  # last: a refused request does not wait for the turn
+    app.teardown_request(dispatch.give_turn_back)
     app.after_request(_finish_request)
     for blueprint in (api.bp, tfserving.bp, v2.bp, triton.bp, admin.bp, ui.bp, openapi.bp):
         app.register_blueprint(blueprint)
@@ -103,6 +106,11 @@ def _start_request() -> None:
     g.started = time.time()
     caller = trace_context.parse(request.headers.get(trace_context.HEADER))
     g.trace = caller.child() if caller else trace_context.new()  # this request's span
+
+
+def _take_turn() -> None:
+    if request.endpoint in PREDICT_ENDPOINTS:
+        dispatch.take_turn()
 
 
 def _finish_request(response: Response) -> Response:

@@ -34,6 +34,7 @@ FAILOVER_BACKOFF_S = 0.5  # longest pause between attempts while the Sentinels f
 WATCH_S = 1.0  # how often a wait looks whether its process has since heard of a new master
 SLOT_WAIT_S = 0.1  # longest wait for an in-flight slot to free before a request is refused
 AT_SLOT_LIMIT = "this web process is at its limit of requests in flight"  # why `busy`
+AT_TURN_LIMIT = "this web process has more requests waiting to start than it can start in time"
 
 
 class MasterMoved(Exception):
@@ -175,32 +176,33 @@ def submit_and_wait(target: Target, images: list[bytes], top_k: int) -> list[dic
                 raise MasterMoved(f"the Sentinels now name {now}")
             master = now  # None before this process's first connection
 
-    if not settings.redis_sentinels:
-        submit(wait=True)  # one Redis: down is a 503 now (redis_error)
-        wait()  # the answers the first pop did not bring
-    else:
-        master = master_address(queue.redis)
-        failed_over(submit)
-        while True:
-            try:
-                wait_watching(master)
-                break
-            except (redis.RedisError, MasterMoved) as exc:
-                if isinstance(exc, redis.RedisError) and not master_changed(exc):
-                    raise
-                master = master_address(queue.redis)
-                # The wait broke (the master went away). Replication is asynchronous, so
-                # the new master may lack what was queued: queue it again, same ids. A
-                # duplicate answer lands in the same list and is never read twice.
-                log.warning(
-                    "request %s: Redis dropped its wait (%s: %s); queueing it again "
-                    "on the master the Sentinels name",
-                    g.request_id,
-                    type(exc).__name__,
-                    exc,
-                )
-                beagle().tally.count("requeued", model=target.model)
-                failed_over(submit)
+    with beagle().turn.aside(remaining):  # the turn goes to another request meanwhile
+        if not settings.redis_sentinels:
+            submit(wait=True)  # one Redis: down is a 503 now (redis_error)
+            wait()  # the answers the first pop did not bring
+        else:
+            master = master_address(queue.redis)
+            failed_over(submit)
+            while True:
+                try:
+                    wait_watching(master)
+                    break
+                except (redis.RedisError, MasterMoved) as exc:
+                    if isinstance(exc, redis.RedisError) and not master_changed(exc):
+                        raise
+                    master = master_address(queue.redis)
+                    # The wait broke (the master went away). Replication is asynchronous, so
+                    # the new master may lack what was queued: queue it again, same ids. A
+                    # duplicate answer lands in the same list and is never read twice.
+                    log.warning(
+                        "request %s: Redis dropped its wait (%s: %s); queueing it again "
+                        "on the master the Sentinels name",
+                        g.request_id,
+                        type(exc).__name__,
+                        exc,
+                    )
+                    beagle().tally.count("requeued", model=target.model)
+                    failed_over(submit)
     if len(answers) < len(requests):
         abort(504, f"no answer within the {timeout:g}s deadline")
     for answer in (answers[r.request_id] for r in requests):
@@ -235,9 +237,25 @@ def in_flight_slot() -> Iterator[None]:
     spread unevenly over the daemon processes, and one may be full while another has
     room; in one that serves, a slot frees within that."""
     slots = beagle().slots
-    if not slots.acquire(timeout=SLOT_WAIT_S):
-        raise Shed("busy", AT_SLOT_LIMIT)
+    if not slots.acquire(blocking=False):
+        with beagle().turn.aside(lambda: SLOT_WAIT_S):
+            if not slots.acquire(timeout=SLOT_WAIT_S):
+                raise Shed("busy", AT_SLOT_LIMIT)
     try:
         yield
     finally:
         slots.release()
+
+
+def take_turn() -> None:
+    """Before a prediction request's view: wait in line for this process's turn
+    (app/turns.py), as long as admission lets a request wait in a model's queue
+    (max_queue_wait, at most half the request's timeout); past it, refused as `busy`."""
+    settings = current_settings()
+    if not beagle().turn.take(min(settings.max_queue_wait, settings.request_timeout / 2)):
+        raise Shed("busy", AT_TURN_LIMIT)
+
+
+def give_turn_back(_error: BaseException | None = None) -> None:
+    """After every request (teardown): hand the process's turn on if the request holds it."""
+    beagle().turn.give_back()

@@ -1,6 +1,6 @@
 """What the views share, registered on the app by `init_app`, and the accessors they reach
 it by: `beagle()` (Redis, the queue, the registry's view, the decode budget, the
-in-flight slots, the process's metrics tally) and `current_settings()`."""
+turn, the in-flight slots, the process's metrics tally) and `current_settings()`."""
 
 import threading
 from types import SimpleNamespace
@@ -14,6 +14,7 @@ from app.metrics import METRICS_FLUSH_S, Tally, flush_every
 from app.queue import Queue
 from app.redis_connection import client as redis_client
 from app.registry import Directory
+from app.turns import Turn
 
 SPARE_THREADS = 2  # per process, kept free to refuse requests fast when the rest wait
 
@@ -37,14 +38,16 @@ def init_app(app: Flask) -> None:
     )
     keys = Keys(settings.key_prefix)
     tally = Tally()
+    turn = Turn()
     flush_every(METRICS_FLUSH_S, tally, client, keys)
     app.extensions["beagle"] = SimpleNamespace(
         redis=client,
         keys=keys,
         queue=Queue(client, keys),
         tally=tally,
-        directory=Directory(client, keys, settings.heartbeat_ttl),
-        decode_budget=DecodeBudget(budget),
+        directory=Directory(client, keys, settings.heartbeat_ttl, turn=turn),
+        decode_budget=DecodeBudget(budget, turn=turn),
+        turn=turn,
         slots=threading.BoundedSemaphore(max(1, settings.web_threads - SPARE_THREADS)),
     )
 

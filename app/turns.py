@@ -1,0 +1,129 @@
+"""A web process's turn: which of its threads runs a prediction request's Python now.
+
+A process has many threads, so that every request in flight reaches admission (which
+sees the model's queue) and a slow client holds up one thread, not the process. But they
+share one GIL, which runs one thread at a time and is not fair: with dozens of requests
+parsing at once, some lose it again and again, and the tail grows (docs/performance.md).
+So a prediction request runs only while it holds its process's turn, and hands it on while
+it waits on something it knows to be slow (its answers, an in-flight slot, a registry read
+from Redis, its decode). The turn goes in order: to a thread coming back from such a wait
+first (its request is nearly done, and its client has waited longest), then to new
+requests by arrival. A holder that keeps the turn past HOLD_S (a body still arriving from a
+slow client, a stall) loses it to the next in line, so no one thread can stop the line.
+Threads in line sleep on a lock of their own, outside the GIL, and wake to look whether
+the holder overstays: the first in line every HOLD_S, the others every LOOK_S."""
+
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+HOLD_S = 0.005  # longest hold before the next in line takes the turn; a request's is ~1 ms
+LOOK_S = 0.1  # how often the others in line look whether they are first and it overstays
+
+
+class _Place:
+    """A thread in line: ``wake`` is released to hand it the turn (``handed``), or to have
+    it look at once whether the holder overstays."""
+
+    def __init__(self) -> None:
+        self.thread = threading.get_ident()
+        self.wake = _locked()
+        self.handed = False
+
+
+def _locked() -> threading.Lock:
+    lock = threading.Lock()
+    lock.acquire()
+    return lock
+
+
+class Turn:
+    """One turn, handed from thread to thread in order, never to a thread that came
+    later; threads ``returning`` go before new ones."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._holder: int | None = None  # the thread that holds the turn
+        self._since = 0.0  # when it took it (time.monotonic)
+        self._returning: deque[_Place] = deque()
+        self._new: deque[_Place] = deque()
+
+    def take(self, timeout: float, returning: bool = False) -> bool:
+        """Wait up to ``timeout`` seconds for the turn: whether this thread holds it."""
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            if self._holder is None:
+                self._hold(threading.get_ident())
+                return True
+            place = _Place()
+            (self._returning if returning else self._new).append(place)
+            first = self._first() is place
+        while True:
+            look = HOLD_S if first else LOOK_S
+            left = deadline - time.monotonic()
+            woken = place.wake.acquire(timeout=max(0.0, min(left, look)))
+            with self._lock:
+                if place.handed:
+                    return True
+                if woken:  # now first in line: a thread ahead took over
+                    place.wake = _locked()
+                first = self._first() is place
+                if first and time.monotonic() - self._since > HOLD_S:
+                    self._leave(place)
+                    self._hold(place.thread)  # the holder overstayed: it runs on without
+                    self._wake_first()  # to watch this holder in turn
+                    return True
+                if time.monotonic() >= deadline:
+                    self._leave(place)
+                    return False
+
+    def give_back(self) -> None:
+        """If this thread holds the turn, hand it to the next in line or leave it free."""
+        with self._lock:
+            if self._holder != threading.get_ident():
+                return
+            line = self._returning or self._new
+            if not line:
+                self._holder = None
+                return
+            place = line.popleft()
+            place.handed = True
+            self._hold(place.thread)
+            if place.wake.locked():
+                place.wake.release()
+
+    def held(self) -> bool:
+        """Whether this thread holds the turn."""
+        return self._holder == threading.get_ident()
+
+    @contextmanager
+    def aside(self, within: Callable[[], float]) -> Iterator[None]:
+        """Hand the turn on for the block (a wait), then take it back ahead of new
+        requests, waiting up to ``within()`` seconds; past that, go on without it."""
+        if not self.held():
+            yield
+            return
+        self.give_back()
+        try:
+            yield
+        finally:
+            self.take(within(), returning=True)
+
+    def _hold(self, thread: int) -> None:
+        self._holder, self._since = thread, time.monotonic()
+
+    def _leave(self, place: _Place) -> None:
+        (self._returning if place in self._returning else self._new).remove(place)
+
+    def _first(self) -> _Place | None:
+        """Who the turn goes to next."""
+        line = self._returning or self._new
+        return line[0] if line else None
+
+    def _wake_first(self) -> None:
+        """Wake the first in line, to watch for an overstaying holder from now on."""
+        first = self._first()
+        if first is not None and first.wake.locked():
+            first.wake.release()
