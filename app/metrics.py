@@ -36,7 +36,8 @@ COUNTERS = {  # name: (labels, help)
     "requests": (("model", "code"), "prediction requests answered, by model and HTTP status"),
     "shed": (
         ("model", "reason"),
-        "requests refused with 503 before they were queued (full, slow, busy, decoding, no_worker)",
+        "requests refused with 503 before they were queued "
+        "(full, slow, busy, turn, decoding, no_worker)",
     ),
     "expired": (("model",), "requests a worker skipped because their deadline had passed"),
     "poisoned": (("model",), "requests given up after max_attempts deliveries"),

@@ -48,7 +48,7 @@ def _answer(popped: Any, results: dict[str, str]) -> dict[str, Any]:
 
 class Shed(Exception):
     """A request refused before it was queued: the web answers 503 with Retry-After and
-    counts ``reason`` (full, slow, busy, decoding, no_worker: beagle_shed_total's label);
+    counts ``reason`` (full, slow, busy, turn, decoding, no_worker: beagle_shed_total's label);
     ``why`` is what the client reads."""
 
     def __init__(self, reason: str, why: str) -> None:

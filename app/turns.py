@@ -11,7 +11,8 @@ first (its request is nearly done, and its client has waited longest), then to n
 requests by arrival. A holder that keeps the turn past HOLD_S (a body still arriving from a
 slow client, a stall) loses it to the next in line, so no one thread can stop the line.
 Threads in line sleep on a lock of their own, outside the GIL, and wake to look whether
-the holder overstays: the first in line every HOLD_S, the others every LOOK_S."""
+the holder overstays: every LOOK_S, and the first in line every HOLD_S once it knows it is
+first (when it joins the line, or when a thread ahead takes over)."""
 
 import threading
 import time
@@ -46,14 +47,17 @@ class Turn:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._holder: int | None = None  # the thread that holds the turn
-        self._since = 0.0  # when it took it (time.monotonic)
+        self._since: float | None = None  # when it began to run with it (time.monotonic)
+        self._members: set[int] = set()  # threads whose request runs in turns, until done()
         self._returning: deque[_Place] = deque()
         self._new: deque[_Place] = deque()
 
     def take(self, timeout: float, returning: bool = False) -> bool:
-        """Wait up to ``timeout`` seconds for the turn: whether this thread holds it."""
+        """Wait up to ``timeout`` seconds for the turn: whether this thread holds it. From
+        then until `done`, this thread's request runs in turns (`aside`)."""
         deadline = time.monotonic() + timeout
         with self._lock:
+            self._members.add(threading.get_ident())
             if self._holder is None:
                 self._hold(threading.get_ident())
                 return True
@@ -66,11 +70,13 @@ class Turn:
             woken = place.wake.acquire(timeout=max(0.0, min(left, look)))
             with self._lock:
                 if place.handed:
+                    self._since = time.monotonic()  # running only now: overstays from now
                     return True
                 if woken:  # now first in line: a thread ahead took over
                     place.wake = _locked()
                 first = self._first() is place
-                if first and time.monotonic() - self._since > HOLD_S:
+                since = self._since
+                if first and since is not None and time.monotonic() - since > HOLD_S:
                     self._leave(place)
                     self._hold(place.thread)  # the holder overstayed: it runs on without
                     self._wake_first()  # to watch this holder in turn
@@ -90,7 +96,7 @@ class Turn:
                 return
             place = line.popleft()
             place.handed = True
-            self._hold(place.thread)
+            self._holder, self._since = place.thread, None  # until it wakes
             if place.wake.locked():
                 place.wake.release()
 
@@ -98,18 +104,24 @@ class Turn:
         """Whether this thread holds the turn."""
         return self._holder == threading.get_ident()
 
+    def done(self) -> None:
+        """This thread's request is over: hand the turn on if it holds it."""
+        self.give_back()
+        with self._lock:
+            self._members.discard(threading.get_ident())
+
     @contextmanager
     def aside(self, within: Callable[[], float]) -> Iterator[None]:
         """Hand the turn on for the block (a wait), then take it back ahead of new
-        requests, waiting up to ``within()`` seconds; past that, go on without it."""
-        if not self.held():
+        requests, waiting up to ``within()`` seconds; past that, go on without it. A
+        request that lost the turn by overstaying takes it back here too; one the block
+        refuses or fails leaves without it, at once. Outside a request, nothing."""
+        if threading.get_ident() not in self._members:
             yield
             return
         self.give_back()
-        try:
-            yield
-        finally:
-            self.take(within(), returning=True)
+        yield  # an exception leaves here, without taking the turn back
+        self.take(within(), returning=True)
 
     def _hold(self, thread: int) -> None:
         self._holder, self._since = thread, time.monotonic()

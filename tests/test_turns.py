@@ -115,3 +115,24 @@ def test_a_holder_that_overstays_loses_the_turn_to_the_first_in_line():
     assert not turn.held()
     turn.give_back()  # the old holder's hand-on is no one's: the turn stays free
     assert turn.take(0) and turn.held()
+
+
+def test_a_request_that_lost_the_turn_takes_it_back_after_a_wait_and_leaves_on_a_refusal():
+    turn = Turn()
+    assert turn.take(WAIT_S)
+    taker = line_up(turn, [], "taker")  # takes over after HOLD_S: this thread overstayed
+    taker.join(WAIT_S)
+    assert not turn.held()
+    with turn.aside(lambda: WAIT_S):
+        pass
+    assert turn.held()  # back in turns after its wait
+    try:
+        with turn.aside(lambda: WAIT_S):
+            raise TimeoutError("refused while it waited")
+    except TimeoutError:
+        pass
+    assert not turn.held()  # answered at once, without waiting for the turn again
+    turn.done()
+    with turn.aside(lambda: WAIT_S):  # its request is over: nothing to hand on or take
+        pass
+    assert not turn.held() and turn.take(0)

@@ -250,12 +250,12 @@ def in_flight_slot() -> Iterator[None]:
 def take_turn() -> None:
     """Before a prediction request's view: wait in line for this process's turn
     (app/turns.py), as long as admission lets a request wait in a model's queue
-    (max_queue_wait, at most half the request's timeout); past it, refused as `busy`."""
+    (max_queue_wait, at most half the request's timeout); past it, refused (`turn`)."""
     settings = current_settings()
     if not beagle().turn.take(min(settings.max_queue_wait, settings.request_timeout / 2)):
-        raise Shed("busy", AT_TURN_LIMIT)
+        raise Shed("turn", AT_TURN_LIMIT)
 
 
 def give_turn_back(_error: BaseException | None = None) -> None:
     """After every request (teardown): hand the process's turn on if the request holds it."""
-    beagle().turn.give_back()
+    beagle().turn.done()
