@@ -88,17 +88,7 @@ class Turn:
     def give_back(self) -> None:
         """If this thread holds the turn, hand it to the next in line or leave it free."""
         with self._lock:
-            if self._holder != threading.get_ident():
-                return
-            line = self._returning or self._new
-            if not line:
-                self._holder = None
-                return
-            place = line.popleft()
-            place.handed = True
-            self._holder, self._since = place.thread, None  # until it wakes
-            if place.wake.locked():
-                place.wake.release()
+            self._hand_on()
 
     def held(self) -> bool:
         """Whether this thread holds the turn."""
@@ -106,8 +96,8 @@ class Turn:
 
     def done(self) -> None:
         """This thread's request is over: hand the turn on if it holds it."""
-        self.give_back()
         with self._lock:
+            self._hand_on()
             self._members.discard(threading.get_ident())
 
     @contextmanager
@@ -122,6 +112,21 @@ class Turn:
         self.give_back()
         yield  # an exception leaves here, without taking the turn back
         self.take(within(), returning=True)
+
+    def _hand_on(self) -> None:
+        """With the lock held: if this thread holds the turn, hand it to the next in line
+        or leave it free."""
+        if self._holder != threading.get_ident():
+            return
+        line = self._returning or self._new
+        if not line:
+            self._holder = None
+            return
+        place = line.popleft()
+        place.handed = True
+        self._holder, self._since = place.thread, None  # until it wakes
+        if place.wake.locked():
+            place.wake.release()
 
     def _hold(self, thread: int) -> None:
         self._holder, self._since = thread, time.monotonic()

@@ -98,10 +98,11 @@ def test_a_request_is_admitted_before_its_image_is_decoded(start_stack, client):
     assert took < SLOT_WAIT_S + 0.3  # decoding it takes about a second here
 
 
-def test_a_request_that_cannot_start_in_time_is_refused_busy(start_stack):
+def test_a_request_that_cannot_start_in_time_is_refused(start_stack):
     """A request waits for its process's turn (app/turns.py) as long as admission lets one
-    wait in a model's queue, max_queue_wait; past it, it is refused with 503 `busy` in the
-    API's own error shape, with Retry-After. A limit of 1 ms makes that certain under load."""
+    wait in a model's queue, max_queue_wait; past it, it is refused with 503 in the API's
+    own error shape, with Retry-After (counted as reason `turn`). A limit of 1 ms makes
+    that certain under load."""
     stack = start_stack(max_queue_wait=0.001)
     replies, lock = [], threading.Lock()
 
@@ -117,7 +118,7 @@ def test_a_request_that_cannot_start_in_time_is_refused_busy(start_stack):
     for thread in clients:
         thread.join(120)
     refused = [r for r in replies if r.status_code == 503 and AT_TURN_LIMIT in r.json()["error"]]
-    print(f"\n{len(replies)} requests, 16 at a time: {len(refused)} refused `busy` at the turn")
+    print(f"\n{len(replies)} requests, 16 at a time: {len(refused)} refused at the turn")
     assert len(replies) == 320 and {r.status_code for r in replies} <= {200, 503}
     assert refused and all(r.headers["Retry-After"] == "1" for r in refused)
     assert refused[0].json()["success"] is False
