@@ -21,7 +21,9 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 HOLD_S = 0.005  # longest hold before the next in line takes the turn; a request's is ~1 ms
-LOOK_S = 0.1  # how often the others in line look whether they are first and it overstays
+# How often the others in line look whether they are first and the holder overstays. Each
+# look wakes a thread and takes the GIL, and a long line looks often: docs/performance.md.
+LOOK_S = 0.5
 
 
 class _Place:
