@@ -200,7 +200,7 @@ SETTINGS = (
     ),
     Setting(
         "web_threads",
-        128,
+        256,
         "threads per mod_wsgi daemon process; all but 2 of each may wait on answers at once",
     ),
     Setting(

@@ -41,7 +41,7 @@ def test_the_vhost_has_the_production_settings(settings, public_tmp):
     daemon = vhost[vhost.index("WSGIDaemonProcess") : vhost.index("WSGIProcessGroup")]
     for option in (
         "processes=1",
-        "threads=128",
+        f"threads={settings.web_threads}",
         "python-home=/opt/venv",
         "python-path=",
         "home=",
