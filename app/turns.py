@@ -12,7 +12,10 @@ requests by arrival. A holder that keeps the turn past HOLD_S (a body still arri
 slow client, a stall) loses it to the next in line, so no one thread can stop the line.
 Threads in line sleep on a lock of their own, outside the GIL, and wake to look whether
 the holder overstays: every LOOK_S, and the first in line every HOLD_S once it knows it is
-first (when it joins the line, or when a thread ahead takes over)."""
+first (when it joins the line, or when a thread ahead takes over). After a plain hand-off
+the new first does not know it: a thread joining the line that finds the holder
+overstaying wakes it, so under load a stall is noticed within HOLD_S and the next arrival;
+with no arrivals, within LOOK_S."""
 
 import threading
 import time
@@ -66,6 +69,8 @@ class Turn:
             place = _Place()
             (self._returning if returning else self._new).append(place)
             first = self._first() is place
+            if not first and self._overstays():
+                self._wake_first()  # it may not know it is first: it takes over now
         while True:
             look = HOLD_S if first else LOOK_S
             left = deadline - time.monotonic()
@@ -77,8 +82,7 @@ class Turn:
                 if woken:  # now first in line: a thread ahead took over
                     place.wake = _locked()
                 first = self._first() is place
-                since = self._since
-                if first and since is not None and time.monotonic() - since > HOLD_S:
+                if first and self._overstays():
                     self._leave(place)
                     self._hold(place.thread)  # the holder overstayed: it runs on without
                     self._wake_first()  # to watch this holder in turn
@@ -129,6 +133,10 @@ class Turn:
         self._holder, self._since = place.thread, None  # until it wakes
         if place.wake.locked():
             place.wake.release()
+
+    def _overstays(self) -> bool:
+        """With the lock held: whether the holder has run with the turn past HOLD_S."""
+        return self._since is not None and time.monotonic() - self._since > HOLD_S
 
     def _hold(self, thread: int) -> None:
         self._holder, self._since = thread, time.monotonic()

@@ -12,12 +12,14 @@ from app.turns import Turn
 WAIT_S = 5.0  # bounds every wait here; the order is what is checked, never a duration
 
 
-def line_up(turn: Turn, order: list[str], name: str, returning: bool = False) -> threading.Thread:
-    """A thread that takes the turn, notes its name and hands the turn on; started once the
-    line is one longer, so arrival order is known."""
+def line_up(
+    turn: Turn, order: list[str], name: str, returning: bool = False, wait_s: float = WAIT_S
+) -> threading.Thread:
+    """A thread that takes the turn (waiting up to ``wait_s``), notes its name and hands the
+    turn on; started once the line is one longer, so arrival order is known."""
 
     def run() -> None:
-        assert turn.take(WAIT_S, returning=returning)
+        assert turn.take(wait_s, returning=returning)
         order.append(name)
         turn.give_back()
 
@@ -136,3 +138,38 @@ def test_a_request_that_lost_the_turn_takes_it_back_after_a_wait_and_leaves_on_a
     with turn.aside(lambda: WAIT_S):  # its request is over: nothing to hand on or take
         pass
     assert not turn.held() and turn.take(0)
+
+
+def test_a_holder_that_overstays_after_a_plain_hand_off_loses_the_turn_when_the_next_comes(
+    monkeypatch,
+):
+    """After a plain hand-off the new first in line does not know it is first, and would
+    look only every LOOK_S (never, here): the next thread to join the line finds the holder
+    overstaying and wakes it, and it takes over."""
+    monkeypatch.setattr(turns, "LOOK_S", WAIT_S * 12)
+    turn, order, holding, release = Turn(), [], threading.Event(), threading.Event()
+
+    def stalled_request() -> None:  # handed the turn, then keeps it, its body trickling in
+        assert turn.take(WAIT_S)
+        holding.set()
+        release.wait(WAIT_S * 2)  # past the joins below
+        turn.done()
+
+    assert turn.take(WAIT_S)
+    before = waiting(turn)
+    stalled = threading.Thread(target=stalled_request)
+    stalled.start()
+    while waiting(turn) == before:
+        time.sleep(0.001)
+    # Behind the stalled one, so not first on joining; it would take over at its own
+    # deadline, after the joins below have given up on it.
+    unaware = line_up(turn, order, "unaware", wait_s=WAIT_S * 2)
+    turn.give_back()  # a plain hand-off, to the stalled one
+    assert holding.wait(WAIT_S)
+    time.sleep(turns.HOLD_S * 2)  # it overstays
+    later = line_up(turn, order, "later")
+    for thread in (unaware, later):
+        thread.join(WAIT_S)
+    release.set()
+    stalled.join(WAIT_S)
+    assert order == ["unaware", "later"]  # "unaware" took over, then handed on in order
