@@ -80,11 +80,11 @@ def test_apache_errors_are_json():
 
 
 def test_web_processes_0_is_one_per_two_cores_of_the_web_host(settings, public_tmp):
-    per_core = config.replace(settings, web_processes=0)
-    assert "processes=3 " in config_files.apache_vhost(per_core, "/c", "/v", "/l", cores=6)
-    assert "processes=1 " in config_files.apache_vhost(per_core, "/c", "/v", "/l", cores=1)
+    by_cores = config.replace(settings, web_processes=0)
+    assert "processes=3 " in config_files.apache_vhost(by_cores, "/c", "/v", "/l", cores=6)
+    assert "processes=1 " in config_files.apache_vhost(by_cores, "/c", "/v", "/l", cores=1)
     here = max(1, len(os.sched_getaffinity(0)) // 2)
-    assert f"processes={here} " in config_files.apache_vhost(per_core, "/c", "/v", "/l")
+    assert f"processes={here} " in config_files.apache_vhost(by_cores, "/c", "/v", "/l")
     assert "processes=5 " in config_files.apache_vhost(
         config.replace(settings, web_processes=5), "/c", "/v", "/l", cores=6
     )

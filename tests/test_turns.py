@@ -3,6 +3,7 @@ thread that waits too long leaves the line without it; a holder that overstays l
 
 import threading
 import time
+from collections.abc import Callable
 
 import pytest
 
@@ -23,8 +24,14 @@ def line_up(
         order.append(name)
         turn.give_back()
 
+    return start_in_line(turn, run)
+
+
+def start_in_line(turn: Turn, target: Callable[[], None]) -> threading.Thread:
+    """A thread running ``target``, which begins by taking the turn; returned once it is in
+    line (the line one longer), so arrival order is known."""
     before = waiting(turn)
-    thread = threading.Thread(target=run)
+    thread = threading.Thread(target=target)
     thread.start()
     deadline = time.monotonic() + WAIT_S
     while waiting(turn) == before and time.monotonic() < deadline:
@@ -156,11 +163,7 @@ def test_a_holder_that_overstays_after_a_plain_hand_off_loses_the_turn_when_the_
         turn.done()
 
     assert turn.take(WAIT_S)
-    before = waiting(turn)
-    stalled = threading.Thread(target=stalled_request)
-    stalled.start()
-    while waiting(turn) == before:
-        time.sleep(0.001)
+    stalled = start_in_line(turn, stalled_request)
     # Behind the stalled one, so not first on joining; it would take over at its own
     # deadline, after the joins below have given up on it.
     unaware = line_up(turn, order, "unaware", wait_s=WAIT_S * 2)
