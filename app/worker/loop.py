@@ -38,20 +38,20 @@ from app.queue import (
     Queue,
 )
 from app.redis_connection import client as redis_client
-from app.redis_connection import follow_master, master_changed, server_version, version_problem
+from app.redis_connection import master_changed, server_version, version_problem
 from app.stop_signals import StopSignals
 from app.worker import runtimes
+from app.worker.heartbeat import Heartbeat
+from app.worker.intake import BLOCK_MS, Intake
 from app.worker.loaded_models import LoadedModels
 from app.worker.outcomes import Outcomes
 from app.worker.passes import PassResult, compute, decode_images, plan
 
 log = logging.getLogger("beagle.worker")
 
-BLOCK_MS = 1000  # longest wait on Redis, so stop requests are seen within a second
 CONSUMER_IDLE_S = 3600  # consumers of dead workers are forgotten after this
 EX_CONFIG = 78  # exit status for "fix the configuration": the unit does not restart it
 READ_AT = 0.9  # of a pass's expected duration: then the next batch is read
-CLOCK_READ_MAX_S = 0.1  # a slower read of Redis's clock is not trusted (see _heartbeat)
 
 T = TypeVar("T")
 
@@ -75,15 +75,14 @@ class Worker:
         self.outcomes = Outcomes(self.name, settings.max_attempts, self.models, self.tally)
         self.started = time.time()
         self._stop = StopSignals(then_default=True, announce=self._announce_stop)
+        self.intake = Intake(self.queue, settings, self.name, self._stop)
         # Forward passes and model loads run here, so the main thread, waiting on them,
         # stays responsive to signals (no Python handler runs while it is inside TF)
         # and keeps heartbeating.
         self._inference = ThreadPoolExecutor(1, thread_name_prefix="inference")
-        self._next: dict[str, float] = {}  # monotonic time each periodic step is next due
-        self._beat_s = min(1.0, settings.heartbeat_ttl / 3, settings.claim_idle / 3)
+        self._poll_at = 0.0  # monotonic time the next repository poll is due
+        self.heartbeat = Heartbeat(self.redis, self.queue, self.name, self.tally, settings)
         self._joined = False  # consumer groups exist for every stream it reads
-        self._redis_clock_offset: float | None = None  # Redis's clock minus this host's
-        self._reclaim = False  # entries this consumer held before a restart may wait
         self._holding: list[Entry] = []  # entries taken and not yet acknowledged
         self._unsent: Outgoing | None = None  # an Outgoing that Redis was down to receive
         # the running forward passes: a future of compute()
@@ -171,8 +170,8 @@ class Worker:
     def maintain(self) -> None:
         """Periodic steps: join the streams' groups, heartbeat, repository poll."""
         now = time.monotonic()
-        if now >= self._next.get("poll", 0.0):
-            self._next["poll"] = now + self.settings.repository_poll
+        if now >= self._poll_at:
+            self._poll_at = now + self.settings.repository_poll
             if self._load_models():
                 self._joined = False
                 log.info("worker %s: now serving %s", self.name, self._describe_models())
@@ -181,8 +180,8 @@ class Worker:
             for stream in self._streams():
                 self.queue.ensure_group(stream)
                 self.queue.prune_consumers(stream, CONSUMER_IDLE_S)
-            self._joined = self._reclaim = True
-            self._next["heartbeat"] = 0
+            self._joined = self.intake.reclaim = True
+            self.heartbeat.next_at = 0.0
         self._heartbeat()
 
     def take_batch(self) -> list[Entry]:
@@ -191,7 +190,8 @@ class Worker:
         a stop was asked."""
         if self._stop.is_set():
             return []
-        return self._hold(self._recover() or self._read(wait=True))
+        streams = self._streams()
+        return self._hold(self.intake.recover(streams) or self.intake.read(streams, wait=True))
 
     def runs_past_read_time(self) -> bool:
         """Wait until the running pass is near its expected end (READ_AT of it); True if
@@ -203,7 +203,7 @@ class Worker:
     def read_queued(self) -> list[Entry]:
         """What is queued now, without waiting (recovering now would take back what the
         running pass holds)."""
-        return self._hold(self._read(wait=False))
+        return self._hold(self.intake.read(self._streams(), wait=False))
 
     def finish_pass(self) -> list[Answer]:
         """The running pass's answers, once it ends."""
@@ -211,14 +211,14 @@ class Worker:
         took = time.monotonic() - self._pass_began
         self._pass_s = (self._pass_s + took) / 2 if self._pass_s else took
         self._pass = None
-        now = self._redis_now()
+        now = self.heartbeat.redis_now()
         return [answer for result in results for answer in self.outcomes.answers(result, now)]
 
     def start_pass(self, batch: list[Entry]) -> Outgoing:
         """Sort the batch and start its forward passes on the inference thread; what is
         due at once: answers (malformed, given up, not served) and entries to drop
         unanswered (expired)."""
-        due, runnable = self.outcomes.sort(batch, self._redis_now() * 1000)
+        due, runnable = self.outcomes.sort(batch, self.heartbeat.redis_now() * 1000)
         passes = plan(runnable, self.settings.max_batch_size)
         if passes:
             self._pass = self._inference.submit(compute, passes, self.name)
@@ -280,34 +280,8 @@ class Worker:
         ]
 
     def _heartbeat(self) -> None:
-        now = time.monotonic()
-        if now < self._next.get("heartbeat", 0.0):
-            return
-        self._next["heartbeat"] = now + self._beat_s
-        follow_master(self.redis)
-        pipe = self.redis.pipeline(transaction=False)
-        registry.announce(
-            pipe,
-            self.keys,
-            self.name,
-            self.models.announcement(),
-            self._status(),
-            self.settings.heartbeat_ttl,
-        )
-        self.queue.hold(pipe, self.name, self._holding)
-        self.tally.flush(pipe, self.keys)
-        pipe.time()
-        sent = time.time()
-        seconds, micros = pipe.execute()[-1]
-        received = time.time()
-        # Entry ids carry Redis's clock: deadlines and queue waits are measured on it. A
-        # read stalled on its way (this process paused or descheduled, Redis busy) would
-        # skew it by half the stall, so a slow one keeps the offset read before.
-        if self._redis_clock_offset is None or received - sent <= CLOCK_READ_MAX_S:
-            self._redis_clock_offset = seconds + micros / 1e6 - (sent + received) / 2
-
-    def _redis_now(self) -> float:
-        return time.time() + (self._redis_clock_offset or 0.0)
+        if self.heartbeat.due():
+            self.heartbeat.send(self.models.announcement(), self._status(), self._holding)
 
     def _check_redis(self) -> None:
         """Stop for good, not in a restart loop, on a Redis too old for Beagle's commands."""
@@ -354,7 +328,7 @@ class Worker:
         long forward pass or model load never looks like a dead worker nor loses its claim."""
         while (left := until - time.monotonic()) > 0:
             try:
-                future.result(timeout=min(self._beat_s, left))
+                future.result(timeout=min(self.heartbeat.every, left))
                 return True
             except FutureTimeout:
                 if stoppable and self._stop.is_set():
@@ -373,25 +347,6 @@ class Worker:
                 type(exc).__name__,
                 exc,
             )
-
-    def _read(self, wait: bool) -> list[Entry]:
-        """New entries: when ``wait``, up to BLOCK_MS for the first and batch_timeout for
-        more; else only what is queued."""
-        streams, size = self._streams(), self.settings.max_batch_size
-        if not streams:
-            if wait:
-                self._stop.wait(BLOCK_MS / 1000)
-            return []
-        batch = self.queue.read_new(streams, self.name, size, BLOCK_MS if wait else None)
-        window_ends = time.monotonic() + self.settings.batch_timeout
-        while wait and batch and len(batch) < size and (left := window_ends - time.monotonic()) > 0:
-            more = self.queue.read_new(
-                streams, self.name, size - len(batch), max(1, int(left * 1000))
-            )
-            if not more:
-                break
-            batch += more
-        return batch
 
     def _send(self, outgoing: Outgoing, read: bool) -> list[Entry]:
         """`Queue.reply` with ``outgoing`` in one pipeline, and with a read of what is
@@ -414,34 +369,6 @@ class Worker:
         self._holding += batch
         return decode_images(batch)
 
-    def _recover(self) -> list[Entry]:
-        size, streams = self.settings.max_batch_size, self._streams()
-        if self._reclaim:
-            own = [e for stream in streams for e in self.queue.reclaim_own(stream, self.name, size)]
-            self._reclaim = bool(own)  # again until none is left
-            if own:
-                log.warning(
-                    "worker %s: took back %d requests it held before a restart", self.name, len(own)
-                )
-                return own
-        now = time.monotonic()
-        if now < self._next.get("claim", 0.0):
-            return []
-        self._next["claim"] = now + self.settings.claim_idle / 2
-        claimed = [
-            e
-            for stream in streams
-            for e in self.queue.claim_stale(stream, self.name, self.settings.claim_idle, size)
-        ]
-        if claimed:
-            log.warning(
-                "worker %s: claimed %d requests left pending by another worker",
-                self.name,
-                len(claimed),
-            )
-            self._next["claim"] = now  # there may be more
-        return claimed
-
     def _status(self) -> dict[str, Any]:
         return {
             "id": self.name,
@@ -461,15 +388,3 @@ class Worker:
             )
             or "nothing"
         )
-
-
-def main() -> None:
-    settings = config.load()
-    logging.basicConfig(
-        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    worker = Worker(settings)
-    worker.work()
-    if worker.abandoned:  # exit now, not once the load's thread ends (it may never)
-        logging.shutdown()
-        os._exit(0)
