@@ -154,6 +154,29 @@ def slow_worker(tmp_path, redis_server, client):
         worker.process.kill()
 
 
+def test_an_idle_worker_waits_for_the_next_request_in_its_last_reply_s_round_trip(
+    redis_server, settings, client, tmp_path
+):
+    """Requests one at a time: after each answer the queue is empty, and the worker's
+    wait for the next rides on the round trip that sends the answer, so each request
+    costs it one read of Redis, not a read that finds nothing and then a wait."""
+    worker = WorkerProcess(settings, "lone", tmp_path / "lone.log").start()
+    try:
+        queue = Queue(client, Keys(settings.key_prefix))
+        wait_result(queue, submit(queue, "digits", 1, (32, 32, 1))[0], 30)  # warm
+        client.config_resetstat()
+        count = 20
+        for _ in range(count):
+            assert wait_result(queue, submit(queue, "digits", 1, (32, 32, 1))[0], 10)["ok"]
+        reads = int(client.info("commandstats").get("cmdstat_xreadgroup", {}).get("calls", 0))
+    finally:
+        worker.process.kill()
+    print(f"\n{count} requests one at a time: {reads} reads of the queue")
+    # Two a request before. A pass that outlasts the time it is expected to take (a share
+    # of them here) has the next batch read while it runs, a second read.
+    assert reads <= count * 7 // 4
+
+
 def test_sigterm_finishes_the_batch_then_exits(slow_worker, client):
     start, queue, stream = slow_worker
     ids = submit(queue, "slow", 8, (128, 128, 3))  # queued first: one batch of 8

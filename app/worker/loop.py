@@ -5,10 +5,11 @@ Redis, finishes the running forward passes, starts the next batch's and replies 
 finished ones' answers; finally tear down. The model thus does not wait for Redis: the
 next batch is read near the end of a pass (at READ_AT of its expected duration, from the
 last passes), and the last one's answers are written while the next pass runs; on a GPU
-the device stays busy while Redis I/O happens. The first SIGTERM or SIGINT
-finishes the batches in hand, acknowledges them and exits; a second one ends the process
-at once (its unacknowledged requests stay pending and another worker, or this one
-restarted, claims them).
+the device stays busy while Redis I/O happens. With nothing queued, the round trip that
+writes the answers also waits for the next request, as an idle worker's read does. The
+first SIGTERM or SIGINT finishes the batches in hand, acknowledges them and exits; a second
+one ends the process at once (its unacknowledged requests stay pending and another worker,
+or this one restarted, claims them).
 
 While a forward pass runs, the main thread keeps heartbeating, and each heartbeat keeps
 the claim on the batch in hand fresh, so no other worker takes it however long the pass
@@ -124,7 +125,8 @@ class Worker:
             self.teardown()
 
     def step(self) -> None:
-        """One turn: housekeeping; the next batch and the running pass's answers; the next
+        """One turn: housekeeping; the next batch and the running pass's answers (with no
+        next batch in hand, the answers' round trip reads it, waiting for it); the next
         pass started; the answers sent while it runs."""
         self.maintain()
         if self._unsent:
@@ -135,8 +137,10 @@ class Worker:
             batch, finished = [], self.finish_pass()
         elif self.runs_past_read_time():
             batch, finished = self.read_queued(), self.finish_pass()
-        else:  # it ended first: its answers and the next read share a round trip
-            batch, finished = self.reply_and_read(self.finish_pass()), []
+        else:  # it ended first
+            batch, finished = [], self.finish_pass()
+        if finished and not batch and not self._stop.is_set():
+            batch, finished = self.reply_and_read(finished), []  # in one round trip
         due = self.start_pass(batch)
         self.reply(Outgoing(finished + due.answers, due.skipped))
 
@@ -232,9 +236,12 @@ class Worker:
             self._send(outgoing, read=False)
 
     def reply_and_read(self, answers: list[Answer]) -> list[Entry]:
-        """`reply` with these answers and, in the same round trip, read what is queued: the
-        entries read."""
-        return self._hold(self._send(Outgoing(answers, []), read=True))
+        """`reply` with these answers and, in the same round trip, read what is queued,
+        waiting for it as `take_batch` would unless a look for entries to recover is due:
+        the entries read."""
+        wait = not self.intake.recovery_due()
+        batch = self._send(Outgoing(answers, []), read=True, wait=wait)
+        return self._hold(self.intake.fill(self._streams(), batch) if wait else batch)
 
     def classify(self, batch: list[Entry]) -> Outgoing:
         """The batch's answers and the entries to drop, without the overlap: one turn of
@@ -348,15 +355,17 @@ class Worker:
                 exc,
             )
 
-    def _send(self, outgoing: Outgoing, read: bool) -> list[Entry]:
+    def _send(self, outgoing: Outgoing, read: bool, wait: bool = False) -> list[Entry]:
         """`Queue.reply` with ``outgoing`` in one pipeline, and with a read of what is
-        queued when ``read``: the entries read. Kept until Redis has it."""
+        queued when ``read``, waiting up to BLOCK_MS for it when ``wait``: the entries read.
+        Kept until Redis has it."""
         self._unsent = outgoing
         pipe = self.redis.pipeline(transaction=False)
         self.queue.reply(pipe, outgoing, self.settings.result_ttl)
         streams = self._streams() if read else []
         if streams:
-            self.queue.add_read(pipe, streams, self.name, self.settings.max_batch_size)
+            size, block_ms = self.settings.max_batch_size, BLOCK_MS if wait else None
+            self.queue.add_read(pipe, streams, self.name, size, block_ms)
         replies = pipe.execute()
         done = {id(entry) for entry, _ in outgoing.answers} | {id(e) for e in outgoing.skipped}
         self._unsent, self._holding = None, [e for e in self._holding if id(e) not in done]
