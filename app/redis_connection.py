@@ -39,10 +39,14 @@ SENTINEL_REST_S = 10.0
 def master_changed(exc: Exception) -> bool:
     """Whether ``exc`` means the master went away or stepped down, so asking the Sentinels
     again is the cure: a dropped connection, a timeout, or a blocking read that Redis ended
-    because it became a replica (``UNBLOCKED``, which a planned switchover sends)."""
+    because it became a replica (``UNBLOCKED``, which a planned switchover sends; redis-py
+    words a pipeline's error "Command # N (...) of pipeline caused error: UNBLOCKED ...")."""
     if isinstance(exc, (redis.ConnectionError, redis.TimeoutError)):
         return True
-    return isinstance(exc, redis.ResponseError) and str(exc).startswith("UNBLOCKED")
+    message = str(exc)
+    return isinstance(exc, redis.ResponseError) and (
+        message.startswith("UNBLOCKED") or " of pipeline caused error: UNBLOCKED" in message
+    )
 
 
 def master_address(client: redis.Redis) -> tuple[str, int] | None:

@@ -127,10 +127,13 @@ def plain_redis(tmp_path, name):
     return process, client, port
 
 
-def test_a_master_stepping_down_mid_wait_counts_as_the_master_changed(tmp_path):
+@pytest.mark.parametrize("wait_in", ["a command", "a pipeline"])
+def test_a_master_stepping_down_mid_wait_counts_as_the_master_changed(tmp_path, wait_in):
     """What a planned switchover does to a wait on the old master: Redis ends it with
     UNBLOCKED (a ResponseError, not a dropped connection) — the web tier then queues the
-    request again and a worker reads on, rather than a 503 or a crash."""
+    request again and a worker reads on, rather than a 503 or a crash. A worker waits at
+    the end of the pipeline that sends its answers, and redis-py words a pipeline's error
+    as its own ("Command # 2 (...) of pipeline caused error: UNBLOCKED ...")."""
     old, old_client, _ = plain_redis(tmp_path, "old")
     new, _, new_port = plain_redis(tmp_path, "new")
     try:
@@ -138,7 +141,13 @@ def test_a_master_stepping_down_mid_wait_counts_as_the_master_changed(tmp_path):
 
         def wait():
             try:
-                old_client.blpop(["beagle:result:x"], timeout=4)
+                if wait_in == "a pipeline":
+                    pipe = old_client.pipeline(transaction=False)
+                    pipe.lpush("beagle:result:y", "answer")
+                    pipe.blpop(["beagle:result:x"], timeout=4)
+                    pipe.execute()
+                else:
+                    old_client.blpop(["beagle:result:x"], timeout=4)
             except redis.RedisError as exc:
                 caught.append(exc)
 

@@ -24,7 +24,7 @@ from app.worker import repository
 from app.worker.loaded_models import LoadedModels
 from app.worker.loop import Worker
 from models import slow_model
-from tools.devstack import WorkerProcess, free_port, wait_until
+from tools.devstack import RedisServer, WorkerProcess, free_port, wait_until
 
 
 def digit_pixels(digit, side=32):
@@ -154,12 +154,14 @@ def slow_worker(tmp_path, redis_server, client):
         worker.process.kill()
 
 
-def test_an_idle_worker_waits_for_the_next_request_in_its_last_reply_s_round_trip(
-    redis_server, settings, client, tmp_path
-):
+def test_an_idle_worker_waits_for_the_next_request_in_its_last_reply_s_round_trip(tmp_path):
     """Requests one at a time: after each answer the queue is empty, and the worker's
     wait for the next rides on the round trip that sends the answer, so each request
-    costs it one read of Redis, not a read that finds nothing and then a wait."""
+    costs it one read of Redis, not a read that finds nothing and then a wait. A Redis of
+    its own: Redis counts the reads of every client."""
+    server = RedisServer(tmp_path, inspector=True).start()
+    settings = make_settings(server.url)
+    client = redis.Redis.from_url(server.url, socket_timeout=30)
     worker = WorkerProcess(settings, "lone", tmp_path / "lone.log").start()
     try:
         queue = Queue(client, Keys(settings.key_prefix))
@@ -171,6 +173,7 @@ def test_an_idle_worker_waits_for_the_next_request_in_its_last_reply_s_round_tri
         reads = int(client.info("commandstats").get("cmdstat_xreadgroup", {}).get("calls", 0))
     finally:
         worker.process.kill()
+        server.stop()
     print(f"\n{count} requests one at a time: {reads} reads of the queue")
     # Two a request before. A pass that outlasts the time it is expected to take (a share
     # of them here) has the next batch read while it runs, a second read.

@@ -31,14 +31,8 @@ class Intake:
                 self._stop.wait(BLOCK_MS / 1000)
             return []
         batch = self.queue.read_new(streams, self.name, size, BLOCK_MS if wait else None)
-        return self.fill(streams, batch) if wait else batch
-
-    def fill(self, streams: list[str], batch: list[Entry]) -> list[Entry]:
-        """``batch`` (just read) and what more comes within batch_timeout, up to
-        max_batch_size."""
-        size = self.settings.max_batch_size
         window_ends = time.monotonic() + self.settings.batch_timeout
-        while batch and len(batch) < size and (left := window_ends - time.monotonic()) > 0:
+        while wait and batch and len(batch) < size and (left := window_ends - time.monotonic()) > 0:
             more = self.queue.read_new(
                 streams, self.name, size - len(batch), max(1, int(left * 1000))
             )

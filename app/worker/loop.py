@@ -1,4 +1,4 @@
-"""The model-server worker: ``python -m app.worker``.
+"""The model-server worker's loop, which ``python -m app.worker`` runs.
 
 Loop (after rq's Worker.work): each `step` does housekeeping, takes the next batch from
 Redis, finishes the running forward passes, starts the next batch's and replies with the
@@ -237,11 +237,11 @@ class Worker:
 
     def reply_and_read(self, answers: list[Answer]) -> list[Entry]:
         """`reply` with these answers and, in the same round trip, read what is queued,
-        waiting for it as `take_batch` would unless a look for entries to recover is due:
-        the entries read."""
-        wait = not self.intake.recovery_due()
-        batch = self._send(Outgoing(answers, []), read=True, wait=wait)
-        return self._hold(self.intake.fill(self._streams(), batch) if wait else batch)
+        waiting up to BLOCK_MS for the first if nothing is: the entries read. It does not
+        wait when a look for entries to recover is due (`take_batch` looks once the read
+        finds nothing), nor with a batch window, which `take_batch` opens after a wait."""
+        wait = not self.intake.recovery_due() and not self.settings.batch_timeout
+        return self._hold(self._send(Outgoing(answers, []), read=True, wait=wait))
 
     def classify(self, batch: list[Entry]) -> Outgoing:
         """The batch's answers and the entries to drop, without the overlap: one turn of
