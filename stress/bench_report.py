@@ -198,16 +198,27 @@ def served_table(result, peer):
 
 def failures(result):
     """Each answer other than 200, by server, level, round and status, with the first
-    one's body (what the server said was wrong)."""
-    seen = [
-        f"- {name}, c={level['concurrency']}, round {n}: {failure['count']} × {status}: "
-        f"`{failure['first']}`"
+    one's body (what the server said was wrong); then the socket errors wrk counted (a
+    connection that failed to connect, read, write or answer in time: no answer at all)."""
+    rounds = [
+        (name, level["concurrency"], n, measured)
         for name, served in result["served"].items()
         for level in served["levels"]
         for n, measured in enumerate(level["rounds"], 1)
+    ]
+    seen = [
+        f"- {name}, c={c}, round {n}: {failure['count']} × {status}: `{failure['first']}`"
+        for name, c, n, measured in rounds
         for status, failure in measured.get("failures", {}).items()
     ]
-    return ["Answers other than 200:", "", *seen, ""] if seen else []
+    errors = [
+        f"- {name}, c={c}, round {n}: {count}"
+        for name, c, n, measured in rounds
+        if (count := measured.get("summary", {}).get("socket_errors", 0))
+    ]
+    return (["Answers other than 200:", "", *seen, ""] if seen else []) + (
+        ["Socket errors (wrk: connect, read, write or timeout):", "", *errors, ""] if errors else []
+    )
 
 
 def _range(values, spec):

@@ -115,3 +115,9 @@ def test_wrk_counts_each_status_other_than_200_and_keeps_the_first_body():
     level = {"concurrency": 1, "rounds": [{"failures": summary["failures"]}]}
     listed = failures({"served": {"beagle": {"levels": [level]}}})
     assert f'- beagle, c=1, round 1: {summary["failed"]} × 503: `{{"error": "busy now"}}`' in listed
+    level["rounds"].append({"summary": {**summary, "socket_errors": 3}})
+    listed = failures({"served": {"beagle": {"levels": [level]}}})
+    assert (
+        "- beagle, c=1, round 2: 3"
+        in listed[listed.index("Socket errors (wrk: connect, read, write or timeout):") :]
+    )
