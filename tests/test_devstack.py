@@ -105,7 +105,10 @@ def test_make_run_stops_when_its_process_group_is_signalled_at_any_moment(redis_
         )
         assert code is not None, f"run {n}: signals after {moment} s ignored\n{text}"
         assert left == [], f"run {n}: left running: {left}\n{text}"
-        assert "devstack: stopped" in text, text
+        # Before the launcher's handlers are in (make's setup step, Python's imports; under
+        # this suite's load that outlasted the shortest wait above) a signal ends it at once,
+        # having started nothing; once it has said anything, it says it stopped.
+        assert "devstack: stopped" in text or "devstack:" not in text, text
     slowest = max(took for _, _, took, _, _ in stops)
     print(
         f"\n{STOPS} stops (after s, signal, stopped in s, state, left running): {stops}; "
