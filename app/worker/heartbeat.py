@@ -4,8 +4,6 @@ entries it holds kept fresh, its tallies flushed, and Redis's clock read."""
 import time
 from typing import Any
 
-import redis
-
 from app import metrics, registry
 from app.config import Settings
 from app.queue import Entry, Queue
@@ -17,17 +15,8 @@ CLOCK_READ_MAX_S = 0.1  # a slower read of Redis's clock is not trusted (see `se
 class Heartbeat:
     """`send` when `due`: every `every` seconds; `redis_now` reads Redis's clock from the last."""
 
-    def __init__(
-        self,
-        client: redis.Redis,
-        queue: Queue,
-        name: str,
-        tally: metrics.Tally,
-        settings: Settings,
-    ) -> None:
-        self.redis = client
+    def __init__(self, queue: Queue, name: str, tally: metrics.Tally, settings: Settings) -> None:
         self.queue = queue
-        self.keys = queue.keys
         self.name = name
         self.tally = tally
         self.ttl = settings.heartbeat_ttl
@@ -43,11 +32,11 @@ class Heartbeat:
         self, announcement: dict[str, Any], status: dict[str, Any], holding: list[Entry]
     ) -> None:
         self.next_at = time.monotonic() + self.every
-        follow_master(self.redis)
-        pipe = self.redis.pipeline(transaction=False)
-        registry.announce(pipe, self.keys, self.name, announcement, status, self.ttl)
+        follow_master(self.queue.redis)
+        pipe = self.queue.redis.pipeline(transaction=False)
+        registry.announce(pipe, self.queue.keys, self.name, announcement, status, self.ttl)
         self.queue.hold(pipe, self.name, holding)
-        self.tally.flush(pipe, self.keys)
+        self.tally.flush(pipe, self.queue.keys)
         pipe.time()
         sent = time.time()
         seconds, micros = pipe.execute()[-1]

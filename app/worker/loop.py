@@ -82,7 +82,7 @@ class Worker:
         # and keeps heartbeating.
         self._inference = ThreadPoolExecutor(1, thread_name_prefix="inference")
         self._poll_at = 0.0  # monotonic time the next repository poll is due
-        self.heartbeat = Heartbeat(self.redis, self.queue, self.name, self.tally, settings)
+        self.heartbeat = Heartbeat(self.queue, self.name, self.tally, settings)
         self._joined = False  # consumer groups exist for every stream it reads
         self._holding: list[Entry] = []  # entries taken and not yet acknowledged
         self._unsent: Outgoing | None = None  # an Outgoing that Redis was down to receive
