@@ -31,8 +31,10 @@ class Intake:
                 self._stop.wait(BLOCK_MS / 1000)
             return []
         batch = self.queue.read_new(streams, self.name, size, BLOCK_MS if wait else None)
+        if not wait:
+            return batch
         window_ends = time.monotonic() + self.settings.batch_timeout
-        while wait and batch and len(batch) < size and (left := window_ends - time.monotonic()) > 0:
+        while batch and len(batch) < size and (left := window_ends - time.monotonic()) > 0:
             more = self.queue.read_new(
                 streams, self.name, size - len(batch), max(1, int(left * 1000))
             )
